@@ -1,0 +1,17 @@
+"""helpers: the course's one installed package.
+
+Modules, each named for what it holds:
+
+- ``caps``       capabilities detected once (live capture, namespaces, tshark, raw sockets)
+- ``capture``    tcpdump on lo or in a namespace, with replay from the corpus
+- ``servers``    loopback servers and clients as context managers
+- ``netns``      private network namespaces for experiments that change sysctls
+- ``dissect``    pcap -> pandas DataFrame of TCP segments; pyshark expert analysis; scapy
+- ``kernel``     ss snapshots, nstat deltas, TCP_INFO, sockstat, sysctl reads
+- ``plots``      the course style, ladder diagrams, time-sequence graphs
+- ``widgets``    experiment panels
+- ``checks``     exercise checkers that print a clear pass/fail with the reason
+- ``corpus``     record every experiment over its grid; verify the manifest
+- ``experiments`` one module per chapter topic
+"""
+__version__ = "0.1.0"
