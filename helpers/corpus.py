@@ -1,0 +1,284 @@
+"""The recorded corpus: every privileged experiment over its parameter grid.
+
+``pcaps/manifest.json`` lists one entry per recording: experiment, chapter, parameters,
+the pcap and the measurements file (path, sha256, size), kernel release, the relevant
+sysctls, tool versions, date, and the invariant the recording shows. Replay
+(:func:`load`) serves these files when live capture is impossible; :func:`verify`
+re-hashes every file and re-checks every invariant, and the test suite runs it.
+
+Command line::
+
+    python -m helpers.corpus record [EXPERIMENT ...]   # as root: re-record (all by default)
+    python -m helpers.corpus verify                    # anyone: check hashes + invariants
+    python -m helpers.corpus list
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import CorpusError
+
+SYSCTLS = [
+    "net.core.somaxconn",
+    "net.ipv4.tcp_abort_on_overflow",
+    "net.ipv4.tcp_congestion_control",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_sack",
+    "net.ipv4.tcp_syn_linear_timeouts",
+    "net.ipv4.tcp_synack_retries",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_syn_retries",
+    "net.ipv4.tcp_timestamps",
+    "net.ipv4.tcp_window_scaling",
+    "net.ipv4.tcp_wmem",
+]
+
+
+def corpus_dir() -> Path:
+    """pcaps/ of the checkout (override with TCPCOURSE_CORPUS)."""
+    env = os.environ.get("TCPCOURSE_CORPUS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "pcaps"
+
+
+def manifest_path() -> Path:
+    return corpus_dir() / "manifest.json"
+
+
+def read_manifest() -> dict:
+    path = manifest_path()
+    if not path.exists():
+        return {"version": 1, "entries": []}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{path} is not valid JSON ({exc}).",
+                          "restore it with `git checkout pcaps/manifest.json`.") from None
+
+
+def slug(params: dict[str, Any]) -> str:
+    if not params:
+        return "default"
+    return "__".join(f"{k}-{'default' if v is None else v}" for k, v in sorted(params.items()))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canon(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def find(experiment: str, params: dict[str, Any]) -> dict:
+    entries = [e for e in read_manifest()["entries"] if e["experiment"] == experiment]
+    for e in entries:
+        if _canon(e["params"]) == _canon(params):
+            return e
+    if not entries:
+        raise CorpusError(f"the corpus has no recordings of {experiment!r}.",
+                          "record them as root: `python -m helpers.corpus record " + experiment + "`.")
+    have = "; ".join(slug(e["params"]) for e in entries)
+    raise CorpusError(f"the corpus has no recording of {experiment} with {slug(params)} (recorded: {have}).",
+                      "pick recorded values, or run live as root.")
+
+
+def load(exp, params: dict[str, Any], reason: str):
+    """The recorded Result for *exp* with *params* (hash-checked)."""
+    from .experiments.base import Result
+
+    entry = find(exp.name, params)
+    root = corpus_dir()
+    pcap = root / entry["pcap"]["path"] if entry.get("pcap") else None
+    data_path = root / entry["data"]["path"]
+    for item, path in (("pcap", pcap), ("data", data_path)):
+        if path is None:
+            continue
+        if not path.exists():
+            raise CorpusError(f"corpus file {path} is missing.",
+                              "restore it with `git checkout pcaps/` (or re-record as root).")
+        digest = sha256(path)
+        if digest != entry[item]["sha256"]:
+            raise CorpusError(f"corpus file {path} does not match its sha256 in the manifest "
+                              f"(file {digest[:12]}…, manifest {entry[item]['sha256'][:12]}…).",
+                              "restore it with `git checkout pcaps/`; never edit recorded files.")
+    data = json.loads(data_path.read_text())
+    return Result(exp.name, dict(params), "replay", data, pcap=pcap, reason=reason, source=entry)
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name, argv in (("tcpdump", ["tcpdump", "--version"]), ("tshark", ["tshark", "--version"])):
+        exe = shutil.which(argv[0])
+        if not exe:
+            continue
+        try:
+            text = subprocess.run([exe] + argv[1:], capture_output=True, text=True, timeout=10)
+            lines = [l for l in (text.stdout + text.stderr).splitlines()
+                     if l.strip() and "Running as user" not in l]
+            out[name] = lines[0].strip()
+            if name == "tcpdump" and len(lines) > 1:
+                out["libpcap"] = lines[1].strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    from importlib import metadata
+    for pkg in ("scapy", "pyshark", "pandas", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _sysctls() -> dict[str, str]:
+    out = {}
+    for name in SYSCTLS:
+        try:
+            out[name] = Path("/proc/sys", *name.split(".")).read_text().strip().replace("\t", " ")
+        except OSError:
+            pass
+    return out
+
+
+def record(names: list[str] | None = None, *, progress=print) -> list[dict]:
+    """Run each privileged experiment live over its grid and write the corpus (root)."""
+    from .experiments.base import all_experiments
+
+    os.environ["TCPCOURSE_MODE"] = "live"
+    exps = {n: e for n, e in all_experiments().items() if e.records}
+    if names:
+        unknown = sorted(set(names) - set(exps))
+        if unknown:
+            raise CorpusError(f"no recordable experiment named {', '.join(unknown)}.",
+                              f"choose from: {', '.join(sorted(exps))}.")
+        exps = {n: exps[n] for n in names}
+    root = corpus_dir()
+    manifest = read_manifest()
+    kept = [e for e in manifest["entries"] if e["experiment"] not in exps]
+    tools = _tool_versions()
+    sysctls = _sysctls()
+    new = []
+    for name, exp in sorted(exps.items()):
+        folder = root / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        grid = exp.grid()
+        for i, params in enumerate(grid, 1):
+            progress(f"[{name} {i}/{len(grid)}] {slug(params)}")
+            with tempfile.TemporaryDirectory() as tmp:
+                result = exp(_outdir=tmp, **params)
+                exp.check(result)  # never record a file that does not show its claim
+                entry = {"experiment": name, "chapter": exp.chapter, "params": params}
+                base = folder / slug(params)
+                if result.pcap is not None:
+                    shutil.copyfile(result.pcap, base.with_suffix(".pcap"))
+                    entry["pcap"] = _file_entry(root, base.with_suffix(".pcap"))
+                base.with_suffix(".json").write_text(json.dumps(result.data, indent=1, sort_keys=True) + "\n")
+                entry["data"] = _file_entry(root, base.with_suffix(".json"))
+            entry.update(kernel=platform.release(), sysctls=sysctls, tools=tools,
+                         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         invariant=exp.claim)
+            new.append(entry)
+    manifest["entries"] = sorted(kept + new, key=lambda e: (e["chapter"], e["experiment"], slug(e["params"])))
+    manifest_path().write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return new
+
+
+def _file_entry(root: Path, path: Path) -> dict:
+    return {"path": path.relative_to(root).as_posix(), "sha256": sha256(path), "bytes": path.stat().st_size}
+
+
+def verify(*, progress=None) -> list[str]:
+    """Check every manifest entry: files present, hashes match, invariant holds, and every
+    grid point of every recordable experiment is present. Returns a list of problems."""
+    from .experiments.base import all_experiments
+
+    problems: list[str] = []
+    exps = all_experiments()
+    root = corpus_dir()
+    entries = read_manifest()["entries"]
+    listed = set()
+    for e in entries:
+        name = e["experiment"]
+        label = f"{name} {slug(e['params'])}"
+        for key in ("pcap", "data"):
+            if key in e:
+                listed.add(e[key]["path"])
+        exp = exps.get(name)
+        if exp is None:
+            problems.append(f"{label}: no experiment of that name exists")
+            continue
+        for key in ("kernel", "sysctls", "tools", "date", "invariant"):
+            if not e.get(key):
+                problems.append(f"{label}: manifest lacks {key}")
+        try:
+            result = load(exp, e["params"], "verification")
+            exp.check(result)
+        except CorpusError as exc:
+            problems.append(f"{label}: {exc.problem}")
+        except AssertionError as exc:
+            problems.append(f"{label}: invariant fails: {exc}")
+        if progress:
+            progress(f"checked {label}")
+    for name, exp in exps.items():
+        if not exp.records:
+            continue
+        have = {_canon(e["params"]) for e in entries if e["experiment"] == name}
+        for params in exp.grid():
+            if _canon(params) not in have:
+                problems.append(f"{name} {slug(params)}: grid point not recorded")
+    if root.exists():
+        for path in root.rglob("*"):
+            if path.is_file() and path.name != "manifest.json" and path.relative_to(root).as_posix() not in listed:
+                problems.append(f"{path.relative_to(root)}: file not in the manifest")
+    return problems
+
+
+def total_bytes() -> int:
+    root = corpus_dir()
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.corpus", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    rec = sub.add_parser("record", help="re-record experiments live (root)")
+    rec.add_argument("names", nargs="*")
+    sub.add_parser("verify", help="check hashes and invariants")
+    sub.add_parser("list", help="list recordings")
+    args = ap.parse_args(argv)
+    if args.cmd == "record":
+        new = record(args.names or None)
+        print(f"recorded {len(new)} files; corpus is {total_bytes() / 1e6:.2f} MB")
+        return 0
+    if args.cmd == "list":
+        for e in read_manifest()["entries"]:
+            print(f"{e['chapter']}  {e['experiment']:24s} {slug(e['params'])}")
+        return 0
+    problems = verify(progress=None)
+    for p in problems:
+        print("FAIL", p)
+    n = len(read_manifest()["entries"])
+    print(f"{n - len({p.split(':')[0] for p in problems})} of {n} recordings verified; "
+          f"corpus {total_bytes() / 1e6:.2f} MB")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
