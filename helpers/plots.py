@@ -50,30 +50,30 @@ __all__ = [
 ]
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+PALETTE = ["#0072b2", "#e69f00", "#009e73", "#d55e00", "#cc79a7", "#56b4e9", "#f0e442", "#000000"]
 
 #: Meaning-bearing colours, the same in every figure of the course.
 COLORS = {
-    "syn": "#009E73",      # green: connection set-up
-    "fin": "#E69F00",      # orange: orderly close
-    "rst": "#D62728",      # red: abort
-    "data": "#0072B2",     # blue: payload
-    "ack": "#8C8C8C",      # grey: pure ACK
-    "retrans": "#B0359B",  # purple: retransmission (dashed in ladders)
-    "window": "#6A3D9A",   # advertised-window edge
-    "acks": "#2E7D32",     # the receiver's ACK line
-    "probe": "#E69F00",
-    "zero": "#D62728",
-    "limit": "#D62728",
+    "syn": "#009e73",      # green: connection set-up
+    "fin": "#e69f00",      # orange: orderly close
+    "rst": "#d62728",      # red: abort
+    "data": "#0072b2",     # blue: payload
+    "ack": "#8c8c8c",      # grey: pure ACK
+    "retrans": "#b0359b",  # purple: retransmission (dashed in ladders)
+    "window": "#6a3d9a",   # advertised-window edge
+    "acks": "#2e7d32",     # the receiver's ACK line
+    "probe": "#e69f00",
+    "zero": "#d62728",
+    "limit": "#d62728",
 }
 # Text on white needs darker shades of the light colours.
 _TEXT = {
-    "syn": "#006B4F",
-    "fin": "#9A5B00",
-    "rst": "#B01E1E",
+    "syn": "#006b4f",
+    "fin": "#9a5b00",
+    "rst": "#b01e1e",
     "data": "#005185",
     "ack": "#505050",
-    "retrans": "#8A2079",
+    "retrans": "#8a2079",
 }
 _CATEGORY_NAMES = {
     "syn": "SYN",
