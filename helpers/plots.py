@@ -33,7 +33,7 @@ from cycler import cycler
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
-from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator
 
 from .errors import CourseError
 
@@ -423,13 +423,13 @@ def ladder(
     if to_scale:
         mean = (t[-1] - t[0]) / (n - 1)
         y = (t - t[0]) / mean
-        ylabel = f"time ↓  (to scale: one row = {_fmt_gap(mean)})"
+        ylabel = f"time ↓\n(to scale, {_fmt_gap(mean)} per row)"
     else:
         steps = np.ones(max(n - 1, 0)) + _GAP_EXTRA * is_gap
         y = np.concatenate([[0.0], np.cumsum(steps)])
-        ylabel = "time ↓  (capture order, not to scale; ⋯ marks a long pause)"
-        if not is_gap.any():
-            ylabel = "time ↓  (capture order, not to scale)"
+        ylabel = "time ↓\n(capture order, not to scale)"
+        if is_gap.any():
+            ylabel = "time ↓\n(not to scale; ⋯ long pauses cut)"
 
     y_end = float(y[-1]) + _SLOPE
     more = n_total - n
@@ -437,7 +437,7 @@ def ladder(
     y_top = -0.55
 
     if ax is None:
-        height = max(3.2, (y_bottom - y_top) * _ROW_IN + 1.75)
+        height = max(3.6, (y_bottom - y_top) * _ROW_IN + 1.75)
         fig = plt.figure(figsize=(10.0, height))
         top_in, bottom_in = 1.05, 0.7
         ax = fig.add_axes((0.07, bottom_in / height, 0.9, 1 - (top_in + bottom_in) / height))
@@ -450,7 +450,7 @@ def ladder(
         ax.spines[side].set_visible(False)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_ylabel(ylabel, color="#444444")
+    ax.set_ylabel(ylabel, color="#444444", fontsize=9)
     xs = {cl: 0.0, sv: 1.0}
 
     # Lifelines, interrupted (dotted) where a pause was compressed.
@@ -499,8 +499,11 @@ def ladder(
         # Label above the arrow's middle, parallel to it (rotation follows the data slope).
         yl, yr = (y0, y1) if x0 == 0.0 else (y1, y0)
         angle = math.degrees(math.atan2(yr - yl, 1.0))
+        text = segment_label(r)
+        if cat == "retrans" and "labels" not in conn.columns:
+            text += " (retransmission)"
         ax.text(
-            0.5, (y0 + y1) / 2 - 0.06, segment_label(r), ha="center", va="bottom", fontsize=8.5,
+            0.5, (y0 + y1) / 2 - 0.06, text, ha="center", va="bottom", fontsize=8.5,
             color=_TEXT[cat], rotation=angle, rotation_mode="anchor", transform_rotates_text=True,
             gid="ladder-label", zorder=3,
         )
@@ -520,10 +523,12 @@ def ladder(
               frameon=False, fontsize=8.5, handlelength=1.8, borderaxespad=0.2)
     if title is None:
         title = f"Ladder: {n_total} segment{'s' if n_total != 1 else ''}"
+        if more > 0:
+            title = f"Ladder: first {n} of {n_total} segments"
         if sid is not None and "stream" in df.columns and df["stream"].nunique() > 1:
             title += f" of stream {sid}"
         if omitted:
-            title += f" ({omitted} of other connections not drawn)"
+            title += f" ({omitted} segments of other connections not drawn)"
     ax.set_title(title, pad=36)
     return fig
 
@@ -583,7 +588,7 @@ def time_sequence(
     conn, snd, rcv, is_fwd = _direction(df, sender, stream, "time_sequence")
     fwd, rev = conn[is_fwd], conn[~is_fwd]
     if ax is None:
-        fig, ax = plt.subplots(figsize=(9.0, 5.5))
+        fig, ax = plt.subplots(figsize=(10.0, 5.5))
     else:
         fig = ax.figure
     retr_all = _retransmitted(conn)
@@ -600,9 +605,9 @@ def time_sequence(
         ax.plot(t_f[sel], seq_f[sel] + len_f[sel], ls="none", marker="_", ms=6, mew=1.5, color=COLORS["data"], zorder=3)
     sel = data & retr
     if sel.any():
-        ax.vlines(t_f[sel], seq_f[sel], seq_f[sel] + len_f[sel], color=COLORS["rst"], lw=2.4,
+        ax.vlines(t_f[sel], seq_f[sel], seq_f[sel] + len_f[sel], color=COLORS["retrans"], lw=2.4,
                   label="retransmission", zorder=4)
-        ax.plot(t_f[sel], seq_f[sel] + len_f[sel], ls="none", marker="_", ms=7, mew=2, color=COLORS["rst"], zorder=4)
+        ax.plot(t_f[sel], seq_f[sel] + len_f[sel], ls="none", marker="_", ms=7, mew=2, color=COLORS["retrans"], zorder=4)
     if probes.any():
         ax.plot(t_f[probes], seq_f[probes], ls="none", marker="D", ms=6, mfc="white", mew=1.6,
                 color=COLORS["probe"], label="zero-window probe / keep-alive", zorder=5)
@@ -636,7 +641,7 @@ def time_sequence(
     ax.set_ylabel("relative sequence number")
     ax.yaxis.set_major_formatter(EngFormatter(unit="B", sep=" "))
     ax.set_title(title or f"Time-sequence: {_fmt_ep(snd)} → {_fmt_ep(rcv)}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.margins(x=0.03, y=0.05)
     return fig
 
@@ -772,10 +777,12 @@ def latency_hist(
     for a, c, _ in nonempty:
         med = float(np.median(a))
         ax.axvline(med, color=c, ls="--", lw=1.3, gid="median")
-        ax.text(med, 0.98, f" median {med:.3g} {unit}", transform=tr, rotation=90, ha="right", va="top",
-                fontsize=8.5, color=c, gid="median")
+        ax.text(med, 0.98, f"median {med:.3g} {unit}", transform=tr, rotation=90, ha="center", va="top",
+                fontsize=8.5, color=c, gid="median", zorder=5,
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=c, lw=0.6, alpha=0.95))
     if log:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(xlabel or f"latency ({unit}{', log scale' if log else ''})")
     ax.set_ylabel("count")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -864,7 +871,9 @@ def bars(
     ax.set_xticks(x, [str(i) for i in s.index])
     if annotate:
         fmt = "{:.0f}" if np.all(np.mod(vals, 1) == 0) else "{:.3g}"
-        ax.bar_label(rects, labels=[fmt.format(v) for v in vals], padding=2, fontsize=9)
+        for txt in ax.bar_label(rects, labels=[fmt.format(v) for v in vals], padding=3, fontsize=9):
+            txt.set_bbox(dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.9))
+            txt.set_zorder(4)
     if expected is not None:
         if isinstance(expected, Mapping) or isinstance(expected, pd.Series):
             ev = np.array([float(expected.get(k, np.nan)) for k in s.index])

@@ -8,12 +8,27 @@ import subprocess
 import sys
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _ss(port: int) -> str:
+    out = subprocess.run(["ss", "-tanH", f"( sport = :{port} or dport = :{port} )"],
+                         capture_output=True, text=True)
+    return out.stdout
+
+
 def main(n_clients: int) -> None:
     obs = {"steps": []}
 
     def step(call, result, note=""):
         obs["steps"].append({"call": call, "result": result, "note": note})
 
+    obs["lowest_free_before"] = next(fd for fd in range(3, 1024) if not _is_open(fd))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     step("socket(AF_INET, SOCK_STREAM)", listener.fileno(), "a new fd: the lowest free number")
     obs["listener_fd"] = listener.fileno()
@@ -29,6 +44,7 @@ def main(n_clients: int) -> None:
         c = socket.create_connection(("127.0.0.1", port))
         clients.append(c)
         step("connect() [client]", c.fileno(), f"client fd, local port {c.getsockname()[1]}")
+    obs["ss_before_accept"] = _ss(port)
     for _ in range(n_clients):
         conn, peer = listener.accept()
         accepted.append(conn)
@@ -43,9 +59,7 @@ def main(n_clients: int) -> None:
         "local": list(listener.getsockname()),
         "accepting": listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN),
     }
-    ss = subprocess.run(["ss", "-tanH", f"( sport = :{port} or dport = :{port} )"],
-                        capture_output=True, text=True)
-    obs["ss"] = ss.stdout
+    obs["ss"] = _ss(port)
 
     freed = accepted[1].fileno()
     accepted[1].close()

@@ -143,3 +143,33 @@ def kernel_answers(run, clients: int = 3) -> dict:
             "listen_recv_q": int(listen["recv_q"].iloc[0]), "listen_send_q": int(listen["send_q"].iloc[0]),
             "server_estab": int(len(server_side)),
             "ss": view[["state", "recv_q", "send_q", "local", "lport", "peer", "pport"]].to_dict("records")}
+
+
+def syn_options(result: Result):
+    """The options each side announced, one row per SYN / SYN-ACK in the capture."""
+    import pandas as pd
+
+    df = result.segments()
+    syns = df[df["flags"].isin(["SYN", "SYN+ACK"])]
+    rows = []
+    for _, s in syns.iterrows():
+        rows.append({"stream": s.stream, "segment": s.flags, "from": f"{s.src}:{s.sport}",
+                     "ISN (raw seq)": s.seq_raw, "MSS": s.mss, "window scale": s.wscale,
+                     "window": s.win_raw, "SACK permitted": bool(s.sack_perm),
+                     "timestamps": s.tsval is not pd.NA})
+    return pd.DataFrame(rows)
+
+
+def render(result: Result) -> list:
+    """What the 01_02 panel shows: the banner, the SYN options, and the ladder of one connection."""
+    from ..plots import ladder
+
+    df = result.segments()
+    first = df[df["stream"] == df["stream"].min()]
+    d = result.data
+    c = d["client"][0]
+    note = (f"client SO_RCVBUF asked {c['so_rcvbuf_set'] or 'default'} → kernel reports {c['so_rcvbuf_got']}; "
+            f"TCP_MAXSEG read back after connect: {c['tcp_maxseg_got']}")
+    return [result, syn_options(result), note,
+            ladder(first, title=f"connection 1 of {d['connections']}: mss={result.params['mss'] or 'default'}, "
+                               f"rcvbuf={result.params['rcvbuf'] or 'default'}")]

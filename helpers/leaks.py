@@ -1,0 +1,112 @@
+"""What the course could leave behind, and a check that it did not.
+
+``snapshot()`` records capture processes, network namespaces, iptables rules and every
+readable host sysctl under /proc/sys/net; ``leftovers(baseline)`` lists what differs now.
+The test suite's last stage and each notebook's closing cell use it.
+
+    python -m helpers.leaks snapshot FILE     # before
+    python -m helpers.leaks check FILE        # after: exit 1 and a list when something leaked
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CAPTURE_PROCS = ("tcpdump", "dumpcap", "tshark")
+# values the kernel changes by itself
+VOLATILE = re.compile(r"(nf_conntrack_count|stable_secret|/veth|/tcpc|random|hash_|fastopen_key"
+                      r"|neigh/(?!default)|conf/(?!all|default|lo))")
+
+
+def capture_processes() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in CAPTURE_PROCS:
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                args = comm
+            out.append(f"{pid} {args}")
+    return sorted(out)
+
+
+def namespaces() -> list[str]:
+    try:
+        return sorted(os.listdir("/run/netns"))
+    except OSError:
+        return []
+
+
+def iptables_rules() -> list[str]:
+    rules = []
+    for tool in ("iptables", "ip6tables"):
+        exe = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+        if not exe:
+            continue
+        try:
+            out = subprocess.run([exe, "-S"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        rules += [f"{tool} {l}" for l in out.stdout.splitlines() if l and not l.startswith("-P ")]
+    return sorted(rules)
+
+
+def sysctls() -> dict[str, str]:
+    out = {}
+    base = Path("/proc/sys/net")
+    for path in base.rglob("*"):
+        rel = path.relative_to("/proc/sys").as_posix()
+        if VOLATILE.search(rel) or not path.is_file():
+            continue
+        try:
+            out[rel.replace("/", ".")] = path.read_text().strip()
+        except OSError:
+            continue
+    return out
+
+
+def snapshot() -> dict:
+    return {"capture_processes": capture_processes(), "namespaces": namespaces(),
+            "iptables": iptables_rules(), "sysctls": sysctls()}
+
+
+def leftovers(baseline: dict | None = None) -> list[str]:
+    """What exists now that did not in *baseline* (or, without one, any capture process,
+    course namespace or iptables rule at all)."""
+    now = snapshot()
+    base = baseline or {"capture_processes": [], "namespaces": [], "iptables": [], "sysctls": now["sysctls"]}
+    found = []
+    for key in ("capture_processes", "namespaces", "iptables"):
+        found += [f"{key}: {x}" for x in sorted(set(now[key]) - set(base[key]))]
+    for name, value in sorted(now["sysctls"].items()):
+        if name in base["sysctls"] and base["sysctls"][name] != value:
+            found.append(f"sysctl changed: {name} = {value} (was {base['sysctls'][name]})")
+    return found
+
+
+def main(argv) -> int:
+    if len(argv) != 3 or argv[1] not in ("snapshot", "check"):
+        print(__doc__)
+        return 2
+    if argv[1] == "snapshot":
+        Path(argv[2]).write_text(json.dumps(snapshot(), indent=1))
+        return 0
+    left = leftovers(json.loads(Path(argv[2]).read_text()))
+    for item in left:
+        print("LEAK", item)
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,157 @@
+# %% [markdown]
+# # How Linux really runs TCP — start here
+#
+# A hands-on course taught from the wire up. Every chapter starts real servers on
+# loopback, captures their packets with `tcpdump`, dissects them, and asks the kernel
+# itself (`ss`, `nstat`, `TCP_INFO`) what it thinks happened. Nothing in the course is a
+# hard-coded number: each claim is followed by the experiment that shows it and an
+# `assert` on the data you just produced.
+#
+# **Objectives of this page**
+# 1. See the course map and how each chapter is built.
+# 2. Find out what this machine lets the course do (live capture or replay).
+# 3. Know how to switch modes and how to report a problem.
+#
+# **Prerequisites:** Python, and knowing that TCP is a reliable byte stream.
+# **Time:** 10 minutes.
+
+# %%
+from helpers import caps
+from helpers.notebook import mode_banner
+from helpers.checks import check, check_value
+
+mode_banner()
+
+# %% [markdown]
+# ## How every chapter works
+#
+# Each section runs **predict → run → observe → explain**: you write down what you
+# expect, the cell runs a real experiment, you look at the packets (a ladder diagram),
+# the numbers and the kernel's own view, and the text explains what you saw.
+# Where the author's original study notes were wrong, a **myth vs measurement** box
+# shows the measurement that corrects them. Each chapter ends with exercises whose
+# checkers print ✓ or ✗ with the reason.
+#
+# ## Course map
+#
+# | chapter | what you will see | runs without root? |
+# |---|---|---|
+# | [01_01 Sockets are file descriptors](01_01-sockets-are-file-descriptors.ipynb) | socket/bind/listen/accept step by step, fd numbers and their reuse, 4-tuples, `strace` | yes, fully live |
+# | [01_02 The three-way handshake](01_02-three-way-handshake.ipynb) | SYN, SYN-ACK, ACK on the wire; ISNs; MSS, window scale, SACK, timestamps; a panel that changes `TCP_MAXSEG` and `SO_RCVBUF` | sockets live, packets replayed |
+# | 01_03 SYN queue and accept queue | backlog+1, dropped final ACKs, linear SYN retries | coming next |
+# | 01_04 SYN floods and SYN cookies | half-open entries, cookies on and off, decoding a cookie | coming next |
+# | 01_05 SO_REUSEPORT sharding | N listeners, how evenly the kernel spreads 1000 connections | coming next |
+# | 02_01 … 02_06 Moving data | buffers, zero windows, Nagle and delayed ACK, framing, backpressure, sendfile | coming next |
+# | 03_01 … 03_03 Ending connections | FIN, TIME_WAIT, RST, port reuse | coming next |
+# | 04_01 … 05_01 Servers under load | I/O models, limits, the observability toolkit, a capstone | coming next |
+
+# %% [markdown]
+# ## What can this machine do?
+#
+# **Predict:** are you running as root here? On Binder or a laptop account, packet
+# capture is usually impossible: capturing needs the `CAP_NET_RAW` capability, and
+# network namespaces need `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`.
+#
+# **Run:** the course checks once, by really starting `tcpdump` on `lo` and really
+# opening a raw socket (a guess from the user id would be wrong in containers).
+
+# %%
+table = caps.table()
+table
+
+# %% [markdown]
+# **Observe.** Each missing capability has a consequence in the last column. The course
+# never falls back silently: when a chapter cannot capture, it reads the recording made
+# for the same experiment and parameters from `pcaps/`, and says so in an orange banner.
+
+# %%
+c = caps.capabilities()
+assert list(table["capability"]) == ["live capture", "namespaces", "tshark", "raw sockets", "strace"]
+# Live capture and raw sockets both hinge on CAP_NET_RAW: they agree on any one machine.
+assert bool(c.raw_sockets) == bool(caps.has_cap(caps.CAP_NET_RAW))
+assert bool(c.namespaces) == (caps.has_cap(caps.CAP_SYS_ADMIN) and caps.has_cap(caps.CAP_NET_ADMIN))
+print(f"effective capability mask of this kernel process: {caps.effective_caps():#x}")
+
+# %% [markdown]
+# ## Live or replay: choosing the mode
+#
+# The environment variable `TCPCOURSE_MODE` picks the mode before JupyterLab starts:
+#
+# * `auto` (the default): live where the capabilities allow, replay where they don't;
+# * `live`: always live; an experiment that cannot run live stops with an error saying why;
+# * `replay`: always read the corpus, even as root (useful to compare your machine with
+#   the reference one).
+#
+# Plain sockets, `ss`, `nstat` and `TCP_INFO` need no privileges, so they always run live.
+
+# %%
+print("mode now:", caps.mode())
+assert caps.mode() in caps.MODES
+
+# %% [markdown]
+# ## The recorded corpus
+#
+# Every experiment that needs privileges has been recorded over the parameter values its
+# panel offers. The manifest says for each file what was run, on which kernel, with
+# which sysctls and tool versions, and which claim it shows. The test suite re-hashes every
+# file and re-checks every claim.
+
+# %%
+from helpers import corpus
+manifest = corpus.read_manifest()
+import pandas as pd
+recordings = pd.DataFrame([{"chapter": e["chapter"], "experiment": e["experiment"],
+                            "parameters": corpus.slug(e["params"]), "kernel": e["kernel"],
+                            "claim": e["invariant"]} for e in manifest["entries"]])
+print(f"{len(recordings)} recordings, {corpus.total_bytes() / 1e6:.2f} MB")
+recordings.groupby(["chapter", "experiment"]).size().rename("recordings").to_frame()
+
+# %%
+assert len(recordings) > 0 and corpus.total_bytes() < 20e6
+assert set(recordings["chapter"]) >= {"01_02"}
+
+# %% [markdown]
+# ## Reporting a problem
+#
+# When something does not work, open an issue with the output of the next cell: it names
+# the mode, your kernel and each capability.
+
+# %%
+print(caps.summary())
+
+# %% [markdown]
+# ## Check your understanding
+#
+# **1.** In which mode will the captures of chapter 01_02 run on *this* machine right now?
+# Answer `"live"` or `"replay"`.
+
+# %%
+answer_1 = ...  # "live" or "replay"
+
+# %%
+def expected_mode():
+    if caps.mode() != "auto":
+        return caps.mode()
+    return "live" if caps.capabilities().live_capture else "replay"
+
+check_value(answer_1, expected_mode(), name="run mode",
+            hint="look at the 'live capture' row of the table and at TCPCOURSE_MODE")
+
+# %% [markdown]
+# **2.** Which Linux capability does packet capture need? (for example `"CAP_SYS_TIME"`)
+
+# %%
+answer_2 = ...  # a capability name
+
+# %%
+check_value(answer_2, "CAP_NET_RAW", name="capability for capture",
+            hint="capture opens an AF_PACKET socket; raw sockets need the same capability")
+
+# %% [markdown]
+# ## Summary
+# * The course runs live where it can and replays recorded captures where it cannot, and
+#   always says which.
+# * Every claim is asserted on data: if your kernel behaves differently, a cell fails
+#   and tells you what it measured.
+#
+# **What's next:** [01_01 Sockets are file descriptors](01_01-sockets-are-file-descriptors.ipynb).
