@@ -112,11 +112,12 @@ class Server:
 
     @property
     def port(self) -> int:
-        return self.sock.getsockname()[1]
+        """The bound port (kept after stop(), for reports)."""
+        return self._address[1]
 
     @property
     def address(self) -> tuple:
-        return self.sock.getsockname()[:2]
+        return self._address
 
     def start(self) -> "Server":
         sock = _new_socket(_family(self.host), self.ns)
@@ -128,6 +129,7 @@ class Server:
             sock.close()
             raise
         self.sock = sock
+        self._address = sock.getsockname()[:2]
         _live.add(self)
         if self.accept_enabled:
             t = threading.Thread(target=self._accept_loop, daemon=True, name=f"{self.name}-accept")
@@ -158,12 +160,15 @@ class Server:
                     self._threads.append(t)
 
     def _serve(self, conn: socket.socket, addr) -> None:
+        """Run the handler; when it returns, the server closes its end (sends FIN)."""
         try:
             self.handler(conn, addr)
         except OSError:
             pass  # peer reset / closed under us: normal at teardown
         except BaseException as exc:  # kept for the experiment to report
             self.errors.append(exc)
+        finally:
+            conn.close()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()

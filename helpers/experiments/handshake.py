@@ -20,6 +20,12 @@ def lo_mtu() -> int:
         return 65536
 
 
+def default_mss(mtu: int) -> int:
+    """The MSS Linux announces for IPv4 at this MTU: an IPv4 packet is at most 65535 bytes
+    (16-bit total length), minus 20 bytes of IP and 20 of TCP header."""
+    return min(mtu, 65535) - 40
+
+
 def handshakes(df):
     """The first three segments of every stream: {stream: (syn, synack, ack) rows}."""
     out = {}
@@ -37,14 +43,15 @@ def check_handshake(result: Result) -> None:
     assert len(hs) == d["connections"], f"expected {d['connections']} connections in the capture, found {len(hs)}"
     isns = []
     for stream, (syn, synack, ack) in hs.items():
-        assert (syn.flags, synack.flags, ack.flags) == ("SYN", "SYN+ACK", "ACK"), \
-            f"stream {stream}: first three segments are {syn.flags}, {synack.flags}, {ack.flags}"
+        assert (syn["flags"], synack["flags"], ack["flags"]) == ("SYN", "SYN+ACK", "ACK"), \
+            f"stream {stream}: first three segments are {syn['flags']}, {synack['flags']}, {ack['flags']}"
         assert synack.ack_raw == (syn.seq_raw + 1) % 2**32, "the SYN-ACK must acknowledge the client ISN + 1"
         assert ack.ack_raw == (synack.seq_raw + 1) % 2**32, "the final ACK must acknowledge the server ISN + 1"
         assert syn.sport == ack.sport == synack.dport, "the handshake must stay on one 4-tuple"
-        expected_mss = d["params_mss"] or d["lo_mtu"] - 40
+        expected_mss = d["params_mss"] or default_mss(d["lo_mtu"])
         assert syn.mss == expected_mss, f"SYN MSS {syn.mss}, expected {expected_mss}"
-        assert synack.mss == d["lo_mtu"] - 40, f"SYN-ACK MSS {synack.mss}, expected {d['lo_mtu'] - 40}"
+        assert synack.mss == default_mss(d["lo_mtu"]), \
+            f"SYN-ACK MSS {synack.mss}, expected {default_mss(d['lo_mtu'])}"
         assert bool(syn.sack_perm) and bool(synack.sack_perm), "SACK must be permitted both ways"
         assert syn.tsval is not None and int(syn.tsval) > 0, "timestamps option expected on the SYN"
         assert syn.wscale == d["client"][0]["syn_wscale_expected"], \
@@ -153,7 +160,7 @@ def syn_options(result: Result):
     syns = df[df["flags"].isin(["SYN", "SYN+ACK"])]
     rows = []
     for _, s in syns.iterrows():
-        rows.append({"stream": s.stream, "segment": s.flags, "from": f"{s.src}:{s.sport}",
+        rows.append({"stream": s.stream, "segment": s["flags"], "from": f"{s.src}:{s.sport}",
                      "ISN (raw seq)": s.seq_raw, "MSS": s.mss, "window scale": s.wscale,
                      "window": s.win_raw, "SACK permitted": bool(s.sack_perm),
                      "timestamps": s.tsval is not pd.NA})

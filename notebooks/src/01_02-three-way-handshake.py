@@ -64,7 +64,7 @@ rows = []
 for stream, (syn, synack, ack) in handshakes(df).items():
     rows.append({"stream": stream, "client ISN x": syn.seq_raw, "SYN-ACK ack": synack.ack_raw,
                  "server ISN y": synack.seq_raw, "final ACK ack": ack.ack_raw})
-    assert (syn.flags, synack.flags, ack.flags) == ("SYN", "SYN+ACK", "ACK")
+    assert (syn["flags"], synack["flags"], ack["flags"]) == ("SYN", "SYN+ACK", "ACK")
     assert synack.ack_raw == (syn.seq_raw + 1) % 2**32
     assert ack.ack_raw == (synack.seq_raw + 1) % 2**32
 isn = pd.DataFrame(rows)
@@ -85,13 +85,13 @@ print("the SYN consumes one sequence number: ack = ISN + 1 on both sides; all IS
 
 # %%
 first = df[df.stream == df.stream.min()]
-plots.ladder(first, title="one connection: handshake, ping/pong, close")
+fig = plots.ladder(first, title="one connection: handshake, ping/pong, close")
 
 # %% [markdown]
 # ## 3 · The options in the SYNs
 #
-# **Predict:** on `lo` (MTU 65536) which MSS does each side announce? (MSS = MTU − 20 bytes
-# of IPv4 header − 20 bytes of TCP header.)
+# **Predict:** on `lo` (MTU 65536) which MSS does each side announce? (The MSS is the
+# largest payload: the packet size limit minus 20 bytes of IPv4 header and 20 of TCP header.)
 
 # %%
 opts = syn_options(result)
@@ -99,13 +99,16 @@ opts
 
 # %%
 mtu = result.data["lo_mtu"]
-assert (opts["MSS"] == mtu - 40).all(), f"MSS = {mtu} - 40 on lo by default"
+assert (opts["MSS"] == min(mtu, 65535) - 40).all(), "MSS = min(MTU, 65535) - 40 on lo by default"
 assert opts["SACK permitted"].all() and opts["timestamps"].all() and opts["window scale"].notna().all()
-print(f"MSS {mtu - 40} both ways, SACK permitted, timestamps on, window scale "
+print(f"lo MTU {mtu}; MSS {opts['MSS'].iloc[0]} both ways, SACK permitted, timestamps on, window scale "
       f"{sorted(set(opts['window scale']))}")
 
 # %% [markdown]
-# **Explain.** The MSS tells the peer the largest segment payload this side can receive.
+# **Explain.** Not 65536 − 40 = 65496 but 65495: an IPv4 packet cannot exceed 65535 bytes
+# (its total-length field has 16 bits), so Linux caps the MTU it uses at 65535 before
+# subtracting the headers. The MSS tells the peer the largest segment payload this side
+# can receive.
 # Window scale lets the 16-bit window field describe buffers larger than 64 KB (shift
 # left by the scale). SACK permitted and timestamps are offered in the SYN and used only
 # if both sides offer them. None of these appear in later segments except timestamps.
