@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import shutil
 import socket as _socket
@@ -94,7 +95,7 @@ _MS_KEYS = {"rto": "rto_ms", "ato": "ato_ms", "minrtt": "min_rtt_ms", "rcv_rtt":
 
 
 def _require_ss() -> None:
-    if not (shutil.which("ss") or shutil.which("ss", path="/usr/sbin:/sbin:/usr/bin:/bin")):
+    if not shutil.which("ss"):
         raise MissingToolError("ss", "iproute2", "it lists the kernel's sockets")
 
 
@@ -244,7 +245,7 @@ def _parse_info(tokens: list[str]) -> dict[str, Any]:
         else:
             out[key] = _number(val)
     if flags:
-        out["flags"] = " ".join(flags)
+        out["ss_flags"] = " ".join(flags)
     return out
 
 
@@ -292,12 +293,12 @@ def parse_ss_line(line: str, state: str | None = None) -> dict[str, Any] | None:
 
 def _ns_prefix(ns: Any) -> list[str]:
     """argv prefix running a command in namespace *ns* (checks that it exists)."""
+    _netns._ip()
     ns = _netns.resolve(ns)
     if isinstance(ns, _netns.Namespace):
         ns._require_open()
         return ns.exec_prefix
     _netns.require_namespace_privileges("looking inside a network namespace")
-    import os
     if not os.path.exists(os.path.join(_netns.NETNS_RUN_DIR, ns)):
         raise CourseError(f"there is no network namespace called {ns!r}.",
                           "pass the Namespace object of a running experiment.")
@@ -323,8 +324,9 @@ def ss(*, state: str | Iterable[str] | None = None, sport: int | None = None,
     ``retrans_now`` is the current episode), ``unacked``, ``backoff``, ``cc`` (bbr,
     cubic, ...), ``wscale`` (``"snd,rcv"``), ``skmem_r`` ... ``skmem_d``, the timer
     (``timer``, ``timer_ms``, ``timer_retrans``; e.g. ``timewait``), option flags
-    (``flags``: ``"ts sack ecn ..."``), every other ``key:value`` ss prints (rates
-    as ``*_bps`` in bits/s, times as ``*_ms``), and the raw text in ``info``.
+    (``ss_flags``: ``"ts sack ecn app_limited ..."``), every other ``key:value`` ss
+    prints (rates as ``*_bps`` in bits/s, times as ``*_ms``), and the raw text in
+    ``info`` -- read it as ``df["info"]``: ``df.info`` is a pandas method.
 
     How to read it:
 
@@ -388,7 +390,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for col in columns:
         vals = [v for v in df[col].tolist() if v is not None and not (isinstance(v, float) and v != v)]
         if not vals:
-            if col in ("state", "local", "peer", "cc", "wscale", "info", "timer", "flags"):
+            if col in ("state", "local", "peer", "cc", "wscale", "info", "timer", "ss_flags"):
                 df[col] = df[col].astype(object)
             elif col.endswith("_ms") or col.endswith("_pct"):
                 df[col] = df[col].astype(float)

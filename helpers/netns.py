@@ -39,7 +39,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fnmatch
 import itertools
@@ -141,7 +140,7 @@ def require_namespace_privileges(what: str = "creating a network namespace") -> 
 
 
 def _require_tool(tool: str, package: str, why: str = "") -> str:
-    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    path = shutil.which(tool)
     if not path:
         raise MissingToolError(tool, package, why)
     return path
@@ -175,9 +174,19 @@ def _cmd(argv: Sequence[str], *, timeout: float = 30, check: bool = True,
 # --------------------------------------------------------------------------------------
 # entering a namespace from a short-lived thread
 # --------------------------------------------------------------------------------------
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.setns.restype = ctypes.c_int
+_libc_setns = None
+
+
+def _setns(fd: int, nstype: int) -> int:
+    """libc setns(2) through ctypes (os.setns arrived only in Python 3.12)."""
+    global _libc_setns
+    if _libc_setns is None:
+        libc = ctypes.CDLL(None, use_errno=True)  # the interpreter is linked against libc
+        fn = libc.setns
+        fn.argtypes = [ctypes.c_int, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        _libc_setns = fn
+    return _libc_setns(fd, nstype)
 
 
 def _ns_name(ns: "Namespace | str") -> str:
@@ -217,7 +226,7 @@ def call_in_netns(ns: "Namespace | str", fn: Callable[..., Any], *args: Any,
                     "`with` block.",
                 ) from None
             try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                if _setns(fd, CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
                     if err == errno.EPERM:
                         raise PrivilegeError(
@@ -299,6 +308,8 @@ HOST_WIDE_SYSCTLS: tuple[str, ...] = (
     "net.ipv6.mld_max_msf",
     "net.ipv6.mld_qrv",
     "net.ipv6.route.gc_*",
+    "net.ipv4.neigh.default.*",   # the neighbour tables' defaults: initial namespace only
+    "net.ipv6.neigh.default.*",
     "net.netfilter.nf_log_all_netns",
     "net.nf_conntrack_max",
 )

@@ -4,6 +4,10 @@ Every function draws with the object API (``fig, ax = plt.subplots()``), never c
 ``plt.show()``, and returns the :class:`~matplotlib.figure.Figure` so that a test can
 inspect it and a notebook can save it. Pass ``ax=`` to draw into an existing axes.
 
+In a notebook with the inline backend, end a bare call with ``;`` (``plots.ladder(df);``)
+or assign it: the backend shows every new pyplot figure at the end of the cell, and a
+Figure left as the cell's value would be shown a second time.
+
 The style lives in one dict, :data:`STYLE`, applied by :func:`use_style` (on import of
 this module and again by each plot function; it is idempotent). No named third-party
 style sheet is used, so no library upgrade can remove it.
@@ -47,6 +51,7 @@ __all__ = [
     "latency_hist",
     "queue_depth",
     "bars",
+    "segment_label",
 ]
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
@@ -178,7 +183,10 @@ def _has(flags: str, name: str) -> bool:
 
 
 def _labels(row) -> tuple:
-    lab = row.get("labels", ()) if hasattr(row, "get") else ()
+    return _as_labels(row.get("labels", ()) if hasattr(row, "get") else ())
+
+
+def _as_labels(lab) -> tuple:
     if lab is None or (isinstance(lab, float) and math.isnan(lab)):
         return ()
     if isinstance(lab, str):
@@ -229,7 +237,11 @@ def _connection(df: pd.DataFrame, client: Any = None, stream: int | None = None,
                 f"pick one of: {', '.join(map(str, sorted(df['stream'].unique())))}.",
             )
     d = d.sort_values(["t"], kind="stable") if "t" in d.columns else d
-    known = sorted({_src(r) for _, r in d.iterrows()} | {_dst(r) for _, r in d.iterrows()})
+    ends = pd.concat([
+        pd.DataFrame({"ip": d["src"].astype(str), "port": d["sport"].astype("int64")}),
+        pd.DataFrame({"ip": d["dst"].astype(str), "port": d["dport"].astype("int64")}),
+    ]).drop_duplicates()
+    known = sorted((str(a), int(b)) for a, b in zip(ends["ip"], ends["port"]))
     if client is not None:
         cl = _parse_endpoint(client, known, "client")
         first = d[((d["src"] == cl[0]) & (d["sport"] == cl[1])) | ((d["dst"] == cl[0]) & (d["dport"] == cl[1]))]
@@ -240,8 +252,11 @@ def _connection(df: pd.DataFrame, client: Any = None, stream: int | None = None,
         cl = _src(row)
     sv = _dst(row) if _src(row) == cl else _src(row)
     pair = {cl, sv}
-    mask = [({_src(r), _dst(r)} == pair) for _, r in d.iterrows()]
-    conn = d[np.asarray(mask, dtype=bool)]
+    def _is(ip_col, port_col, ep):
+        return (d[ip_col].astype(str) == ep[0]) & (d[port_col] == ep[1])
+
+    mask = (_is("src", "sport", cl) & _is("dst", "dport", sv)) | (_is("src", "sport", sv) & _is("dst", "dport", cl))
+    conn = d[mask.to_numpy(dtype=bool)]
     sid = None
     if "stream" in conn.columns and len(conn):
         ids = conn["stream"].unique()
@@ -253,14 +268,13 @@ def _retransmitted(conn: pd.DataFrame) -> np.ndarray:
     """True for retransmissions: from expert labels if present, else by sequence space."""
     if "labels" in conn.columns:
         return np.array(
-            [any("retransmission" in str(x) for x in _labels(r)) for _, r in conn.iterrows()], dtype=bool
+            [any("retransmission" in str(x) for x in _as_labels(v)) for v in conn["labels"]], dtype=bool
         )
     out = []
     nxt: dict[Endpoint, int] = {}
-    for _, r in conn.iterrows():
-        ep = _src(r)
-        f = r["flags"]
-        seq, ln = int(r["seq"]), int(r["len"])
+    for src, sport, f, seq, ln in zip(conn["src"], conn["sport"], conn["flags"], conn["seq"], conn["len"]):
+        ep = (str(src), int(sport))
+        seq, ln = int(seq), int(ln)
         used = ln + int(_has(f, "SYN")) + int(_has(f, "FIN"))
         if used == 0 or _has(f, "RST"):
             out.append(False)
@@ -315,6 +329,9 @@ _SHORT_LABELS = {
     "dup_ack": "dup ACK",
     "previous_segment_not_captured": "prev. not captured",
     "out_of_order": "out of order",
+    "lost_segment": "prev. segment lost",
+    "ack_lost_segment": "ACKs unseen segment",
+    "reused_ports": "reused ports",
 }
 
 
@@ -351,6 +368,10 @@ def segment_label(row) -> str:
     if shown:
         parts.append("(" + ", ".join(shown) + ")")
     return " ".join(parts)
+
+
+def _fmt_bytes(n: float) -> str:
+    return EngFormatter(unit="B", sep=" ", places=1)(n) if n >= 1000 else f"{int(n)} B"
 
 
 def _fmt_gap(seconds: float) -> str:
@@ -550,11 +571,11 @@ def _direction(df, sender, stream, what):
 def _probe_mask(fwd: pd.DataFrame) -> np.ndarray:
     """Zero-window probes / keep-alives: from labels, else 0-1 byte segments at snd_nxt-1."""
     if "labels" in fwd.columns:
-        return np.array([any(x in ("zero_window_probe", "keep_alive") for x in map(str, _labels(r)))
-                         for _, r in fwd.iterrows()], dtype=bool)
+        return np.array([any(str(x) in ("zero_window_probe", "keep_alive") for x in _as_labels(v))
+                         for v in fwd["labels"]], dtype=bool)
     out, nxt = [], None
-    for _, r in fwd.iterrows():
-        f, seq, ln = r["flags"], int(r["seq"]), int(r["len"])
+    for f, seq, ln in zip(fwd["flags"], fwd["seq"], fwd["len"]):
+        seq, ln = int(seq), int(ln)
         syn_fin = _has(f, "SYN") or _has(f, "FIN") or _has(f, "RST")
         out.append(bool(nxt is not None and not syn_fin and ln <= 1 and seq == nxt - 1))
         end = seq + ln + int(_has(f, "SYN")) + int(_has(f, "FIN"))
@@ -633,31 +654,43 @@ def time_sequence(
             ax.plot(ta[:-1][zero], a[zero], ls="none", marker="x", ms=8, mew=2, color=COLORS["zero"],
                     label="zero window advertised", zorder=6)
         if "labels" in acks.columns:
-            upd = np.array(["window_update" in map(str, _labels(r)) for _, r in acks.iterrows()], dtype=bool)
+            upd = np.array(["window_update" in map(str, _as_labels(v)) for v in acks["labels"]], dtype=bool)
             if upd.any():
                 ax.plot(ta[:-1][upd], (a + w)[upd], ls="none", marker="^", ms=7, color=COLORS["acks"],
                         label="window update", zorder=6)
+    # A large window would squash small transfers to a flat line: zoom on the data and
+    # say where the window edge went (tcptrace does the same).
+    ends = [int((seq_f + len_f).max()) if len(seq_f) else 0]
+    if len(acks):
+        ends.append(int(acks["ack"].max()))
+    data_top = max(ends)
+    if show_window and len(acks):
+        edge_top = int((acks["ack"] + acks["win"]).max())
+        if data_top > 0 and edge_top > 4 * data_top:
+            ax.set_ylim(-0.04 * data_top, data_top * 1.3)
+            ax.text(0.99, 0.98, f"window edge is above the plot (up to {_fmt_bytes(edge_top)}) ↑",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8.5, color=COLORS["window"],
+                    gid="window-off-scale")
     ax.set_xlabel("time (s since the first packet)")
     ax.set_ylabel("relative sequence number")
     ax.yaxis.set_major_formatter(EngFormatter(unit="B", sep=" "))
     ax.set_title(title or f"Time-sequence: {_fmt_ep(snd)} → {_fmt_ep(rcv)}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    ax.margins(x=0.03, y=0.05)
+    ax.margins(x=0.03)
     return fig
 
 
 def _inflight(conn: pd.DataFrame, is_fwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nxt = una = None
     ts, vals = [], []
-    for fw, (_, r) in zip(is_fwd, conn.iterrows()):
-        f = r["flags"]
+    for fw, f, t, seq, ln, ack in zip(is_fwd, conn["flags"], conn["t"], conn["seq"], conn["len"], conn["ack"]):
         if fw:
-            end = int(r["seq"]) + int(r["len"]) + int(_has(f, "SYN")) + int(_has(f, "FIN"))
+            end = int(seq) + int(ln) + int(_has(f, "SYN")) + int(_has(f, "FIN"))
             nxt = end if nxt is None else max(nxt, end)
         elif _has(f, "ACK"):
-            una = int(r["ack"]) if una is None else max(una, int(r["ack"]))
+            una = int(ack) if una is None else max(una, int(ack))
         if nxt is not None:
-            ts.append(float(r["t"]))
+            ts.append(float(t))
             vals.append(max(0, nxt - (una if una is not None else 0)))
     return np.array(ts), np.array(vals)
 

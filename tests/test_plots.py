@@ -352,6 +352,15 @@ def test_time_sequence_without_labels_finds_probes_and_options():
     assert "retransmission" in legend  # same seq sent twice
 
 
+def test_time_sequence_zooms_on_small_transfers():
+    fig = plots.time_sequence(handshake_request_close())
+    ax = fig.axes[0]
+    assert ax.get_ylim()[1] < 200  # 105 bytes sent, not squashed under a 64 KB window
+    assert "65.6 kB" in texts(fig, "window-off-scale")[0]
+    fig = plots.time_sequence(bulk_zero_window())
+    assert texts(fig, "window-off-scale") == []
+
+
 def test_time_sequence_other_direction():
     fig = plots.time_sequence(handshake_request_close(), sender="127.0.0.1:8080")
     assert fig.axes[0].get_title(loc="left") == "Time-sequence: 127.0.0.1:8080 → 127.0.0.1:54321"
