@@ -199,7 +199,7 @@ def table():
     caps = capabilities()
     rows = [
         {"capability": c.name, "available": "yes" if c.available else "NO",
-         "detail": c.detail, "what it means if missing": "" if c.available else c.if_missing}
+         "detail": c.detail, "what it means if missing": c.if_missing}
         for c in caps.items()
     ]
     return pd.DataFrame(rows)

@@ -6,28 +6,38 @@ import html
 from . import caps
 
 
-def _box(text: str, colour: str, edge: str):
-    from IPython.display import HTML
-    return HTML(f'<div style="background:{colour};border-left:6px solid {edge};padding:6px 10px;'
-                f'font-family:sans-serif">{text}</div>')
+class Banner:
+    """A coloured box in Jupyter, one plain line elsewhere (shown once, never twice)."""
+
+    def __init__(self, text: str, live: bool):
+        self.text, self.live = text, live
+
+    def _repr_html_(self) -> str:
+        colour, edge = ("#e8f5e9", "#2e7d32") if self.live else ("#fff3e0", "#ef6c00")
+        return (f'<div style="background:{colour};border-left:6px solid {edge};padding:6px 10px;'
+                f'font-family:sans-serif">{html.escape(self.text)}</div>')
+
+    def __repr__(self) -> str:
+        return self.text
 
 
-def mode_banner(needs=("live_capture",)):
+def mode_banner(needs=("live_capture",)) -> Banner:
     """The banner at the top of a chapter: will this notebook capture live or replay, and why."""
     m = caps.mode()
-    c = caps.capabilities()
-    missing = c.missing(needs)
+    missing = caps.capabilities().missing(needs)
+    if not needs:
+        return Banner("LIVE: this chapter needs no privileges and captures nothing; every cell runs "
+                      "live on this machine, whatever the mode.", True)
     if m == "replay":
-        text, live = "REPLAY: TCPCOURSE_MODE=replay is set, so captures come from the recorded corpus (pcaps/).", False
-    elif missing:
+        return Banner("REPLAY: TCPCOURSE_MODE=replay is set, so captures come from the recorded corpus "
+                      "(pcaps/); each result names its file. Sockets, ss and TCP_INFO still run live. "
+                      "Unset TCPCOURSE_MODE to capture live.", False)
+    if missing:
         why = "; ".join(f"{x.name}: {x.detail}" for x in missing)
-        text, live = (f"REPLAY: this machine cannot capture here ({why}). Every capture in this notebook "
-                      f"is read from the recorded corpus (pcaps/), and each result says which file. "
-                      f"Sockets, ss, nstat and TCP_INFO still run live."), False
-    else:
-        text, live = "LIVE: tcpdump can capture on this machine; every capture below is made now.", True
-    print(text)
-    return _box(html.escape(text), "#e8f5e9" if live else "#fff3e0", "#2e7d32" if live else "#ef6c00")
+        return Banner(f"REPLAY: this machine cannot capture here ({why}). Every capture in this notebook "
+                      f"is read from the recorded corpus (pcaps/), and each result names its file. "
+                      f"Sockets, ss, nstat and TCP_INFO still run live.", False)
+    return Banner("LIVE: tcpdump can capture on this machine; every capture below is made now.", True)
 
 
 def nothing_left_behind() -> list[str]:

@@ -43,7 +43,8 @@ def main(n_clients: int) -> None:
     for _ in range(n_clients):
         c = socket.create_connection(("127.0.0.1", port))
         clients.append(c)
-        step("connect() [client]", c.fileno(), f"client fd, local port {c.getsockname()[1]}")
+        step("socket() + connect()  [client]", c.fileno(),
+             f"the client's fd (connect itself returns 0); local port {c.getsockname()[1]}")
     obs["ss_before_accept"] = _ss(port)
     for _ in range(n_clients):
         conn, peer = listener.accept()

@@ -78,7 +78,8 @@ class Result:
         return (f"REPLAY: {self.experiment} {self._ptext()}: packets and measurements come from "
                 f"the corpus file {src.get('pcap', {}).get('path', '?')} recorded "
                 f"{src.get('date', '?')[:10]} on Linux {src.get('kernel', '?')}, because {self.reason}. "
-                f"Run as root for a live capture.")
+                + ("Unset TCPCOURSE_MODE for a live capture." if "TCPCOURSE_MODE" in self.reason
+                   else "Run as root for a live capture."))
 
     def _ptext(self) -> str:
         if not self.params:

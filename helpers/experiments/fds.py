@@ -38,6 +38,16 @@ def parse_strace(text: str, *, only_sockets: bool = True) -> list[dict]:
     return rows
 
 
+def ss_table(text: str):
+    """`ss -tanH` lines as a DataFrame with named columns (for LISTEN rows Recv-Q is the
+    accept-queue length and Send-Q the backlog)."""
+    import pandas as pd
+
+    rows = [line.split()[:5] for line in text.splitlines() if line.strip()]
+    return pd.DataFrame(rows, columns=["state", "recv_q", "send_q", "local", "peer"]).astype(
+        {"recv_q": int, "send_q": int})
+
+
 def check_fds(result: Result) -> None:
     """The 01_01 claims, asserted on one run."""
     d = result.data
@@ -74,7 +84,8 @@ def fds(run, clients: int = 3) -> dict:
     strace_ok = capabilities().strace.available
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "strace.txt")
-        argv = (["strace", "-f", "-qq", "-e", f"trace={TRACED}", "-o", log] + child) if strace_ok else child
+        # no -f: only the experiment's own process, not the `ss` it starts
+        argv = (["strace", "-qq", "-e", f"trace={TRACED}", "-o", log] + child) if strace_ok else child
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise CourseError(f"the fd experiment's child failed: {out.stderr.strip()[-400:]}",

@@ -111,8 +111,18 @@ def handshake(run, mss: int | None = None, rcvbuf: int | None = None, connection
                     })
                 time.sleep(0.01)  # let the FIN exchange finish inside the capture
             time.sleep(0.02)
+    from ..kernel import sysctl
     return {"server_port": srv.port, "connections": connections, "params_mss": mss,
-            "params_rcvbuf": rcvbuf, "lo_mtu": lo_mtu(), "client": clients}
+            "params_rcvbuf": rcvbuf, "lo_mtu": lo_mtu(), "client": clients,
+            "tcp_rmem": [int(x) for x in str(sysctl("net.ipv4.tcp_rmem")).split()],
+            "rmem_max": int(sysctl("net.core.rmem_max"))}
+
+
+def default_wscale(tcp_rmem_max: int, rmem_max: int) -> int:
+    """The window scale Linux offers when SO_RCVBUF is not set: the smallest shift that lets
+    the 16-bit window describe the largest buffer autotuning may reach (ilog2 - 15, max 14)."""
+    space = max(tcp_rmem_max, rmem_max)
+    return max(0, min(14, space.bit_length() - 1 - 15))
 
 
 def check_kernel_answers(result: Result) -> None:
@@ -149,7 +159,9 @@ def kernel_answers(run, clients: int = 3) -> dict:
     return {"clients": clients, "connect_ok": ok, "accept_calls": 0,
             "listen_recv_q": int(listen["recv_q"].iloc[0]), "listen_send_q": int(listen["send_q"].iloc[0]),
             "server_estab": int(len(server_side)),
-            "ss": view[["state", "recv_q", "send_q", "local", "lport", "peer", "pport"]].to_dict("records")}
+            "ss": [{k: (None if v != v else v) for k, v in row.items()}  # NaN (ss's '*') -> None
+                   for row in view[["state", "recv_q", "send_q", "local", "lport", "peer", "pport"]]
+                   .astype(object).to_dict("records")]}
 
 
 def syn_options(result: Result):

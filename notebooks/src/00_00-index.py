@@ -48,7 +48,8 @@ mode_banner()
 # %% [markdown]
 # ## What can this machine do?
 #
-# **Predict:** are you running as root here? On Binder or a laptop account, packet
+# **Predict:** are you running as root here? (The `uid=` in the report at the end of this
+# page tells: 0 is root.) On Binder or a laptop account, packet
 # capture is usually impossible: capturing needs the `CAP_NET_RAW` capability, and
 # network namespaces need `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`.
 #
@@ -60,15 +61,18 @@ table = caps.table()
 table
 
 # %% [markdown]
-# **Observe.** Each missing capability has a consequence in the last column. The course
+# **Observe.** The last column says what each capability's absence would mean. The course
 # never falls back silently: when a chapter cannot capture, it reads the recording made
 # for the same experiment and parameters from `pcaps/`, and says so in an orange banner.
 
 # %%
 c = caps.capabilities()
 assert list(table["capability"]) == ["live capture", "namespaces", "tshark", "raw sockets", "strace"]
-# Live capture and raw sockets both hinge on CAP_NET_RAW: they agree on any one machine.
+# A raw socket works exactly when this process holds CAP_NET_RAW; tcpdump can capture
+# without it only if the tcpdump binary carries the capability itself (setcap).
 assert bool(c.raw_sockets) == bool(caps.has_cap(caps.CAP_NET_RAW))
+if caps.has_cap(caps.CAP_NET_RAW) and c.live_capture.detail.startswith("tcpdump can"):
+    assert c.live_capture
 assert bool(c.namespaces) == (caps.has_cap(caps.CAP_SYS_ADMIN) and caps.has_cap(caps.CAP_NET_ADMIN))
 print(f"effective capability mask of this kernel process: {caps.effective_caps():#x}")
 
@@ -83,6 +87,10 @@ print(f"effective capability mask of this kernel process: {caps.effective_caps()
 #   the reference one).
 #
 # Plain sockets, `ss`, `nstat` and `TCP_INFO` need no privileges, so they always run live.
+#
+# The outputs committed with these notebooks (what you see on GitHub before running
+# anything) were produced in `replay` mode so that they are the same on every rebuild;
+# that is why they may say "replay" next to "live capture: yes".
 
 # %%
 print("mode now:", caps.mode())
@@ -135,7 +143,7 @@ def expected_mode():
     return "live" if caps.capabilities().live_capture else "replay"
 
 check_value(answer_1, expected_mode(), name="run mode",
-            hint="look at the 'live capture' row of the table and at TCPCOURSE_MODE")
+            hint="look at the 'live capture' row of the table and at TCPCOURSE_MODE");
 
 # %% [markdown]
 # **2.** Which Linux capability does packet capture need? (for example `"CAP_SYS_TIME"`)
@@ -145,7 +153,7 @@ answer_2 = ...  # a capability name
 
 # %%
 check_value(answer_2, "CAP_NET_RAW", name="capability for capture",
-            hint="capture opens an AF_PACKET socket; raw sockets need the same capability")
+            hint="capture opens an AF_PACKET socket; raw sockets need the same capability");
 
 # %% [markdown]
 # ## Summary

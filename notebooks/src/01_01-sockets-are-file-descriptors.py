@@ -14,7 +14,7 @@
 # %%
 import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind
-from helpers.experiments.fds import fds
+from helpers.experiments.fds import fds, ss_table
 from helpers.checks import check, check_value
 
 mode_banner(needs=())
@@ -38,7 +38,8 @@ steps
 # %% [markdown]
 # **Observe.** The `result` column is the fd (or, for `bind`, the port the kernel chose
 # for port 0). `socket()` returned the lowest free number; `bind` and `listen` worked on
-# the same fd.
+# the same fd. The three clients live in the same child process as the server (fds 4–6),
+# so their fds come from the same table.
 
 # %%
 assert d["listener_fd"] == d["lowest_free_before"], "socket() takes the lowest free fd"
@@ -56,28 +57,31 @@ print(f"listener fd = {d['listener_fd']}, port {d['port']}")
 # `accept()`, and in which state?
 
 # %%
-print(d["ss_before_accept"])
+before = ss_table(d["ss_before_accept"])
+before
 
 # %% [markdown]
-# **Observe.** All three connections are already `ESTAB` on both sides, and the `LISTEN`
-# line's Recv-Q says 3 connections wait in the accept queue. The kernel finished each
-# handshake and built each connection's socket on its own; `accept()` only *takes one off
-# the queue and gives it an fd*.
+# **Observe.** All three connections are already `ESTAB` on both sides. On a `LISTEN`
+# line `ss` reuses its columns: Recv-Q is the number of connections waiting in the accept
+# queue (3) and Send-Q the backlog passed to `listen()` (8). The kernel finished each
+# handshake on its own; `accept()` only *takes one connection off the queue and gives it
+# an fd*.
 
 # %%
-before = [l.split() for l in d["ss_before_accept"].splitlines()]
-listen_line = [l for l in before if l[0] == "LISTEN"][0]
-server_side = [l for l in before if l[0] == "ESTAB" and l[3].endswith(f":{d['port']}")]
-assert int(listen_line[1]) == 3, "Recv-Q of a listener = connections waiting in the accept queue"
+listen_row = before[before.state == "LISTEN"].iloc[0]
+server_side = before[(before.state == "ESTAB") & before.local.str.endswith(f":{d['port']}")]
+assert listen_row.recv_q == 3, "Recv-Q of a listener = connections waiting in the accept queue"
+assert listen_row.send_q == 8, "Send-Q of a listener = the backlog given to listen()"
 assert len(server_side) == 3, "the server side of each connection exists before accept()"
 
 # %% [markdown]
-# > **Myth vs measurement.** The source notes say the kernel "creates the new socket" when
-# > `accept()` returns, and that the fd is assigned "at connection time".
-# > Measured above: the connection's socket exists and is `ESTABLISHED` as soon as the
-# > handshake completes, with **no** fd; the fd number appears only when the application
-# > calls `accept()`. A server that never calls `accept()` still completes handshakes
-# > (chapter 01_02 shows the packets; 01_03 shows what happens when the queue is full).
+# > **Myth vs measurement.** The source notes have the kernel create the connection when
+# > `accept()` returns ("t=1.1 Kernel creates new socket … Accept() returns").
+# > Measured above: the kernel's TCP connection exists and is `ESTABLISHED` as soon as the
+# > handshake completes, with **no** fd and no `accept()` call. What `accept()` adds is the
+# > file-descriptor side: it wraps the queued connection in a file and gives it the lowest
+# > free fd number. A server that never calls `accept()` still completes handshakes (01_02
+# > section 6 shows it again; 01_03 shows what happens when the queue is full).
 
 # %%
 accepted = pd.DataFrame(d["accepted"])
@@ -101,24 +105,29 @@ print("listener after three accepts:", d["listener_after"])
 # **Predict:** after the accepts, how many lines will `ss` show for this port?
 
 # %%
-print(d["ss"])
+after = ss_table(d["ss"])
+after
 
 # %%
-rows = [l.split() for l in d["ss"].splitlines()]
-assert sum(r[0] == "LISTEN" for r in rows) == 1 and sum(r[0] == "ESTAB" for r in rows) == 6
-assert int([r for r in rows if r[0] == "LISTEN"][0][1]) == 0, "the accept queue is empty again"
-tuples = {(r[3], r[4]) for r in rows if r[0] == "ESTAB"}
-assert len(tuples) == 6, "six distinct (local, peer) pairs: each connection seen from both ends"
+assert (after.state == "LISTEN").sum() == 1 and (after.state == "ESTAB").sum() == 6
+assert after[after.state == "LISTEN"].recv_q.iloc[0] == 0, "the accept queue is empty again"
+estab = after[after.state == "ESTAB"]
+pairs = set(zip(estab.local, estab.peer))
+server_ends = {(l, p) for l, p in pairs if l.endswith(f":{d['port']}")}
+assert len(server_ends) == 3 and all((p, l) in pairs for l, p in server_ends), \
+    "each server end has a client end with local and peer swapped"
 
 # %% [markdown]
 # **Observe.** One `LISTEN` line (Recv-Q back to 0) and six `ESTAB` lines: each of the three
 # connections appears twice, once per end, because client and server live on the same
 # machine.
 #
-# ## 4 · Closed fds are reused, lowest first
+# ## 4 · What happens to a closed fd number?
 #
-# **Predict:** the server closed the second accepted socket (fd 8). Which fd will the
-# next `socket()` get?
+# The server now closes its second accepted socket and then creates one more socket.
+#
+# **Predict:** which fd will that new socket get: a fresh, higher number, or one already
+# used?
 
 # %%
 print(f"closed fd {d['freed_fd']}; the next socket() returned fd {d['reused_fd']}")
@@ -131,24 +140,30 @@ assert d["reused_fd"] == d["freed_fd"] < max(d["open_fds"])
 #
 # ## 5 · The same thing as system calls (`strace`)
 #
-# The child ran under `strace -f` (when strace exists here). These are the socket system
-# calls it made, in order, with their return values.
+# The child ran under `strace` (when strace exists here), which printed every socket system
+# call of that process, in order, with its return value. (The `ss` it started is a
+# different process and is not traced.)
 
 # %%
 if d["traced"]:
     calls = pd.DataFrame(d["strace"])
-    display(calls[["call", "args", "ret"]])
+    with pd.option_context("display.max_colwidth", 90):
+        display(calls[["call", "args", "ret"]])
     listen_fd = calls[calls.call == "listen"].args.iloc[0].split(",")[0]
-    accept_rets = calls[calls.call.isin(["accept", "accept4"])].ret.tolist()
-    assert int(listen_fd) == d["listener_fd"] and accept_rets == list(accepted.fd)
-    assert all(calls[calls.call.isin(["accept", "accept4"])].args.str.startswith(f"{d['listener_fd']},"))
+    accepts = calls[calls.call.isin(["accept", "accept4"])]
+    assert int(listen_fd) == d["listener_fd"] and accepts.ret.tolist() == list(accepted.fd)
+    assert all(accepts.args.str.startswith(f"{d['listener_fd']},")), "accept is called on the listener"
+    assert all(accepts.args.str.contains("SOCK_CLOEXEC")), "Python asks for close-on-exec fds"
+    assert (calls[calls.call == "connect"].ret == 0).all(), "connect() returns 0, not an fd"
 else:
     print("strace is not installed here: skipped (apt-get install strace)")
 
 # %% [markdown]
 # **Observe.** Python's `accept()` is the `accept4()` system call with `SOCK_CLOEXEC`
 # (the new fd is not inherited by programs this process starts). Every `accept4` is
-# called on the listener's fd and returns a new one.
+# called on the listener's fd and returns a new one; `connect()` returns 0 and the client
+# keeps the fd `socket()` gave it. `IPPROTO_IP` (0) in the first `socket()` means "the
+# default protocol for this type", which for `SOCK_STREAM` is TCP.
 #
 # ## Check your understanding
 #
@@ -160,7 +175,7 @@ answer_1 = ...  # an integer
 
 # %%
 check_value(answer_1, 5, name="fd after closing 5 and 6",
-            hint="fds 4..7 were the connections; the lowest free number wins")
+            hint="fds 4..7 were the connections; the lowest free number wins");
 
 # %% [markdown]
 # **2.** Run the experiment yourself with 5 clients. How many `ESTAB` lines does `ss` show
@@ -173,7 +188,7 @@ run5 = fds(clients=5)
 measured = sum(l.split()[0] == "ESTAB" for l in run5.data["ss"].splitlines())
 fds.check(run5)
 check_value(answer_2, measured, name="ESTAB lines for 5 clients",
-            hint="each connection has two ends on the same machine")
+            hint="each connection has two ends on the same machine");
 
 # %% [markdown]
 # ## Summary

@@ -16,7 +16,8 @@
 # %%
 import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind
-from helpers.experiments.handshake import handshake, kernel_answers, syn_options, render, handshakes
+from helpers.experiments.handshake import (handshake, kernel_answers, syn_options, render, handshakes,
+                                           default_wscale)
 from helpers import dissect, plots
 from helpers.checks import check, check_value
 from helpers.widgets import Panel
@@ -44,7 +45,9 @@ df[["frame", "t", "stream", "src", "sport", "dst", "dport", "flags", "seq", "ack
 # **Observe.** Each connection: 3 handshake segments, request and reply (each acknowledged),
 # and the FIN exchange. The `seq` and `ack` columns are *relative* numbers (Wireshark's
 # convention: counted from each side's first sequence number); the real ones are in
-# `seq_raw` / `ack_raw`.
+# `seq_raw` / `ack_raw`. The `win` column is the advertised receive window in bytes: in the
+# SYN and SYN-ACK it is the raw 16-bit field (never scaled there), afterwards the field
+# shifted by the window scale the peer announced, which is why 64 × 2¹⁰ = 65536 appears.
 
 # %%
 per_stream = df.groupby("stream").size()
@@ -108,7 +111,21 @@ print(f"lo MTU {mtu}; MSS {opts['MSS'].iloc[0]} both ways, SACK permitted, times
 # **Explain.** Not 65536 − 40 = 65496 but 65495: an IPv4 packet cannot exceed 65535 bytes
 # (its total-length field has 16 bits), so Linux caps the MTU it uses at 65535 before
 # subtracting the headers. The MSS tells the peer the largest segment payload this side
-# can receive.
+# can receive; TCP options count against it, so with 12 bytes of timestamps in every
+# segment each one carries at most MSS − 12 bytes of data.
+#
+# The window scale is not arbitrary either. Without `SO_RCVBUF`, the receive buffer may
+# grow (autotuning) up to the largest of `net.ipv4.tcp_rmem[2]` and `net.core.rmem_max`,
+# and the kernel offers the smallest shift that lets the 16-bit window field describe that:
+
+# %%
+rmem = result.data["tcp_rmem"]
+want = default_wscale(rmem[2], result.data["rmem_max"])
+print(f"tcp_rmem max {rmem[2]:,} bytes, rmem_max {result.data['rmem_max']:,} → "
+      f"shift {want}: 65535 << {want} = {65535 << want:,} bytes")
+assert (opts["window scale"] == want).all()
+
+# %% [markdown]
 # Window scale lets the 16-bit window field describe buffers larger than 64 KB (shift
 # left by the scale). SACK permitted and timestamps are offered in the SYN and used only
 # if both sides offer them. None of these appear in later segments except timestamps.
@@ -133,11 +150,22 @@ panel
 
 # %%
 small = panel.update(mss=536, rcvbuf=4096)
+for item in render(small):   # what the panel shows, also visible in the saved notebook
+    display(item)
+
+# %%
 syn = syn_options(small).query("segment == 'SYN'").iloc[0]
 client = small.data["client"][0]
+print(f"SO_RCVBUF set 4096 → getsockopt says {client['so_rcvbuf_got']}; "
+      f"TCP_MAXSEG set 536 → getsockopt says {client['tcp_maxseg_got']} (536 − 12 bytes of timestamps)")
 assert syn["MSS"] == 536, "TCP_MAXSEG before connect sets the SYN's MSS"
 assert syn["window scale"] == 0, "a 4 KB receive buffer needs no window scaling"
 assert client["so_rcvbuf_got"] == 2 * 4096, "the kernel doubles SO_RCVBUF"
+assert client["tcp_maxseg_got"] == 536 - 12
+synack_cols = ["MSS", "window scale", "window", "SACK permitted"]
+small_synack = syn_options(small).query("segment == 'SYN+ACK'")[synack_cols].iloc[0]
+default_synack = syn_options(result).query("segment == 'SYN+ACK'")[synack_cols].iloc[0]
+assert small_synack.equals(default_synack), "the client's options do not change the server's SYN-ACK"
 big = panel.update(mss=None, rcvbuf=1048576)
 big_syn = syn_options(big).query("segment == 'SYN'").iloc[0]
 assert big_syn["window scale"] > syn["window scale"]
@@ -150,10 +178,10 @@ print(f"window scale: rcvbuf 4096 → {syn['window scale']}, 1 MB → {big_syn['
 # %% [markdown]
 # > **Myth vs measurement.** "Socket buffers are what you set." Measured: `SO_RCVBUF`
 # > 4096 reads back as 8192: the kernel doubles the value to leave room for its own
-# > bookkeeping (`man 7 socket`). And the SYN-ACK's options did not change at all: they
-# > are the *server's* choices (see the SYN-ACK rows above).
+# > bookkeeping (`man 7 socket`). And the SYN-ACK's options did not change at all
+# > (asserted above): they are the *server's* choices.
 #
-# An out-of-range value gets a clear message instead of a crash:
+# A value the panel does not offer gets a clear message instead of a crash:
 
 # %%
 from helpers.errors import ParameterError
@@ -171,8 +199,9 @@ else:
 # through pyshark, and scapy read the same file; they must agree.
 
 # %%
-ws = dissect.pyshark_summary(result.pcap, display_filter="tcp", limit=len(df))
-ws.head(12)
+ws = dissect.pyshark_summary(result.pcap, display_filter="tcp", limit=None)
+with pd.option_context("display.max_colwidth", 100):
+    display(ws[["frame", "src", "dst", "flags", "info"]].head(10))
 
 # %%
 pkts = dissect.scapy_packets(result.pcap)
@@ -182,7 +211,9 @@ pkts[0]["TCP"].options
 # %%
 assert len(ws) == len(df) == len(pkts)
 assert [p["TCP"].seq for p in pkts] == list(df.seq_raw)
-assert list(ws["frame"]) == list(df["frame"])
+assert list(ws["frame"]) == list(df["frame"]) and list(ws["flags"]) == list(df["flags"])
+ws_seq = ws["info"].str.extract(r"Seq=(\d+)")[0].astype(int)
+assert list(ws_seq) == list(df["seq"]), "Wireshark's relative Seq= equals the DataFrame's seq"
 mss_scapy = dict(pkts[0]["TCP"].options)["MSS"]
 assert mss_scapy == df.iloc[0].mss
 print(f"{len(df)} segments, identical in all three readers; scapy reads MSS {mss_scapy} too")
@@ -216,7 +247,7 @@ print(f"{ka.data['connect_ok']} of {ka.data['clients']} connect() calls returned
 answer_1 = ...  # an integer
 
 # %%
-check_value(answer_1, 5001, name="final ACK number", hint="the client acknowledges the server's SYN")
+check_value(answer_1, 5001, name="final ACK number", hint="the client acknowledges the server's SYN");
 
 # %% [markdown]
 # **2.** In the capture of section 1, how many bytes of payload did the server send in all
@@ -228,7 +259,7 @@ answer_2 = ...  # e.g. df[...]["len"].sum()
 # %%
 server_port = result.data["server_port"]
 check_value(answer_2, int(df[df.sport == server_port]["len"].sum()), name="server payload bytes",
-            hint="select the rows whose source port is the server's and sum `len`")
+            hint="select the rows whose source port is the server's and sum `len`");
 
 # %% [markdown]
 # **3.** With `TCP_MAXSEG` = 1400, what MSS will the SYN-ACK (the server's answer) carry?
@@ -239,7 +270,7 @@ answer_3 = ...  # an integer
 # %%
 r1400 = handshake(mss=1400)
 check_value(answer_3, int(syn_options(r1400).query("segment == 'SYN+ACK'").iloc[0]["MSS"]),
-            name="SYN-ACK MSS", hint="the option only changes what the *client* announces")
+            name="SYN-ACK MSS", hint="the option only changes what the *client* announces");
 
 # %% [markdown]
 # ## Summary
