@@ -36,6 +36,28 @@ Column schema of :func:`segments` (shared with the plotting code)::
 ``df.attrs``: ``path``, ``packets`` (packets in the file), ``linktypes`` (link-type
 names, one per capture interface), ``truncated`` (True when ``allow_truncated`` dropped
 a partial last record).
+
+tshark 4.0 semantics reproduced here (each one is pinned by a test against tshark):
+
+- stream: a SYN without ACK whose seq differs from the base seq already known for its
+  direction of the 4-tuple starts a new stream ("TCP Port numbers reused"), whether
+  or not the earlier conversation ended with FIN or RST; a retransmitted SYN (same
+  seq) stays in its stream.
+- seq/ack: a direction's base is its first seq if that segment is a SYN, else first
+  seq - 1, unless an earlier ACK from the other side set it to ack - 1 (so a capture
+  that starts mid-stream shows seq 1 / ack 1). When the ACK flag is clear, tshark's
+  tcp.ack is the raw field (0 on a SYN), so ``ack`` equals ``ack_raw`` there.
+- win: SYN and SYN-ACK windows are never scaled. A window scale option sets its
+  sender's shift (max 14) from the next segment on; a SYN without the option, or a
+  SYN-ACK without it, turns scaling off both ways; a SYN-ACK with it after a SYN
+  without it stays unscaled. So with only the SYN captured, the client's windows are
+  scaled and the server's are raw; with no handshake at all every window is raw.
+- len: IP total (or payload) length minus headers, never the captured length.
+- Fragments (never seen on loopback, where TCP sets DF): the TCP header in a first
+  fragment is read, later fragments are skipped. tshark differs here: it reassembles
+  and shows the segment at the last fragment.
+- Simple packet blocks (pcapng SPB) have no time stamp: ``time`` is 0 there (tshark
+  prints nothing).
 """
 from __future__ import annotations
 
@@ -80,6 +102,9 @@ _DT_IP4 = np.dtype([("vhl", "u1"), ("tos", "u1"), ("len", ">u2"), ("id", ">u2"),
                     ("src", ">u4"), ("dst", ">u4")])                       # 20 bytes
 _DT_IP6 = np.dtype([("vtc", ">u4"), ("plen", ">u2"), ("nh", "u1"), ("hlim", "u1"),
                     ("src", "S16"), ("dst", "S16")])                       # 40 bytes
+_PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1",     # little-endian us, ns
+                b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")     # big-endian us, ns
+_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _PAD = 256      # zero bytes after the file so fixed-width gathers never run off the end
 _MAX_RECORD = 1 << 26
 
@@ -102,7 +127,7 @@ def _kind_of_bad_file(head: bytes) -> str:
     if head[:4] in (b"\xa1\xb2\xcd\x34", b"\x34\xcd\xb2\xa1"):
         return "it is a 'modified' (Kuznetzov) pcap, which this reader does not support"
     try:
-        text = head.decode("utf-8")
+        text = head.decode("utf-8", errors="ignore")
         if all(c.isprintable() or c in "\r\n\t" for c in text):
             return "it looks like text"
     except UnicodeDecodeError:
@@ -111,7 +136,7 @@ def _kind_of_bad_file(head: bytes) -> str:
 
 
 # ============================================================================ reading
-def _load(path: str | os.PathLike) -> tuple[bytearray, int]:
+def _load(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """The file's bytes followed by _PAD zero bytes (read without an extra copy)."""
     p = Path(path)
     try:
@@ -119,9 +144,17 @@ def _load(path: str | os.PathLike) -> tuple[bytearray, int]:
         if p.is_dir():
             raise BadPcapError(f"{p} is a directory, not a capture file",
                                "pass the path of a .pcap or .pcapng file")
-        buf = bytearray(size + _PAD)
-        with open(p, "rb") as f:
-            got = f.readinto(memoryview(buf)[:size])
+        buf = np.empty(size + _PAD, np.uint8)        # no zero-fill of the whole file
+        buf[size:] = 0
+        with open(p, "rb", buffering=0) as f:
+            got = 0
+            mv = memoryview(buf)
+            while got < size:
+                k = f.readinto(mv[got:size])
+                if not k:
+                    break
+                got += k
+            mv.release()
     except FileNotFoundError:
         raise BadPcapError(f"capture file {p} does not exist",
                            "check the path (captures are written where capture() "
@@ -149,26 +182,29 @@ class _Records:
 
 
 def _u32(u8: np.ndarray, idx: np.ndarray, big) -> np.ndarray:
-    """Gather unsigned 32-bit ints at byte offsets idx (int64 result)."""
-    b = np.lib.stride_tricks.sliding_window_view(u8, 4)[idx]
-    le = b.view("<u4")[:, 0].astype(np.int64)
+    """Gather unsigned 32-bit ints at byte offsets idx (int64 result); big is a bool or
+    a per-row bool array."""
+    b0 = u8[idx].astype(np.int64)
+    b1 = u8[idx + 1].astype(np.int64)
+    b2 = u8[idx + 2].astype(np.int64)
+    b3 = u8[idx + 3].astype(np.int64)
+    if big is True:
+        return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+    le = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
     if big is False:
         return le
-    be = b.view(">u4")[:, 0].astype(np.int64)
-    if big is True:
-        return be
-    return np.where(big, be, le)
+    return np.where(big, (b0 << 24) | (b1 << 16) | (b2 << 8) | b3, le)
 
 
 def _u16(u8: np.ndarray, idx: np.ndarray, big) -> np.ndarray:
-    b = np.lib.stride_tricks.sliding_window_view(u8, 2)[idx]
-    le = b.view("<u2")[:, 0].astype(np.int64)
+    b0 = u8[idx].astype(np.int64)
+    b1 = u8[idx + 1].astype(np.int64)
+    if big is True:
+        return (b0 << 8) | b1
+    le = b0 | (b1 << 8)
     if big is False:
         return le
-    be = b.view(">u2")[:, 0].astype(np.int64)
-    if big is True:
-        return be
-    return np.where(big, be, le)
+    return np.where(big, (b0 << 8) | b1, le)
 
 
 def _gather(u8: np.ndarray, idx: np.ndarray, dt: np.dtype) -> np.ndarray:
@@ -180,18 +216,18 @@ def _gather(u8: np.ndarray, idx: np.ndarray, dt: np.dtype) -> np.ndarray:
 
 
 def _truncated(path, rec: _Records, frame: int, present: int, needed: int,
-               allow: bool, what: str = "packet") -> None:
+               allow: bool, what: str = "packet", unit: str = "bytes") -> None:
     if allow:
         rec.truncated = True
         return
     raise BadPcapError(
-        f"{path}: file ends in the middle of {what} {frame} ({present} of {needed} bytes "
+        f"{path}: file ends in the middle of {what} {frame} ({present} of {needed} {unit} "
         f"present); the capture was cut off (tcpdump killed, or the disk filled)",
         f"{_fix_rerun()}, or pass allow_truncated=True to keep the {frame - 1} complete "
         "packets")
 
 
-def _read_pcap(path, buf: bytearray, size: int, allow: bool) -> _Records:
+def _read_pcap(path, buf: np.ndarray, size: int, allow: bool) -> _Records:
     magic = bytes(buf[:4])
     big = magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")
     nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
@@ -205,24 +241,34 @@ def _read_pcap(path, buf: bytearray, size: int, allow: bool) -> _Records:
     rec.fmt = "pcap-ns" if nano else "pcap"
     rec.linktypes = [linktype]
     unpack = struct.Struct(e + "I").unpack_from
-    offs: list[int] = []
+    # the hot loop: one unpack per record; struct.error ends it at the end of the file
+    view = memoryview(buf)[:size]
+    caplen_at = struct.Struct(e + "8xI").unpack_from
+    offs: list[int] = [24]
     app = offs.append
     off = 24
-    last = size - 16
-    while off <= last:
-        app(off)
-        off += 16 + unpack(buf, off + 8)[0]
-    if off != size:
-        if off < size:               # a partial record header at the end
-            _truncated(path, rec, len(offs) + 1, size - off, 16, allow, "the header of packet")
+    try:
+        while True:
+            off += 16 + caplen_at(view, off)[0]
+            app(off)
+    except struct.error:
+        pass
+    view.release()
+    end = offs.pop()                 # the first offset where no record header fits
+    if end != size:
+        limit = max(snaplen, 262144)
+        if end < size:               # a partial record header at the end
+            _truncated(path, rec, len(offs) + 1, size - end, 16, allow,
+                       unit="bytes of its 16-byte record header")
         else:                        # the last record's data is cut
             start = offs.pop()
             caplen = unpack(buf, start + 8)[0]
-            if caplen > _MAX_RECORD:
-                raise BadPcapError(f"{path}: packet {len(offs) + 1} claims {caplen} bytes: "
-                                   "the file is corrupt", _fix_rerun())
+            if caplen > limit:
+                raise BadPcapError(f"{path}: packet {len(offs) + 1} claims {caplen} captured "
+                                   f"bytes (snap length {snaplen}): the file is corrupt",
+                                   _fix_rerun())
             _truncated(path, rec, len(offs) + 1, size - start, 16 + caplen, allow)
-    u8 = np.frombuffer(buf, np.uint8)
+    u8 = buf
     ro = np.array(offs, dtype=np.int64)
     hdr = np.lib.stride_tricks.sliding_window_view(u8, 16)[ro].view(e + "u4")
     rec.sec = hdr[:, 0].astype(np.int64)
@@ -252,7 +298,7 @@ def _parse_idb(buf, off: int, blen: int, e: str) -> tuple[int, int, int, int]:
         if code == 0:
             break
         if code == 9 and ln >= 1:                       # if_tsresol
-            v = buf[p + 4]
+            v = int(buf[p + 4])
             units = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
         elif code == 14 and ln >= 8:                    # if_tsoffset
             tsoff = struct.unpack_from(e + "q", buf, p + 4)[0]
@@ -260,7 +306,7 @@ def _parse_idb(buf, off: int, blen: int, e: str) -> tuple[int, int, int, int]:
     return linktype, snaplen, units, tsoff
 
 
-def _read_pcapng(path, buf: bytearray, size: int, allow: bool) -> _Records:
+def _read_pcapng(path, buf: np.ndarray, size: int, allow: bool) -> _Records:
     rec = _Records()
     rec.fmt = "pcapng"
     ifaces: list[tuple[int, int, int, int]] = []     # global interface table
@@ -274,7 +320,20 @@ def _read_pcapng(path, buf: bytearray, size: int, allow: bool) -> _Records:
     big = False
     base = 0
     off = 0
+    view = memoryview(buf)[:size]
     while off < size:
+        # the hot loop: runs of enhanced packet blocks, one unpack per packet
+        try:
+            while True:
+                btype, blen = un2(view, off)
+                if btype != 6 or blen < 32:
+                    break
+                app(off)
+                off += blen
+        except struct.error:                         # fewer than 8 bytes left
+            pass
+        if off >= size:
+            break
         if off + 12 > size:
             _truncated(path, rec, len(offs) + 1, size - off, 12, allow, "the block after packet")
             break
@@ -294,25 +353,29 @@ def _read_pcapng(path, buf: bytearray, size: int, allow: bool) -> _Records:
         elif not sections:
             raise BadPcapError(f"{path}: pcapng file does not start with a section header",
                                _fix_rerun())
-        if blen < 12 or blen % 4 or blen > _MAX_RECORD:
+        if blen < 12 or blen % 4 or blen > _MAX_RECORD or (btype == 6 and blen < 32):
             raise BadPcapError(f"{path}: pcapng block at byte {off} has an impossible length "
                                f"{blen}: the file is corrupt", _fix_rerun())
         if off + blen > size:
             what = "packet" if btype in (6, 3, 2) else "the block after packet"
             _truncated(path, rec, len(offs) + 1, size - off, blen, allow, what)
+            off = size
             break
-        if btype == 6:
-            app(off)
-        elif btype == 1:
+        if btype == 1:
             ifaces.append(_parse_idb(buf, off, blen, ">" if big else "<"))
         elif btype == 3 or btype == 2:
             odd[len(offs)] = btype
             app(off)
         off += blen
+    view.release()
+    if off > size:                                   # the last enhanced packet block is cut
+        start = offs.pop()
+        blen = un2(buf, start)[1]
+        _truncated(path, rec, len(offs) + 1, size - start, blen, allow)
     n = len(offs)
     rec.count = n
     rec.linktypes = [i[0] for i in ifaces]
-    u8 = np.frombuffer(buf, np.uint8)
+    u8 = buf
     bo = np.array(offs, dtype=np.int64)
     if len(sections) <= 1:
         bigmask = sections[0][1] if sections else False
@@ -326,11 +389,15 @@ def _read_pcapng(path, buf: bytearray, size: int, allow: bool) -> _Records:
             bigmask = False
         elif bigmask.all():
             bigmask = True
-    iface = _u32(u8, bo + 8, bigmask)
-    ts_hi = _u32(u8, bo + 12, bigmask)
-    ts_lo = _u32(u8, bo + 16, bigmask)
-    caplen = _u32(u8, bo + 20, bigmask)
-    origlen = _u32(u8, bo + 24, bigmask)
+    # one gather of the 28-byte enhanced packet block header per packet
+    raw = np.lib.stride_tricks.sliding_window_view(u8, 28)[bo]
+    h = raw.view("<u4") if bigmask is False else raw.view(">u4")
+    if not isinstance(bigmask, bool):
+        h = np.where(bigmask[:, None], raw.view(">u4"), raw.view("<u4"))
+    h = h.astype(np.int64)
+    blocklen, iface, ts_hi, ts_lo = h[:, 1], h[:, 2], h[:, 3], h[:, 4]
+    caplen, origlen = h[:, 5].copy(), h[:, 6].copy()
+    iface = iface.copy()
     data = bo + 28
     if odd:
         idx = np.fromiter(odd.keys(), dtype=np.int64, count=len(odd))
@@ -342,8 +409,10 @@ def _read_pcapng(path, buf: bytearray, size: int, allow: bool) -> _Records:
             ol = _u32(u8, bo[spb] + 8, bms)
             blen = _u32(u8, bo[spb] + 4, bms)
             origlen[spb] = ol
-            caplen[spb] = np.minimum(ol, blen - 16)
+            caplen[spb] = np.minimum(ol, blen - 16)       # clipped to the snap length below
             iface[spb] = 0
+            ts_hi = ts_hi.copy()
+            ts_lo = ts_lo.copy()
             ts_hi[spb] = 0
             ts_lo[spb] = 0
             data[spb] = bo[spb] + 12
@@ -352,22 +421,29 @@ def _read_pcapng(path, buf: bytearray, size: int, allow: bool) -> _Records:
             bmp = bm if isinstance(bm, bool) else bm[kinds == 2]
             iface[pb] = _u16(u8, bo[pb] + 8, bmp)
     iface = iface + ifbase
+    if odd and n and len(ifaces):
+        spb = np.fromiter((k for k, v in odd.items() if v == 3), dtype=np.int64)
+        if len(spb):
+            snap = np.array([i[1] if i[1] else _MAX_RECORD for i in ifaces], np.int64)
+            caplen[spb] = np.minimum(caplen[spb], snap[np.minimum(iface[spb], len(ifaces) - 1)])
     if n and (iface.max() >= len(ifaces)):
         k = int(np.flatnonzero(iface >= len(ifaces))[0])
         raise BadPcapError(f"{path}: packet {k + 1} refers to interface {iface[k]} but the "
                            f"file describes only {len(ifaces)}: the file is corrupt",
                            _fix_rerun())
-    blocklen = _u32(u8, bo + 4, bigmask)
+    odd_len = np.flatnonzero((blocklen % 4) != 0)
+    if len(odd_len):
+        k = int(odd_len[0])
+        raise BadPcapError(f"{path}: pcapng block of packet {k + 1} has an impossible length "
+                           f"{blocklen[k]}: the file is corrupt", _fix_rerun())
     room = blocklen - (data - bo) - 4
     bad = np.flatnonzero(caplen > room)
     if len(bad):
         raise BadPcapError(f"{path}: packet {bad[0] + 1} claims {caplen[bad[0]]} bytes but its "
                            "block is shorter: the file is corrupt", _fix_rerun())
-    tab = np.array(ifaces, dtype=object) if ifaces else np.zeros((0, 4), dtype=object)
     lt_tab = np.array([i[0] for i in ifaces], dtype=np.int64)
     units_tab = np.array([i[2] for i in ifaces], dtype=np.int64)
     tsoff_tab = np.array([i[3] for i in ifaces], dtype=np.int64)
-    del tab
     ts = (ts_hi << 32) | ts_lo
     if n:
         units = units_tab[iface]
@@ -382,11 +458,11 @@ def _read_pcapng(path, buf: bytearray, size: int, allow: bool) -> _Records:
     return rec
 
 
-def _records(path, buf: bytearray, size: int, allow: bool) -> _Records:
+def _records(path, buf: np.ndarray, size: int, allow: bool) -> _Records:
     magic = bytes(buf[:4])
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+    if magic in _PCAP_MAGICS:
         return _read_pcap(path, buf, size, allow)
-    if magic == b"\x0a\x0d\x0d\x0a":
+    if magic == _PCAPNG_MAGIC:
         return _read_pcapng(path, buf, size, allow)
     kind = _kind_of_bad_file(bytes(buf[:min(size, 64)]))
     fix = "pass a capture written by tcpdump -w (pcap) or tshark/dumpcap (pcapng)"
@@ -405,7 +481,13 @@ class _Seg:
 def _link_layer(u8, rec: _Records, path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(packet index, layer-3 offset, IP version) of packets that carry IPv4/IPv6."""
     po, cl, lt = rec.off, rec.caplen, rec.lt
-    present = np.unique(lt) if len(lt) else np.zeros(0, np.int64)
+    known = sorted(set(rec.linktypes))
+    if len(lt) == 0:
+        present = []
+    elif len(known) == 1:
+        present = known
+    else:
+        present = sorted(set(pd.unique(lt).tolist()))
     for code in present:
         if int(code) not in LINKTYPES:
             name = _OTHER_LINKTYPES.get(int(code), f"LINKTYPE_{int(code)}")
@@ -441,7 +523,9 @@ def _link_layer(u8, rec: _Records, path) -> tuple[np.ndarray, np.ndarray, np.nda
                 sw = af > 0xFFFF
                 if sw.any():
                     af = np.where(sw, _u32(u8, p, True), af)
-            v = np.where(af == 2, 4, np.where(np.isin(af, (10, 23, 24, 28, 30)), 6, 0))
+            # BSD address families as Wireshark knows them: 2 = INET; 24, 28, 30 = INET6
+            # (Linux's AF_INET6 = 10 never appears in DLT_NULL files, nor does tshark)
+            v = np.where(af == 2, 4, np.where(np.isin(af, (24, 28, 30)), 6, 0))
             l3 = p + 4
         else:                                          # raw IP
             ok = c >= 1
@@ -544,14 +628,18 @@ def _options(u8, seg) -> None:
     if len(f):
         b = np.lib.stride_tricks.sliding_window_view(u8, 12)[seg.tcp[f] + 20]
         hit = (b[:, 0] == 1) & (b[:, 1] == 1) & (b[:, 2] == 8) & (b[:, 3] == 10)
-        fh = f[hit]
-        v = b[hit].view(">u4")
+        allhit = bool(hit.all())
+        fh = f if allhit else f[hit]
+        v = (b if allhit else b[hit]).view(">u4")
         tsv[fh] = v[:, 1]
         tse[fh] = v[:, 2]
         ts_ok[fh] = True
-        done = np.zeros(n, bool)
-        done[fh] = True
-        todo = todo[~done[todo]]
+        if allhit and len(f) == len(todo):
+            todo = todo[:0]
+        else:
+            done = np.zeros(n, bool)
+            done[fh] = True
+            todo = todo[~done[todo]]
     # fast path 2: Linux SYN / SYN-ACK: MSS, SACK_PERM, TS, NOP, WS
     f = todo[(seg.hlen[todo] == 40) & (opt_end[todo] == seg.tcp[todo] + 40)]
     if len(f):
@@ -611,13 +699,16 @@ def _options(u8, seg) -> None:
 
 
 def _first_index(codes: np.ndarray, ncodes: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """Row of the first occurrence of each code (len(codes) when absent)."""
-    n = len(codes)
+    """Row (rows[i], default i) of the first occurrence of each code in 0..ncodes-1;
+    int64 max where a code does not occur."""
     first = np.full(ncodes, np.iinfo(np.int64).max, dtype=np.int64)
-    if n:
-        r = np.arange(n, dtype=np.int64) if rows is None else rows
-        # reversed assignment: the earliest row wins
-        first[codes[::-1]] = r[::-1]
+    if len(codes):
+        c, uniq = pd.factorize(codes)              # c counts up in order of appearance
+        new = np.empty(len(c), bool)
+        new[0] = True
+        np.greater(c[1:], np.maximum.accumulate(c)[:-1], out=new[1:])
+        pos = np.flatnonzero(new)
+        first[uniq] = pos if rows is None else rows[pos]
     return first
 
 
@@ -667,23 +758,28 @@ def _streams(seg) -> None:
     seg.ack = np.where(ackf, (ack - base[grev]) & 0xFFFFFFFF, ack)
 
     # --- window scaling, replayed over SYN / SYN-ACK segments as Wireshark does
+    # Per direction: -1 unknown, -2 "not used", else the shift (capped at 14). A window
+    # scale option sets the sender's shift (on any segment); then on SYN and SYN-ACK:
+    # no shift known for the sender -> not used both ways; a SYN-ACK with one whose
+    # SYN had none -> not used. A segment's window uses the state before it.
     seg.win = seg.win_raw.copy()
-    syn_rows = np.flatnonzero(syn)
-    if not len(syn_rows):
+    ws, ws_ok = seg.ws, seg.ws_ok
+    ev = np.flatnonzero(syn | ws_ok)
+    if not len(ev):
         return
     state: dict[int, list[int]] = {}
     ev_rows, ev_shift0, ev_shift1 = [], [], []
-    ws, ws_ok = seg.ws, seg.ws_ok
-    for r in syn_rows.tolist():
+    for r in ev.tolist():
         s = int(stream[r])
         st = state.setdefault(s, [-1, -1])
         fwd = int(d[r])
         if ws_ok[r]:
             st[fwd] = min(int(ws[r]), 14)
-        if st[fwd] == -1:
-            st[0] = st[1] = -2
-        elif (flags[r] & 0x010) and st[1 - fwd] == -2:
-            st[fwd] = -2
+        if flags[r] & 0x002:
+            if st[fwd] == -1:
+                st[0] = st[1] = -2
+            elif (flags[r] & 0x010) and st[1 - fwd] == -2:
+                st[fwd] = -2
         ev_rows.append(r)
         ev_shift0.append(st[0])
         ev_shift1.append(st[1])
@@ -693,7 +789,7 @@ def _streams(seg) -> None:
     keys = ev_stream[order] * (n + 1) + ev_rows_a[order]
     sh = np.stack([np.array(ev_shift0)[order], np.array(ev_shift1)[order]], axis=1)
     rowkeys = stream * (n + 1) + np.arange(n)
-    j = np.searchsorted(keys, rowkeys, side="right") - 1
+    j = np.searchsorted(keys, rowkeys, side="left") - 1     # last event before the row
     valid = (j >= 0) & ~syn
     jj = np.where(valid, j, 0)
     valid &= ev_stream[order][jj] == stream
@@ -761,7 +857,7 @@ def _addresses(seg) -> None:
     v4 = seg.ipv == 4
     if v4.any():
         a = np.concatenate([seg.s4, seg.d4])
-        u, inv = np.unique(a, return_inverse=True)
+        inv, u = pd.factorize(a)
         names = np.array([socket.inet_ntoa(int(x).to_bytes(4, "big")) for x in u.tolist()],
                          dtype=object)
         k = len(seg.s4)
@@ -772,7 +868,7 @@ def _addresses(seg) -> None:
     v6 = ~v4
     if v6.any():
         a = np.concatenate([seg.s6, seg.d6])
-        u, inv = np.unique(a, return_inverse=True)
+        inv, u = _factorize16(a)
         names = np.array([socket.inet_ntop(socket.AF_INET6, bytes(x).ljust(16, b"\0"))
                           for x in u.tolist()], dtype=object)
         k = len(seg.s6)
@@ -781,6 +877,17 @@ def _addresses(seg) -> None:
         src_id[v6] = (1 << 32) + inv[:k]
         dst_id[v6] = (1 << 32) + inv[k:]
     seg.src, seg.dst, seg.src_id, seg.dst_id = src, dst, src_id, dst_id
+
+
+def _factorize16(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pd.factorize for 16-byte addresses (codes in order of first appearance)."""
+    w = np.ascontiguousarray(a).view("<u8").reshape(-1, 2)
+    c0, u0 = pd.factorize(w[:, 0])
+    c1, u1 = pd.factorize(w[:, 1])
+    codes, ukeys = pd.factorize(c0.astype(np.int64) * max(len(u1), 1) + c1)
+    first = np.empty(len(ukeys), np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
+    return codes, a[first]
 
 
 _FLAG_TABLE: np.ndarray | None = None
@@ -808,7 +915,7 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
     """
     buf, size = _load(path)
     rec = _records(path, buf, size, allow_truncated)
-    u8 = np.frombuffer(buf, np.uint8)
+    u8 = buf
     i, l3, v = _link_layer(u8, rec, path)
     parts = _ip_layer(u8, rec, i, l3, v)
     seg = _Seg()
@@ -894,3 +1001,338 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
                              for lt in rec.linktypes]
     df.attrs["truncated"] = bool(rec.truncated)
     return df
+
+
+# ============================================================================ pyshark
+#: tshark's TCP analysis flag fields -> the short label expert() reports.
+EXPERT_LABELS = {
+    "tcp.analysis.retransmission": "retransmission",
+    "tcp.analysis.fast_retransmission": "fast_retransmission",
+    "tcp.analysis.spurious_retransmission": "spurious_retransmission",
+    "tcp.analysis.out_of_order": "out_of_order",
+    "tcp.analysis.lost_segment": "lost_segment",
+    "tcp.analysis.ack_lost_segment": "ack_lost_segment",
+    "tcp.analysis.duplicate_ack": "dup_ack",
+    "tcp.analysis.zero_window": "zero_window",
+    "tcp.analysis.zero_window_probe": "zero_window_probe",
+    "tcp.analysis.zero_window_probe_ack": "zero_window_probe_ack",
+    "tcp.analysis.window_update": "window_update",
+    "tcp.analysis.window_full": "window_full",
+    "tcp.analysis.keep_alive": "keep_alive",
+    "tcp.analysis.keep_alive_ack": "keep_alive_ack",
+    "tcp.analysis.reused_ports": "reused_ports",
+    "tcp.analysis.tfo_syn": "tfo_syn",
+    "tcp.analysis.tfo_ack": "tfo_ack",
+    "tcp.analysis.tfo_ignored": "tfo_ignored",
+}
+
+
+def _tshark() -> str:
+    path = shutil.which("tshark")
+    if not path:
+        raise MissingToolError("tshark", "tshark",
+                               why="Wireshark's expert analysis and pyshark run tshark")
+    return path
+
+
+def _check_capture(path) -> str:
+    """Fail early, with the course's message, on a missing, empty, corrupt or cut-off
+    file (tshark would only say it "crashed"). Reads the records: ~20 ms per 100k."""
+    buf, size = _load(path)
+    rec = _records(path, buf, size, True)
+    if rec.truncated:
+        raise BadPcapError(
+            f"{path}: the file ends in the middle of a packet record after "
+            f"{rec.count} complete packets (tcpdump killed, or the disk filled)",
+            f"{_fix_rerun()}; segments({str(path)!r}, allow_truncated=True) still reads "
+            "the complete packets")
+    return str(path)
+
+
+def _thread_safe_child_watcher() -> None:
+    """Make asyncio subprocesses work in a worker thread's event loop (Python < 3.14).
+
+    Called in the caller's thread before the worker starts. pyshark installs a
+    SafeChildWatcher bound to the main thread's loop whenever it is used from the main
+    thread; that watcher notices child exits only when the main loop runs, which it
+    does not while a notebook cell waits for our worker (tshark's exit goes unseen
+    and every call stalls for many seconds). ThreadedChildWatcher works for any loop
+    in any thread (and Python 3.12+'s PidfdChildWatcher too).
+    """
+    if not hasattr(asyncio, "ThreadedChildWatcher"):       # Python 3.14+: no watchers
+        return
+    import sys
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy = asyncio.get_event_loop_policy()
+        current = getattr(policy, "_watcher", None)       # do not create one
+        ok: tuple = (asyncio.ThreadedChildWatcher,)
+        if sys.version_info >= (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
+            ok += (asyncio.PidfdChildWatcher,)
+        if current is None or isinstance(current, ok):
+            return
+        new = asyncio.ThreadedChildWatcher()
+        if threading.current_thread() is threading.main_thread():
+            asyncio.set_child_watcher(new)   # also removes the old SIGCHLD handler
+        elif hasattr(policy, "_watcher"):
+            policy._watcher = new            # signal handlers belong to the main thread
+
+
+def _in_worker(fn: Callable[[asyncio.AbstractEventLoop], Any]) -> Any:
+    """Run fn(loop) in a worker thread that owns a new event loop; return its result.
+
+    pyshark's synchronous API calls loop.run_until_complete(), which fails inside a
+    running loop ("This event loop is already running": every Jupyter kernel). A
+    worker thread has no running loop, so the same code works in scripts, tests,
+    notebooks and coroutines alike.
+    """
+    box: dict[str, Any] = {}
+
+    _thread_safe_child_watcher()
+
+    def work():
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            box["value"] = fn(loop)
+        except BaseException as exc:          # re-raised in the caller's thread
+            box["error"] = exc
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            except Exception:
+                pass
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    t = threading.Thread(target=work, name="helpers.dissect-pyshark", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+_CAPTURE_CLASS = None
+
+
+def _file_capture(loop, path: str, **kw):
+    """pyshark.FileCapture on our loop, minus a race that fakes a tshark crash.
+
+    At the end of the file tshark exits by itself; pyshark then calls kill(), which
+    polls (reaps) the child first, so asyncio's child watcher finds no child and
+    reports return code 255, and pyshark raises TSharkCrashException at random. The
+    subclass waits for a tshark that reached EOF instead of killing it.
+    """
+    global _CAPTURE_CLASS
+    if _CAPTURE_CLASS is None:
+        import pyshark
+        from pyshark.tshark.output_parser.base_parser import BaseTsharkOutputParser
+        from pyshark.tshark.output_parser.tshark_xml import TsharkXmlParser
+
+        class _PsmlParser(TsharkXmlParser):
+            """pyshark 0.6 looks for the PSML <structure> again before every packet and
+            throws away the data it read meanwhile (only_summaries loses most packets)."""
+
+            async def get_packets_from_stream(self, stream, existing_data,
+                                              got_first_packet=True):
+                if self._psml_structure is None:
+                    existing_data = existing_data + await self._get_psml_struct(stream)
+                return await BaseTsharkOutputParser.get_packets_from_stream(
+                    self, stream, existing_data, got_first_packet=got_first_packet)
+
+        class _FileCapture(pyshark.FileCapture):
+            async def _cleanup_subprocess(self, process):
+                if process.returncode is None and self._eof_reached:
+                    try:
+                        await asyncio.wait_for(process.wait(), 10)
+                    except asyncio.TimeoutError:
+                        pass
+                await super()._cleanup_subprocess(process)
+
+            def _setup_tshark_output_parser(self):
+                if self._only_summaries:
+                    return _PsmlParser(parse_summaries=True)
+                return super()._setup_tshark_output_parser()
+
+        _CAPTURE_CLASS = _FileCapture
+    return _CAPTURE_CLASS(path, eventloop=loop, tshark_path=_tshark(), keep_packets=False,
+                          **kw)
+
+
+def _close(cap) -> None:
+    """Close a capture without letting pyshark's __del__ retry on a closed loop."""
+    try:
+        cap.close()
+    except Exception:
+        pass
+    finally:
+        cap._running_processes.clear()
+
+
+def _pyshark_run(path: str, display_filter: str, fn):
+    """_in_worker(fn), turning a tshark failure into a course error that names it."""
+    try:
+        return _in_worker(fn)
+    except Exception as exc:
+        if type(exc).__name__ != "TSharkCrashException":
+            raise
+        import subprocess
+        # tshark compiles the filter before it opens the file: /dev/null tells them apart
+        probe = subprocess.run([_tshark(), "-Y", display_filter, "-r", os.devnull],
+                               capture_output=True, text=True)
+        lines = [ln for ln in probe.stderr.splitlines() if "Running as user" not in ln]
+        msg = "\n".join(lines).strip().removeprefix("tshark: ")
+        if "special file" not in msg:
+            from .errors import ParameterError
+            raise ParameterError(f"display filter {display_filter!r} is not valid: {msg}",
+                                 "use Wireshark display-filter syntax, e.g. "
+                                 "'tcp.port == 5000 && tcp.len > 0'") from None
+        raise BadPcapError(f"tshark failed on {path}: {getattr(exc, 'args', [exc])[0]}",
+                           "open the file in tshark/Wireshark to see what is wrong "
+                           "with it; re-run the capture if it is damaged") from exc
+
+
+def _walk_expert(node, labels: list[str], msgs: list[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            lab = EXPERT_LABELS.get(k)
+            if lab and lab not in labels:
+                labels.append(lab)
+            if k == "_ws.expert.message":
+                for m in (v if isinstance(v, list) else [v]):
+                    if m not in msgs:
+                        msgs.append(str(m))
+            elif isinstance(v, (dict, list)):
+                _walk_expert(v, labels, msgs)
+    elif isinstance(node, list):
+        for v in node:
+            _walk_expert(v, labels, msgs)
+
+
+def expert(path: str | os.PathLike, display_filter: str = "tcp") -> pd.DataFrame:
+    """Wireshark's TCP expert analysis: one row per frame with any TCP analysis flag.
+
+    Columns: ``frame`` (int), ``labels`` (tuple of short names such as
+    "retransmission", "dup_ack", "zero_window", "window_update", "window_full",
+    "keep_alive", "out_of_order", "reused_ports"; see :data:`EXPERT_LABELS`) and
+    ``info`` (Wireshark's expert messages for those flags, joined by "; ").
+    Computed by tshark through pyshark in a worker thread, so it also works inside a
+    running event loop (Jupyter). Note: Wireshark calls Linux's zero-window probes
+    (an empty segment at snd_una-1) "keep_alive", not "zero_window_probe".
+    """
+    p = _check_capture(path)
+    _tshark()
+    filt = f"({display_filter}) && tcp.analysis.flags"
+
+    def run(loop):
+        rows = []
+        cap = _file_capture(loop, p, display_filter=filt, use_json=True)
+        try:
+            for pkt in cap:
+                labels: list[str] = []
+                msgs: list[str] = []
+                for layer in pkt.layers:
+                    if layer.layer_name == "tcp":
+                        _walk_expert(layer._all_fields.get("tcp.analysis", {}), labels, msgs)
+                if labels:
+                    rows.append((int(pkt.number), tuple(labels), "; ".join(msgs)))
+        finally:
+            _close(cap)
+        return rows
+
+    rows = _pyshark_run(p, filt, run)
+    df = pd.DataFrame(rows, columns=["frame", "labels", "info"])
+    df["frame"] = df["frame"].astype(np.int64)
+    df.attrs["path"] = str(path)
+    return df
+
+
+def with_expert(df: pd.DataFrame, exp: pd.DataFrame | None = None) -> pd.DataFrame:
+    """segments() frame plus ``labels`` and ``expert_info`` columns (empty where none).
+
+    ``exp`` defaults to ``expert(df.attrs["path"])``.
+    """
+    if exp is None:
+        exp = expert(df.attrs["path"])
+    lab = dict(zip(exp["frame"].tolist(), exp["labels"].tolist()))
+    info = dict(zip(exp["frame"].tolist(), exp["info"].tolist()))
+    out = df.copy()
+    frames = out["frame"].tolist()
+    out["labels"] = pd.Series([lab.get(f, ()) for f in frames], index=out.index, dtype=object)
+    out["expert_info"] = pd.array([info.get(f, "") for f in frames], dtype="str")
+    return out
+
+
+_WS_FLAGS = {"SYN", "FIN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "AE", "NS"}
+
+
+def _flags_from_info(info: str) -> str:
+    """'[FIN, PSH, ACK]' in an Info column -> 'FIN+PSH+ACK' in segments() order."""
+    start = info.find("[")
+    while start != -1:
+        end = info.find("]", start)
+        if end == -1:
+            break
+        names = {x.strip() for x in info[start + 1:end].split(",")}
+        if names and names <= _WS_FLAGS:
+            return "+".join(n for _, n in _FLAG_NAMES if n in names)
+        start = info.find("[", end)
+    return ""
+
+
+def pyshark_summary(path: str | os.PathLike, display_filter: str = "tcp",
+                    limit: int | None = 50) -> pd.DataFrame:
+    """Wireshark's packet list through pyshark: frame, time (epoch), src, dst, flags, info.
+
+    ``info`` is Wireshark's Info column ("41970 → 5000 [SYN] Seq=0 Win=65495 ...");
+    ``summary`` the whole summary line. At most ``limit`` packets (None: all).
+    """
+    p = _check_capture(path)
+    _tshark()
+
+    def run(loop):
+        rows = []
+        cap = _file_capture(loop, p, display_filter=display_filter, only_summaries=True,
+                            custom_parameters=["-t", "e"])
+        try:
+            for pkt in cap:
+                f = pkt._fields
+                info = f.get("Info", "")
+                rows.append((int(f.get("No.", 0)), float(f.get("Time", "nan")),
+                             f.get("Source", ""), f.get("Destination", ""),
+                             f.get("Protocol", ""), int(f.get("Length", 0) or 0),
+                             _flags_from_info(info), info, pkt.summary_line))
+                if limit is not None and len(rows) >= limit:
+                    break
+        finally:
+            _close(cap)
+        return rows
+
+    rows = _pyshark_run(p, display_filter, run)
+    df = pd.DataFrame(rows, columns=["frame", "time", "src", "dst", "protocol", "length",
+                                     "flags", "info", "summary"])
+    df.attrs["path"] = str(path)
+    return df
+
+
+def scapy_packets(path: str | os.PathLike, limit: int | None = None) -> list:
+    """The TCP packets of a pcap/pcapng file as scapy packets (at most ``limit``).
+
+    scapy's PcapReader reads both formats (it hands pcapng to PcapNgReader); the
+    packet's ``.time`` is the capture time stamp in epoch seconds.
+    """
+    p = _check_capture(path)
+    import logging
+    logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+    from scapy.layers.inet import TCP
+    from scapy.utils import PcapReader
+
+    out = []
+    with PcapReader(p) as reader:
+        for pkt in reader:
+            if TCP in pkt:
+                out.append(pkt)
+                if limit is not None and len(out) >= limit:
+                    break
+    return out

@@ -220,8 +220,9 @@ def refused(host: str, port: int) -> None:
         pass
 
 
-def standard(hosts: list[str], bulk_bytes: int | None = 1 << 20) -> tuple[str, callable]:
-    """Prepare listeners on each host; return (BPF filter, function running the traffic)."""
+def standard(hosts: list[str], bulk_bytes: int | None = 1 << 20):
+    """Prepare listeners on each host; return (BPF filter, function running the traffic,
+    sentinel (host, closed port) for Tcpdump)."""
     plan = []
     ports = []
     for host in hosts:
