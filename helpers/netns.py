@@ -54,6 +54,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .caps import effective_caps
 from .errors import CourseError, MissingToolError, ParameterError, PrivilegeError
 
 __all__ = [
@@ -101,20 +102,9 @@ _handlers_installed = False
 # --------------------------------------------------------------------------------------
 # capabilities and tools
 # --------------------------------------------------------------------------------------
-def _effective_caps() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
 def missing_capabilities() -> list[str]:
     """Names of the capabilities a namespace needs that this process lacks (CapEff)."""
-    caps = _effective_caps()
+    caps = effective_caps()
     missing = []
     if not caps & (1 << CAP_SYS_ADMIN):
         missing.append("CAP_SYS_ADMIN")

@@ -27,3 +27,18 @@ def live_mode(monkeypatch):
 @pytest.fixture
 def replay_mode(monkeypatch):
     monkeypatch.setenv("TCPCOURSE_MODE", "replay")
+
+
+@pytest.fixture
+def no_capture(monkeypatch):
+    """Pretend this process may not capture (CAP_NET_RAW missing), whoever runs the tests."""
+    fake = caps.Capabilities(
+        live_capture=caps.Capability("live capture", False, "no CAP_NET_RAW", "replay"),
+        namespaces=caps.Capability("namespaces", False, "missing CAP_SYS_ADMIN", "replay"),
+        tshark=caps.Capability("tshark", True, "x", "y"),
+        raw_sockets=caps.Capability("raw sockets", False, "no CAP_NET_RAW", "y"),
+        strace=caps.Capability("strace", True, "x", "y"))
+    monkeypatch.setattr(caps, "capabilities", lambda: fake)
+    import helpers.capture
+    monkeypatch.setattr(helpers.capture, "capabilities", lambda: fake)
+    return fake

@@ -92,14 +92,6 @@ def test_missing_tcpdump_is_named(monkeypatch):
         capmod._tcpdump()
 
 
-def test_no_privilege_is_named(monkeypatch):
-    fake = caps.Capabilities(
-        live_capture=caps.Capability("live capture", False, "no CAP_NET_RAW", "replay"),
-        namespaces=caps.Capability("namespaces", False, "x", "y"),
-        tshark=caps.Capability("tshark", True, "x", "y"),
-        raw_sockets=caps.Capability("raw sockets", False, "x", "y"),
-        strace=caps.Capability("strace", True, "x", "y"))
-    import helpers.capture as capmod
-    monkeypatch.setattr(capmod, "capabilities", lambda: fake)
+def test_no_privilege_is_named(no_capture):
     with pytest.raises(PrivilegeError, match="TCPCOURSE_MODE=replay"):
         Capture([9]).start()

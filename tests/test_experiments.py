@@ -69,15 +69,7 @@ def test_replay_refuses_unrecorded_value(replay_mode):
         handshake(mss=1000)
 
 
-def test_forced_live_without_capability(monkeypatch):
-    from helpers import caps
-    fake = caps.Capabilities(
-        live_capture=caps.Capability("live capture", False, "no CAP_NET_RAW", "replay"),
-        namespaces=caps.Capability("namespaces", False, "x", "y"),
-        tshark=caps.Capability("tshark", True, "x", "y"),
-        raw_sockets=caps.Capability("raw sockets", False, "x", "y"),
-        strace=caps.Capability("strace", True, "x", "y"))
-    monkeypatch.setattr(caps, "capabilities", lambda: fake)
+def test_forced_live_without_capability(monkeypatch, no_capture):
     monkeypatch.setenv("TCPCOURSE_MODE", "live")
     with pytest.raises(PrivilegeError, match="needs live capture"):
         handshake()
