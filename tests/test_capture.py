@@ -95,3 +95,25 @@ def test_missing_tcpdump_is_named(monkeypatch):
 def test_no_privilege_is_named(no_capture):
     with pytest.raises(PrivilegeError, match="TCPCOURSE_MODE=replay"):
         Capture([9]).start()
+
+
+@needs_live
+def test_capture_inside_a_namespace():
+    from helpers.netns import Namespace
+    if not caps.capabilities().namespaces:
+        pytest.skip("namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN")
+    with Namespace(mtu=1500, offloads=False) as ns:
+        with Server(echo, ns=ns) as srv:
+            with Capture([srv.port], ns=ns) as cap:
+                with connect("127.0.0.1", srv.port, ns=ns) as c:
+                    c.sendall(b"y" * 5000)
+                    got = b""
+                    while len(got) < 5000:
+                        got += c.recv(65536)
+            # the host's lo never saw this port: the namespace has its own lo
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", srv.port), timeout=0.5).close()
+    df = dissect.segments(cap.path)
+    assert df.iloc[0]["flags"] == "SYN" and df.iloc[0]["mss"] == 1460, "MTU 1500 inside: MSS 1460"
+    assert df["len"].max() <= 1448, "offloads off: real segments of at most MSS - 12 bytes"
+    assert df["len"].sum() == 10000
