@@ -150,13 +150,17 @@ class Capture:
 
     # -- stop ----------------------------------------------------------------
     def _sentinel_in_file(self, token: bytes) -> bool:
+        """Has the token reached the file? Reads only what was appended since the last look."""
         try:
             with open(self.path, "rb") as fh:
-                fh.seek(max(0, self._scan_from))
+                fh.seek(self._scan_from)
                 data = fh.read()
         except FileNotFoundError:
             return False
-        return token in data
+        if token in data:
+            return True
+        self._scan_from = max(self._scan_from, self._scan_from + len(data) - len(token))
+        return False
 
     def stop(self, timeout: float = 5.0) -> Path:
         """Send the sentinel, wait until it is in the file, SIGINT tcpdump, return the path."""
@@ -164,7 +168,10 @@ class Capture:
             return self.path
         if self.proc.poll() is None:
             token = SENTINEL + str(time.time_ns()).encode()
-            self._scan_from = 0
+            try:
+                self._scan_from = max(0, self.path.stat().st_size - len(token))
+            except FileNotFoundError:
+                self._scan_from = 0
             deadline = time.monotonic() + timeout
             found = False
             resend = 0.0

@@ -159,9 +159,8 @@ class Experiment:
 
     def __call__(self, _outdir: str | os.PathLike | None = None, **values) -> Result:
         mode = _caps.mode()
-        reason = self.replay_reason(mode) if self.needs or mode == "replay" else None
-        if not self.needs:
-            reason = None  # nothing privileged: always live
+        # an experiment that needs nothing privileged always runs live, whatever the mode
+        reason = self.replay_reason(mode) if self.needs else None
         params = validate(self.params, values, replay=reason is not None)
         if reason is not None:
             from ..corpus import load
