@@ -138,7 +138,16 @@ def _probe_namespaces() -> Capability:
                if not caps >> b & 1]
     if missing:
         return Capability(name, False, "missing " + " and ".join(missing), if_missing)
-    return Capability(name, True, "may create network namespaces (ip netns)", if_missing)
+    # The real test: create (and at once drop) a network namespace.
+    unshare = shutil.which("unshare")
+    if unshare:
+        try:
+            out = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Capability(name, False, f"unshare --net failed: {exc}", if_missing)
+        if out.returncode != 0:
+            return Capability(name, False, f"unshare --net refused: {out.stderr.strip()[:120]}", if_missing)
+    return Capability(name, True, "created a test network namespace", if_missing)
 
 
 def _probe_tshark() -> Capability:

@@ -53,8 +53,9 @@ mode_banner()
 # capture is usually impossible: capturing needs the `CAP_NET_RAW` capability, and
 # network namespaces need `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`.
 #
-# **Run:** the course checks once, by really starting `tcpdump` on `lo` and really
-# opening a raw socket (a guess from the user id would be wrong in containers).
+# **Run:** the course checks once, by really starting `tcpdump` on `lo`, really creating
+# (and dropping) a network namespace and really opening a raw socket: a guess from the
+# user id would be wrong in containers, where root may lack these capabilities.
 
 # %%
 table = caps.table()
