@@ -12,7 +12,6 @@ apt-get; without root the script says what to install and carries on in replay m
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess

@@ -86,22 +86,35 @@ class Capabilities:
         return [getattr(self, n) for n in needs if not getattr(self, n).available]
 
 
-def _tool_version(argv) -> str:
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def find_tool(name: str) -> str | None:
+    """Path of a command-line tool, also in the sbin directories a user's PATH often lacks."""
+    return shutil.which(name) or next(
+        (f"{d}/{name}" for d in SBIN if os.path.exists(f"{d}/{name}")), None)
+
+
+def tool_version(argv) -> str:
+    """First line a tool prints about its version (tshark's root warning skipped)."""
+    lines = version_lines(argv)
+    return lines[0] if lines else ""
+
+
+def version_lines(argv) -> list[str]:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    text = (out.stdout + out.stderr).strip().splitlines()
-    text = [t for t in text if "Running as user" not in t and t.strip()]
-    return text[0] if text else ""
+        return []
+    return [t.strip() for t in (out.stdout + out.stderr).splitlines()
+            if t.strip() and "Running as user" not in t]
 
 
 def _probe_tcpdump() -> Capability:
     name = "live capture"
     if_missing = ("packets come from the recorded corpus (replay mode); sockets, ss, nstat "
                   "and TCP_INFO still run live")
-    tcpdump = shutil.which("tcpdump") or next(
-        (p for p in ("/usr/sbin/tcpdump", "/usr/bin/tcpdump") if os.path.exists(p)), None)
+    tcpdump = find_tool("tcpdump")
     if not tcpdump:
         return Capability(name, False, "tcpdump is not installed (apt-get install tcpdump)", if_missing)
     # The real test: start tcpdump on lo and wait for "listening on".
@@ -131,7 +144,7 @@ def _probe_namespaces() -> Capability:
     name = "namespaces"
     if_missing = ("chapters that change sysctls, spoof sources or turn offloads off replay "
                   "their recorded results")
-    if not shutil.which("ip") and not os.path.exists("/usr/sbin/ip"):
+    if not find_tool("ip"):
         return Capability(name, False, "`ip` is not installed (apt-get install iproute2)", if_missing)
     caps = effective_caps()
     missing = [n for n, b in (("CAP_SYS_ADMIN", CAP_SYS_ADMIN), ("CAP_NET_ADMIN", CAP_NET_ADMIN))
@@ -157,7 +170,7 @@ def _probe_tshark() -> Capability:
     exe = shutil.which("tshark")
     if not exe:
         return Capability(name, False, "tshark is not installed (apt-get install tshark)", if_missing)
-    version = _tool_version([exe, "--version"])
+    version = tool_version([exe, "--version"])
     return Capability(name, bool(version), version or "tshark did not start", if_missing)
 
 
@@ -186,7 +199,7 @@ def _probe_strace() -> Capability:
         return Capability(name, False, f"strace failed: {exc}", if_missing)
     if out.returncode != 0:
         return Capability(name, False, f"strace cannot trace: {out.stderr.strip()[:120]}", if_missing)
-    return Capability(name, True, _tool_version([exe, "-V"]) or "strace works", if_missing)
+    return Capability(name, True, tool_version([exe, "-V"]) or "strace works", if_missing)
 
 
 @functools.lru_cache(maxsize=1)

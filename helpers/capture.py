@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import weakref
 from pathlib import Path
 from typing import Iterable
 
-from .caps import capabilities, scratch_dir
+from .caps import capabilities, find_tool, scratch_dir
 from .errors import CourseError, MissingToolError, PrivilegeError
 
 SENTINEL = b"tcpcourse-capture-sentinel:"
@@ -37,8 +36,7 @@ _live: "weakref.WeakSet[Capture]" = weakref.WeakSet()
 
 
 def _tcpdump() -> str:
-    exe = shutil.which("tcpdump") or next(
-        (p for p in ("/usr/sbin/tcpdump", "/usr/bin/tcpdump") if os.path.exists(p)), None)
+    exe = find_tool("tcpdump")
     if not exe:
         raise MissingToolError("tcpdump", "tcpdump", "live capture needs it")
     return exe

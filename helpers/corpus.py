@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -123,19 +122,14 @@ def load(exp, params: dict[str, Any], reason: str):
 
 def _tool_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name, argv in (("tcpdump", ["tcpdump", "--version"]), ("tshark", ["tshark", "--version"])):
-        exe = shutil.which(argv[0])
-        if not exe:
-            continue
-        try:
-            text = subprocess.run([exe] + argv[1:], capture_output=True, text=True, timeout=10)
-            lines = [l for l in (text.stdout + text.stderr).splitlines()
-                     if l.strip() and "Running as user" not in l]
-            out[name] = lines[0].strip()
-            if name == "tcpdump" and len(lines) > 1:
-                out["libpcap"] = lines[1].strip()
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+    from .caps import version_lines, find_tool
+    for name in ("tcpdump", "tshark"):
+        exe = find_tool(name)
+        lines = version_lines([exe, "--version"]) if exe else []
+        if lines:
+            out[name] = lines[0]
+        if name == "tcpdump" and len(lines) > 1:
+            out["libpcap"] = lines[1]
     from importlib import metadata
     for pkg in ("scapy", "pyshark", "pandas", "numpy"):
         try:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from .caps import find_tool
 
 CAPTURE_PROCS = ("tcpdump", "dumpcap", "tshark")
 # values the kernel changes by itself
@@ -23,14 +24,19 @@ VOLATILE = re.compile(r"(nf_conntrack_count|stable_secret|/veth|/tcpc|random|has
                       r"|neigh/(?!default)|conf/(?!all|default|lo))")
 
 
-def capture_processes() -> list[str]:
+def capture_processes(parent: int | None = None) -> list[str]:
+    """Running tcpdump/dumpcap/tshark as "PID ARGS" (only children of *parent* if given)."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
+            if parent is not None and comm in CAPTURE_PROCS:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
+                    continue
+        except (OSError, ValueError, IndexError):
             continue
         if comm in CAPTURE_PROCS:
             try:
@@ -51,7 +57,7 @@ def namespaces() -> list[str]:
 def iptables_rules() -> list[str]:
     rules = []
     for tool in ("iptables", "ip6tables"):
-        exe = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+        exe = find_tool(tool)
         if not exe:
             continue
         try:

@@ -44,21 +44,10 @@ def nothing_left_behind() -> list[str]:
     """Close a notebook: stop whatever the course started here, then list what remains of it
     (capture processes started by this kernel, course namespaces). An empty list is good."""
     import os
-    from pathlib import Path
 
     from . import capture, leaks, servers
     capture.stop_all()
     servers.stop_all()
-    left = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("Name", "").strip() in leaks.CAPTURE_PROCS and int(fields.get("PPid", 0)) == os.getpid():
-            left.append(f"capture process {pid} ({fields['Name'].strip()})")
+    left = [f"capture process {p}" for p in leaks.capture_processes(parent=os.getpid())]
     left += [f"namespace {n}" for n in leaks.namespaces() if n.startswith(f"tcpcourse-{os.getpid()}-")]
     return left

@@ -86,8 +86,7 @@ def test_port_filter():
 
 def test_missing_tcpdump_is_named(monkeypatch):
     import helpers.capture as capmod
-    monkeypatch.setattr(capmod.shutil, "which", lambda name: None)
-    monkeypatch.setattr(capmod.os.path, "exists", lambda p: False)
+    monkeypatch.setattr(capmod, "find_tool", lambda name: None)
     with pytest.raises(MissingToolError, match="apt-get install tcpdump"):
         capmod._tcpdump()
 

@@ -146,7 +146,7 @@ class Experiment:
     def replay_reason(self, mode: str) -> str | None:
         """None when this run can be live; else why it replays."""
         if mode == "replay":
-            return f"TCPCOURSE_MODE=replay was set"
+            return "TCPCOURSE_MODE=replay was set"
         missing = _caps.capabilities().missing(self.needs)
         if not missing:
             return None
