@@ -162,8 +162,6 @@ def record(names: list[str] | None = None, *, progress=print) -> list[dict]:
                               f"choose from: {', '.join(sorted(exps))}.")
         exps = {n: exps[n] for n in names}
     root = corpus_dir()
-    manifest = read_manifest()
-    kept = [e for e in manifest["entries"] if e["experiment"] not in exps]
     tools = _tool_versions()
     sysctls = _sysctls()
     new = []
@@ -189,8 +187,16 @@ def record(names: list[str] | None = None, *, progress=print) -> list[dict]:
                          date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          invariant=exp.claim)
             new.append(entry)
-    manifest["entries"] = sorted(kept + new, key=lambda e: (e["chapter"], e["experiment"], slug(e["params"])))
-    manifest_path().write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    # read-modify-write under a lock: two recorders (two experiments) may finish together
+    import fcntl
+    with open(root / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest()
+        kept = [e for e in manifest["entries"] if e["experiment"] not in exps]
+        manifest["entries"] = sorted(kept + new, key=lambda e: (e["chapter"], e["experiment"], slug(e["params"])))
+        tmp = manifest_path().with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        tmp.replace(manifest_path())
     return new
 
 
@@ -239,7 +245,7 @@ def verify(*, progress=None) -> list[str]:
                 problems.append(f"{name} {slug(params)}: grid point not recorded")
     if root.exists():
         for path in root.rglob("*"):
-            if path.is_file() and path.name != "manifest.json" and path.relative_to(root).as_posix() not in listed:
+            if path.is_file() and path.name not in ("manifest.json", ".manifest.lock") and path.relative_to(root).as_posix() not in listed:
                 problems.append(f"{path.relative_to(root)}: file not in the manifest")
     return problems
 

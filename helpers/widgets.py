@@ -41,6 +41,7 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from . import progress as _progress
 from .errors import CourseError, ParameterError
 from .params import Param, validate
 
@@ -337,6 +338,9 @@ class Panel:
                                tooltip="run the experiment with these values")
         self.button.on_click(self._on_click)
         self.status = W.HTML()
+        self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
+                                        layout=W.Layout(display="none", width="14em"))
+        self.progress_seen: list[tuple[float, str]] = []
         self.error_box = W.HTML()
         self.output = W.Output()
         parts: list[W.Widget] = []
@@ -348,7 +352,7 @@ class Panel:
                 f"are offered.</span>"
             ))
         parts.extend(c.widget for c in self.controls.values())
-        parts.append(W.HBox([self.button, self.status], layout=W.Layout(align_items="center")))
+        parts.append(W.HBox([self.button, self.progress, self.status], layout=W.Layout(align_items="center")))
         parts.extend([self.error_box, self.output])
         self.widget = W.VBox(parts)
         for c in self.controls.values():
@@ -413,11 +417,15 @@ class Panel:
         self._sync_controls(checked)
         self.busy = True
         self.button.disabled = True
-        self._set_status("running…", _GREY)
+        hint = getattr(self.run, "seconds", None)
+        self._set_status("running…" + (f" (about {hint:g} s live)" if hint and not replay else ""), _GREY)
         self._show_error("")
+        self.progress_seen = []
+        self.progress.value = 0.0
         t0 = time.perf_counter()
         try:
-            result = self.run(**checked)
+            with _progress.listening(self._on_progress):
+                result = self.run(**checked)
             items = list((self.render or _default_render)(result))
             self._show(items)
         except ParameterError as e:
@@ -441,6 +449,7 @@ class Panel:
         finally:
             self.busy = False
             self.button.disabled = False
+            self.progress.layout.display = "none"
             self.elapsed = time.perf_counter() - t0
         self.result = result
         self.ran_with = checked
@@ -448,6 +457,13 @@ class Panel:
         note = " (replayed from the recorded corpus)" if replay else ""
         self._set_status(f"✓ ran in {self.elapsed:.2f} s{note}", _GREEN)
         return result
+
+    def _on_progress(self, fraction: float, text: str) -> None:
+        """A long experiment reports progress: move the bar, say what it waits for."""
+        self.progress_seen.append((fraction, text))
+        self.progress.layout.display = ""
+        self.progress.value = fraction
+        self._set_status(f"running… {fraction:.0%}" + (f": {text}" if text else ""), _GREY)
 
     def _on_click(self, _button: Any = None) -> None:
         """What the Run button (and an auto update) calls: update() with the controls' values.

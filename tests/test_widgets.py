@@ -299,3 +299,35 @@ def test_display_bundle_is_short_and_stable():
         "[experiment panel “Accept queue”: backlog, clients, rcvbuf, pause, nodelay, pattern, congestion; "
         "interactive in Jupyter]"
     )
+
+
+def test_panel_shows_progress_of_a_long_run():
+    """An experiment that reports progress moves the panel's bar and names what it waits for;
+    the bar is hidden again when the run ends."""
+    from helpers import progress
+    from helpers.params import Param
+    from helpers.widgets import Panel
+
+    def slow(n=2):
+        progress.report(0.25, "waiting for a retry")
+        progress.sleep(0.05, 0.25, 1.0, "almost there", step=0.01)
+        return n
+
+    slow.seconds = 3
+    panel = Panel(slow, [Param("n", "n", 2, minimum=1, maximum=4)])
+    assert panel.update(n=3) == 3
+    fractions = [f for f, _ in panel.progress_seen]
+    assert fractions[0] == 0.25 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert any("waiting for a retry" in t for _, t in panel.progress_seen)
+    assert panel.progress.layout.display == "none"
+    progress.report(0.5, "nobody listens")   # outside a panel: a no-op, no error
+
+
+def test_progress_sleep_is_bounded_and_can_end_early():
+    import time
+    from helpers import progress
+    seen = []
+    t0 = time.monotonic()
+    with progress.listening(lambda f, t: seen.append(f)):
+        progress.sleep(5, 0, 1, until=lambda: time.monotonic() - t0 > 0.05, step=0.01)
+    assert time.monotonic() - t0 < 1 and seen[-1] == 1.0

@@ -116,8 +116,9 @@ class LiveRun:
 class Experiment:
     def __init__(self, func: Callable, name: str, chapter: str, params: list[Param],
                  needs: set[str], invariant: Callable[[Result], None] | None,
-                 claim: str, grid: list[dict] | None):
+                 claim: str, grid: list[dict] | None, seconds: float | None = None):
         self.func = func
+        self.seconds = seconds   # typical live duration, shown by panels; None = about instant
         self.name = name
         self.chapter = chapter
         self.params = list(params)
@@ -195,11 +196,16 @@ def _jsonable(obj):
 
 def experiment(name: str, *, chapter: str, params: list[Param] = (), needs: Iterable[str] = (),
                invariant: Callable[[Result], None] | None = None, claim: str = "",
-               grid: list[dict] | None = None):
-    """Register a function as a course experiment (see the module docstring)."""
+               grid: list[dict] | None = None, seconds: float | None = None):
+    """Register a function as a course experiment (see the module docstring).
+
+    *seconds*: how long a live run typically takes when the phenomenon needs time (SYN
+    retries, timers); panels show it, and the function should report progress through
+    :mod:`helpers.progress`.
+    """
     def deco(func):
         exp = Experiment(func, name, chapter, list(params), set(needs), invariant,
-                         claim or (func.__doc__ or "").strip().splitlines()[0], grid)
+                         claim or (func.__doc__ or "").strip().splitlines()[0], grid, seconds)
         if name in REGISTRY and REGISTRY[name].func.__module__ != func.__module__:
             raise ValueError(f"two experiments are named {name!r}")
         REGISTRY[name] = exp
