@@ -1,0 +1,389 @@
+"""Chapter 01_03: the SYN queue and the accept queue of a listener that does not accept.
+
+One experiment, :func:`accept_queue`, runs one timeline inside a private network namespace
+(so the counters are the experiment's own and ``tcp_abort_on_overflow`` can be changed):
+
+1. Two *late* clients (one when the backlog is 1) start their handshakes first, but a
+   firewall rule inside the namespace holds back what they send after their SYN. This
+   stands in for a network delay between the SYN and the final ACK, which loopback does
+   not have (and this kernel has no ``netem`` to add one). The server keeps them half-open
+   in its SYN queue (SYN-RECV) while the clients already believe they are connected.
+2. ``clients`` ordinary clients connect one after another. The accept queue takes
+   backlog + 1 of them; the SYNs of the others are dropped and retried (1 s, 2 s, 3 s:
+   linear on this kernel).
+3. The rule is lifted and the late clients send a request. Their ACK now finds the accept
+   queue full: with ``tcp_abort_on_overflow=0`` the server ignores it and resends its
+   SYN-ACK later while the client retransmits its data; with ``1`` it answers RST.
+4. At ``ACCEPT_AT`` seconds the server starts accepting. The waiting clients get in with
+   their next SYN retry, and (abort 0) the late clients' retransmitted data finally lands.
+
+The listener's queue length is sampled throughout from TCP_INFO (for a listener, tcpi_unacked
+is the accept queue length and tcpi_sacked the backlog: the same numbers ss shows as Recv-Q and
+Send-Q).
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+from .. import progress
+from ..errors import CourseError
+from ..params import Param
+from .base import Result, experiment
+
+ACCEPT_AT = 2.5          # s after the first SYN: the server starts accepting
+DEADLINE = 5.0           # s: the run ends by then whatever happens
+LATE_PORT = 40100        # late clients bind 40100, 40101 (the firewall rule matches them)
+REQUEST = b"hello\n"
+SAMPLE_EVERY = 0.02      # s between queue samples
+
+
+def late_count(backlog: int) -> int:
+    """How many late clients: at most 2, and never more than the backlog (the SYN queue must
+    keep room for the ordinary clients' SYNs: it counts as full beyond *backlog* entries)."""
+    return min(2, backlog)
+
+
+def _tcp_state(sock: socket.socket) -> str:
+    from ..kernel import tcp_info
+    try:
+        return str(tcp_info(sock).as_dict()["state"])
+    except OSError:
+        return "CLOSED"
+
+
+def _iptables(ns, *args: str) -> None:
+    proc = ns.run(["iptables", "-w", *args])
+    if proc.returncode != 0:
+        raise CourseError(f"iptables {' '.join(args)} failed inside the namespace: {proc.stderr.strip()}",
+                          "install iptables (`apt-get install iptables`) and run as root.")
+
+
+@experiment(
+    "accept_queue", chapter="01_03", needs={"live_capture", "namespaces"}, seconds=3.5,
+    params=[
+        Param("backlog", "listen() backlog", 2, choices=(1, 2, 4), minimum=1, maximum=16,
+              doc="the backlog passed to listen(); the accept queue holds backlog + 1"),
+        Param("clients", "clients", 6, choices=(3, 6), minimum=1, maximum=24,
+              doc="ordinary clients that connect one after another"),
+        Param("abort_on_overflow", "tcp_abort_on_overflow", 0, choices=(0, 1),
+              doc="what the server does with a final ACK that finds the accept queue full: "
+                  "0 ignore it, 1 answer RST"),
+    ],
+    claim="the accept queue holds backlog+1; further SYNs are dropped and retried after 1, 2, 3 s; "
+          "a final ACK that finds the queue full is ignored (abort_on_overflow=0) or reset (1)",
+)
+def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int = 0) -> dict:
+    """A listener with *backlog* that accepts nothing until ACCEPT_AT seconds; late clients
+    whose final ACK is held back, then *clients* ordinary clients. Returns the queue samples,
+    every client's fate, the server's view and the namespace's counters."""
+    from ..caps import find_tool
+    from ..kernel import nstat_delta, ss, tcp_info
+    from ..netns import Namespace
+
+    if find_tool("iptables") is None:
+        raise CourseError("iptables is not installed: the experiment holds back the late clients' "
+                          "final ACK with a firewall rule inside its namespace.",
+                          "install it: `apt-get install iptables`.")
+    n_late = late_count(backlog)
+    samples: list[list[float]] = []          # [epoch time, queue length]
+    events: list[dict] = []
+    socks: list[socket.socket] = []
+    with Namespace(sysctls={"net.ipv4.tcp_abort_on_overflow": abort_on_overflow},
+                   name=f"queue{abort_on_overflow}") as ns:
+        sysctls = {k: ns.sysctl(k) for k in ("net.ipv4.tcp_syn_linear_timeouts", "net.ipv4.tcp_syn_retries",
+                                             "net.ipv4.tcp_synack_retries", "net.ipv4.tcp_abort_on_overflow",
+                                             "net.core.somaxconn", "net.ipv4.tcp_syncookies")}
+        lsock = ns.socket()
+        lsock.bind(("127.0.0.1", 0))
+        port = lsock.getsockname()[1]
+        lsock.listen(backlog)
+
+        def sample(label: str | None = None) -> int:
+            depth = int(tcp_info(lsock).as_dict()["unacked"])
+            samples.append([time.time(), depth])
+            if label:
+                events.append({"t": time.time(), "event": label, "queue": depth})
+            return depth
+
+        def new_client(bind_port: int | None = None) -> socket.socket:
+            c = ns.socket()
+            if bind_port is not None:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                c.bind(("127.0.0.1", bind_port))
+            c.setblocking(False)
+            socks.append(c)
+            err = c.connect_ex(("127.0.0.1", port))
+            if err not in (0, errno.EINPROGRESS):
+                raise CourseError(f"connect() failed with {errno.errorcode.get(err, err)}.",
+                                  "this should not happen inside a fresh namespace; run again.")
+            return c
+
+        late: list[socket.socket] = []
+        ordinary: list[socket.socket] = []
+        ordinary_ports: list[int] = []
+        accepted: list[dict] = []
+        with run.capture([port], ns=ns), nstat_delta(ns) as counters:
+            sample()
+            # 1. late clients: everything after their SYN is held back by the firewall
+            _iptables(ns, "-A", "INPUT", "-p", "tcp", "--dport", str(port), "--sport",
+                      f"{LATE_PORT}:{LATE_PORT + n_late - 1}", "!", "--syn", "-j", "DROP")
+            t_start = time.time()
+            for i in range(n_late):
+                late.append(new_client(LATE_PORT + i))
+                sample(f"late client {i + 1} SYN")
+            time.sleep(0.02)
+            late_state_held = [_tcp_state(c) for c in late]
+            # 2. ordinary clients, one after another
+            immediate = []
+            for i in range(clients):
+                c = new_client()
+                ordinary.append(c)
+                ordinary_ports.append(c.getsockname()[1])
+                time.sleep(0.003)
+                immediate.append(_tcp_state(c))
+                sample(f"client {i + 1} connect")
+            view_full = ss(port=port, ns=ns)
+            # 3. lift the rule; the late clients send their request
+            _iptables(ns, "-F", "INPUT")
+            for c in late:
+                c.send(REQUEST)
+            sample("late clients send")
+            progress.report(0.05, "accept queue full: waiting for SYN retries")
+
+            late_fate = [None] * n_late        # "reset" | "delivered"
+            late_errno: list[str | None] = [None] * n_late
+
+            def poll_late() -> None:
+                for i, c in enumerate(late):
+                    if late_fate[i] is not None:
+                        continue
+                    try:
+                        c.recv(1)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        late_fate[i], late_errno[i] = "reset", errno.errorcode.get(exc.errno, str(exc.errno))
+                        continue
+                    if late_fate[i] is None and _tcp_state(c) == "ESTABLISHED" \
+                            and int(tcp_info(c).as_dict()["unacked"]) == 0:
+                        late_fate[i] = "delivered"
+
+            def pending() -> bool:
+                return (any(_tcp_state(c) != "ESTABLISHED" for c in ordinary)
+                        or any(f is None for f in late_fate))
+
+            # wait (sampling) until the server starts accepting, or nothing is pending
+            t_accept = None
+            while time.time() - t_start < DEADLINE:
+                poll_late()
+                if not pending() and t_accept is None:
+                    break
+                now = time.time() - t_start
+                if t_accept is None and now >= ACCEPT_AT:
+                    t_accept = time.time()
+                    events.append({"t": t_accept, "event": "server starts accepting", "queue": sample()})
+                if t_accept is not None:
+                    lsock.setblocking(False)
+                    while True:
+                        try:
+                            conn, peer = lsock.accept()
+                        except BlockingIOError:
+                            break
+                        conn.setblocking(False)
+                        socks.append(conn)
+                        accepted.append({"t": time.time(), "peer_port": peer[1], "conn": conn, "data": b""})
+                    for a in accepted:
+                        try:
+                            a["data"] += a["conn"].recv(64)
+                        except (BlockingIOError, OSError):
+                            pass
+                    if not pending() and all(a["data"] or a["peer_port"] not in
+                                             range(LATE_PORT, LATE_PORT + n_late) for a in accepted):
+                        break
+                sample()
+                progress.report(min(0.95, now / (ACCEPT_AT + 1.2)),
+                                "waiting for SYN retries" if t_accept is None else "accepting")
+                time.sleep(SAMPLE_EVERY)
+            time.sleep(0.02)
+            sample()
+        final_state = [_tcp_state(c) for c in ordinary]
+        view_end = ss(port=port, ns=ns)
+        delta = counters.delta
+        for s in socks:
+            s.close()
+    progress.report(1.0, "done")
+
+    def rows(view):
+        return [{k: (None if v != v else v) for k, v in r.items()}
+                for r in view[["state", "recv_q", "send_q", "lport", "pport"]].astype(object).to_dict("records")]
+
+    # every time below is relative to the first captured packet, like the capture's own "t"
+    from ..dissect import segments
+    captured = segments(run.pcap)
+    t0 = float(captured["time"].iloc[0]) if len(captured) else samples[0][0]
+    return {
+        "port": port, "backlog": backlog, "clients": clients, "abort_on_overflow": abort_on_overflow,
+        "late_ports": [LATE_PORT + i for i in range(n_late)], "accept_at": ACCEPT_AT,
+        "ordinary_ports": ordinary_ports,
+        "t0": t0, "t_accept": None if t_accept is None else t_accept - t0,
+        "samples": [[round(t - t0, 4), d] for t, d in samples],
+        "events": [{**e, "t": round(e["t"] - t0, 4)} for e in events],
+        "late_state_held": late_state_held, "late_fate": late_fate, "late_errno": late_errno,
+        "immediate": immediate, "final_state": final_state,
+        "accepted": [{"t": round(a["t"] - t0, 4), "peer_port": a["peer_port"], "data": a["data"].decode()}
+                     for a in accepted],
+        "ss_full": rows(view_full), "ss_end": rows(view_end),
+        "counters": {k: v for k, v in delta.items() if v and k.startswith(("TcpExt", "Tcp"))},
+        "sysctls": sysctls,
+    }
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def syn_attempts(result: Result) -> dict[int, list[float]]:
+    """{client port: times (s since the first packet) of every SYN it sent}."""
+    df = result.segments()
+    syns = df[(df["flags"] == "SYN") & (df["dport"] == result.data["port"])]
+    return {int(p): list(g["t"]) for p, g in syns.groupby("sport")}
+
+
+def retry_gaps(result: Result) -> list[list[float]]:
+    """For each client that had to retry: the gaps between its consecutive SYNs (s)."""
+    out = []
+    for port, times in syn_attempts(result).items():
+        if len(times) > 1:
+            out.append([round(b - a, 3) for a, b in zip(times, times[1:])])
+    return out
+
+
+def fates(result: Result):
+    """One row per client: role, how its connect() looked at once, its SYNs, what became of it."""
+    import pandas as pd
+
+    d = result.data
+    attempts = syn_attempts(result)
+    df = result.segments()
+    rows = []
+    for i, p in enumerate(d["late_ports"]):
+        acc = [a for a in d["accepted"] if a["peer_port"] == p]
+        rows.append({"client": f"late {i + 1}", "port": p, "SYNs sent": len(attempts.get(p, [])),
+                     "state at once": d["late_state_held"][i],
+                     "data retransmissions": int(((df["sport"] == p) & (df["len"] > 0)).sum()) - 1,
+                     "outcome": {"reset": f"reset ({d['late_errno'][i]})",
+                                 "delivered": "request delivered"}.get(d["late_fate"][i], "still waiting"),
+                     "accepted at (s)": acc[0]["t"] if acc else None})
+    for i, p in enumerate(d["ordinary_ports"]):
+        acc = [a for a in d["accepted"] if a["peer_port"] == p]
+        rows.append({"client": f"client {i + 1}", "port": p, "SYNs sent": len(attempts.get(p, [])),
+                     "state at once": d["immediate"][i], "data retransmissions": 0,
+                     "outcome": d["final_state"][i], "accepted at (s)": acc[0]["t"] if acc else None})
+    return pd.DataFrame(rows)
+
+
+def overflow_sources(result: Result) -> dict[str, int]:
+    """Where the ListenOverflows came from, read from the capture: SYNs of waiting clients
+    that got no answer, and packets of late clients that reached a full queue (after the
+    firewall rule was lifted, before the server started accepting)."""
+    d = result.data
+    df = result.segments()
+    attempts = syn_attempts(result)
+    dropped = sum(len(attempts.get(p, [])) - 1 for p in d["ordinary_ports"])
+    lifted = next((e["t"] for e in d["events"] if e["event"] == "late clients send"), None)
+    end = d["t_accept"] if d["t_accept"] is not None else float("inf")
+    full = max(q for _, q in d["samples"]) > d["backlog"]
+    late = 0
+    if full and lifted is not None:
+        late = int((df["sport"].isin(d["late_ports"]) & (df["t"] >= lifted - 0.005) & (df["t"] < end)).sum())
+    return {"dropped SYNs": dropped, "late clients' packets": late, "total": dropped + late}
+
+
+def synack_retransmissions(result: Result) -> dict[int, list[float]]:
+    """{late client port: times of every SYN-ACK the server sent it}."""
+    df = result.segments()
+    sa = df[(df["flags"] == "SYN+ACK") & df["dport"].isin(result.data["late_ports"])]
+    return {int(p): list(g["t"]) for p, g in sa.groupby("dport")}
+
+
+def check_accept_queue(result: Result) -> None:
+    """The 01_03 claims on one run (live or replayed)."""
+    d = result.data
+    n, k = d["backlog"], d["clients"]
+    n_late = len(d["late_ports"])
+    depth = [q for _, q in d["samples"]]
+    cap = n + 1
+    listen = [r for r in d["ss_full"] if r["state"] == "LISTEN"][0]
+    assert listen["send_q"] == n, f"ss Send-Q of the listener must be the backlog {n}, got {listen['send_q']}"
+    assert max(depth) <= cap, f"the accept queue never exceeds backlog + 1 = {cap} (saw {max(depth)})"
+    immediate = d["immediate"]
+    want_ok = min(k, cap)
+    assert immediate.count("ESTABLISHED") == want_ok, \
+        f"{want_ok} of {k} clients should connect at once, got {immediate.count('ESTABLISHED')}"
+    assert immediate[want_ok:] == ["SYN_SENT"] * (k - want_ok), \
+        "the clients beyond backlog + 1 must still be in SYN_SENT (their SYN dropped)"
+    assert listen["recv_q"] == want_ok, f"ss Recv-Q should be {want_ok} with the queue full"
+    assert all(s == "ESTABLISHED" for s in d["late_state_held"]), \
+        "a late client is ESTABLISHED as soon as it has the SYN-ACK, whatever the server does"
+    c = d["counters"]
+    dropped_syns = sum(len(t) for p, t in syn_attempts(result).items() if p in d["ordinary_ports"]) - k
+    overflow_expected = k >= cap
+    if k > cap:
+        assert dropped_syns >= k - cap, "every waiting client retried its SYN at least once"
+        for gaps in retry_gaps(result):
+            for g in gaps[:3]:
+                assert 0.8 <= g <= 1.5, f"SYN retries come 1 s apart on this kernel (linear), got gaps {gaps}"
+    if overflow_expected or k > cap:
+        assert c.get("TcpExtListenOverflows", 0) >= dropped_syns, "each dropped SYN counts as a ListenOverflow"
+        assert c.get("TcpExtListenDrops", 0) >= c.get("TcpExtListenOverflows", 0)
+    df = result.segments()
+    for i, p in enumerate(d["late_ports"]):
+        fate = d["late_fate"][i]
+        rst = df[(df["dport"] == p) & df["flags"].str.contains("RST")]
+        data = df[(df["sport"] == p) & (df["len"] > 0)]
+        if not overflow_expected:
+            assert fate == "delivered" and rst.empty, "with room in the queue a late client gets in normally"
+            continue
+        if d["abort_on_overflow"] == 1:
+            assert fate == "reset" and d["late_errno"][i] == "ECONNRESET", \
+                "abort_on_overflow=1: the late client's request is answered with RST (ECONNRESET)"
+            assert len(rst) == 1 and float(rst["t"].iloc[0]) - float(data["t"].iloc[0]) < 0.05, \
+                "the RST follows the request immediately"
+        else:
+            assert rst.empty, "abort_on_overflow=0: the server never resets the late client"
+            assert len(data) >= 3, "the late client retransmits its request while the server ignores it"
+            assert len(synack_retransmissions(result).get(p, [])) >= 2, \
+                "the server resends its SYN-ACK to a late client whose ACK it dropped"
+            assert fate == "delivered", "once the server accepts, the retransmitted request lands"
+    if k > cap:
+        assert d["t_accept"] is not None and all(s == "ESTABLISHED" for s in d["final_state"]), \
+            "after the server starts accepting, every waiting client gets in with a later SYN retry"
+    assert n_late == late_count(n)
+
+
+accept_queue.invariant = check_accept_queue
+
+
+def render(result: Result) -> list:
+    """What the 01_03 panel shows: banner, the clients' fates, the queue-depth plot, a ladder."""
+    from .. import plots
+
+    d = result.data
+    table = fates(result)
+    attempts = syn_attempts(result)
+    retries = [t for p, ts in attempts.items() for t in ts[1:]]
+    synacks = [t for ts in synack_retransmissions(result).values() for t in ts[1:]]
+    events = {"SYN retried": retries}
+    if synacks:
+        events["SYN-ACK resent"] = synacks
+    if d["t_accept"] is not None:
+        events["server starts accepting"] = [d["t_accept"]]
+    fig = plots.queue_depth([t for t, _ in d["samples"]], [q for _, q in d["samples"]],
+                            backlog=d["backlog"], events=events,
+                            title=f"accept queue: backlog {d['backlog']}, {d['clients']} clients, "
+                                  f"abort_on_overflow={d['abort_on_overflow']}")
+    c = d["counters"]
+    note = (f"ListenOverflows {c.get('TcpExtListenOverflows', 0)}, ListenDrops {c.get('TcpExtListenDrops', 0)}, "
+            f"SYN retransmissions {c.get('TcpExtTCPSynRetrans', 0)}, resets sent "
+            f"{c.get('TcpOutRsts', 0)}")
+    return [result, table, note, fig]
