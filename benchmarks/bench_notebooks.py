@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long each notebook takes (live and replay) and how long a panel takes to answer.
 
-    .venv/bin/python benchmarks/bench_notebooks.py [--repeat 5]
+    .venv/bin/python benchmarks/bench_notebooks.py [--repeat 5] [--panels-only] [PANEL ...]
 
 Live needs root (capture); replay runs anywhere. Prints two tables; numbers are wall-clock
 seconds on this machine, so compare them as ratios within one run.
@@ -30,38 +30,56 @@ def run_notebook(path: Path, mode: str) -> float:
     return time.perf_counter() - t0
 
 
-def panel_seconds(mode: str, repeat: int) -> list[float]:
+# (label, module, experiment, render): every chapter panel
+PANELS = [
+    ("01_02 handshake", "helpers.experiments.handshake", "handshake", "render"),
+    ("01_03 accept queue", "helpers.experiments.queues", "accept_queue", "render"),
+]
+
+
+def panel_seconds(mode: str, repeat: int, module: str, name: str, render: str) -> list[float]:
+    """Seconds per panel.update over the experiment's recorded grid (cycled), in *mode*."""
+    import importlib
     os.environ["TCPCOURSE_MODE"] = mode
     from helpers import caps
     caps.capabilities.cache_clear()
-    from helpers.experiments.handshake import handshake, render
     from helpers.widgets import Panel
     import matplotlib
     matplotlib.use("Agg")
-    panel = Panel(handshake, handshake.params, render=render)
-    grid = handshake.grid()
+    import matplotlib.pyplot as plt
+    mod = importlib.import_module(module)
+    exp = getattr(mod, name)
+    panel = Panel(exp, exp.params, render=getattr(mod, render))
+    grid = exp.grid()
     times = []
     for i in range(repeat):
         params = grid[i % len(grid)]
         t0 = time.perf_counter()
         panel.update(**params)
         times.append(time.perf_counter() - t0)
+        plt.close("all")
     return times
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--panels-only", action="store_true", help="skip the notebook timings")
+    ap.add_argument("panels", nargs="*", help="only panels whose label contains one of these")
     args = ap.parse_args()
     modes = ["live", "replay"] if os.geteuid() == 0 else ["replay"]
     print(f"{'notebook':45s} " + " ".join(f"{m:>9s}" for m in modes))
-    for path in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
+    for path in [] if args.panels_only else sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
         cells = [f"{run_notebook(path, m):8.1f}s" for m in modes]
         print(f"{path.stem:45s} " + " ".join(cells), flush=True)
-    print(f"\n{'panel (01_02 handshake)':45s} {'median':>9s} {'max':>9s}   runs")
-    for m in modes:
-        t = panel_seconds(m, args.repeat)
-        print(f"{'  ' + m:45s} {statistics.median(t):8.2f}s {max(t):8.2f}s   {len(t)}")
+    print(f"\n{'panel':45s} {'median':>9s} {'max':>9s}   runs")
+    for label, module, name, render in PANELS:
+        if args.panels and not any(p in label for p in args.panels):
+            continue
+        for m in modes:
+            t = panel_seconds(m, args.repeat, module, name, render)
+            print(f"{label + ' (' + m + ')':45s} {statistics.median(t):8.2f}s {max(t):8.2f}s   {len(t)}",
+                  flush=True)
     return 0
 
 
