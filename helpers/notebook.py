@@ -21,23 +21,31 @@ class Banner:
         return self.text
 
 
+#: what each capability lets a chapter do, for the banner
+DOES = {"live_capture": "capture packets with tcpdump",
+        "namespaces": "create private network namespaces (and change sysctls inside them)"}
+
+
 def mode_banner(needs=("live_capture",)) -> Banner:
-    """The banner at the top of a chapter: will this notebook capture live or replay, and why."""
-    m = caps.mode()
-    missing = caps.capabilities().missing(needs)
+    """The banner at the top of a chapter: will this notebook's privileged experiments run live
+    or replay, and why. *needs*: the capabilities the chapter's experiments need."""
+    needs = tuple(needs)
     if not needs:
         return Banner("LIVE: this chapter needs no privileges and captures nothing; every cell runs "
                       "live on this machine, whatever the mode.", True)
+    doing = " and ".join(DOES.get(n, n) for n in needs)
+    m = caps.mode()
+    missing = caps.capabilities().missing(needs)
     if m == "replay":
-        return Banner("REPLAY: TCPCOURSE_MODE=replay is set, so captures come from the recorded corpus "
-                      "(pcaps/); each result names its file. Sockets, ss and TCP_INFO still run live. "
-                      "Unset TCPCOURSE_MODE to capture live.", False)
+        return Banner(f"REPLAY: TCPCOURSE_MODE=replay is set, so the experiments that {doing} come from "
+                      "the recorded corpus (pcaps/); each result names its file. Plain sockets, ss and "
+                      "TCP_INFO still run live. Unset TCPCOURSE_MODE to run everything live.", False)
     if missing:
         why = "; ".join(f"{x.name}: {x.detail}" for x in missing)
-        return Banner(f"REPLAY: this machine cannot capture here ({why}). Every capture in this notebook "
-                      f"is read from the recorded corpus (pcaps/), and each result names its file. "
-                      f"Sockets, ss, nstat and TCP_INFO still run live.", False)
-    return Banner("LIVE: tcpdump can capture on this machine; every capture below is made now.", True)
+        return Banner(f"REPLAY: this machine cannot {doing} here ({why}). Those experiments are read "
+                      f"from the recorded corpus (pcaps/), and each result names its file. Plain "
+                      f"sockets, ss, nstat and TCP_INFO still run live.", False)
+    return Banner(f"LIVE: this machine can {doing}; every experiment below runs now.", True)
 
 
 def nothing_left_behind() -> list[str]:

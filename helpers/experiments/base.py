@@ -75,11 +75,16 @@ class Result:
             what = f"captured live just now ({self.pcap.name})" if self.pcap else "measured live just now"
             return f"LIVE: {self.experiment} {self._ptext()}: {what}."
         src = self.source or {}
-        return (f"REPLAY: {self.experiment} {self._ptext()}: packets and measurements come from "
-                f"the corpus file {src.get('pcap', {}).get('path', '?')} recorded "
+        if src.get("pcap"):
+            what, path = "packets and measurements come", src["pcap"].get("path", "?")
+        else:
+            what, path = "measurements come", src.get("data", {}).get("path", "?")
+        run_live = "a live run" if src.get("pcap") is None else "a live capture"
+        return (f"REPLAY: {self.experiment} {self._ptext()}: {what} from "
+                f"the corpus file {path} recorded "
                 f"{src.get('date', '?')[:10]} on Linux {src.get('kernel', '?')}, because {self.reason}. "
-                + ("Unset TCPCOURSE_MODE for a live capture." if "TCPCOURSE_MODE" in self.reason
-                   else "Run as root for a live capture."))
+                + (f"Unset TCPCOURSE_MODE for {run_live}." if "TCPCOURSE_MODE" in self.reason
+                   else f"Run as root for {run_live}."))
 
     def _ptext(self) -> str:
         if not self.params:

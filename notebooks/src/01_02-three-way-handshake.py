@@ -150,7 +150,7 @@ panel
 
 # %%
 small = panel.update(mss=536, rcvbuf=4096)
-for item in render(small):   # what the panel shows, also visible in the saved notebook
+for item in panel.shown:   # what the panel shows, also visible in the saved notebook
     display(item)
 
 # %%

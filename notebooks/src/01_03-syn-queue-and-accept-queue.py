@@ -260,7 +260,7 @@ panel
 
 # %%
 roomy = panel.update(backlog=4, clients=3, abort_on_overflow=1)
-for item in render(roomy):
+for item in panel.shown:   # what the panel shows, also visible in the saved notebook
     display(item)
 
 # %%

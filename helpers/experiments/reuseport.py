@@ -1,0 +1,709 @@
+"""Chapter 01_05: SO_REUSEPORT sharding. N listeners on one port, each with its own queue.
+
+Five experiments, all on 127.0.0.1 (the last one inside a private network namespace):
+
+- :func:`reuseport_spread` (the panel): N listeners in one SO_REUSEPORT group, many
+  connections; how many each listener got, and a chi-square test against "every listener
+  equally likely". Also the kernel's view of the N separate accept queues (TCP_INFO of each
+  listener, and ``ss``: N LISTEN rows on one port).
+- :func:`reuseport_hash`: the listener is picked from a hash of the 4-tuple, so the same
+  client port always lands on the same listener; doubling the group maps listener i to
+  2i or 2i+1 (the kernel scales the 32-bit hash to the group size: ``hash * N >> 32``).
+- :func:`reuseport_join`: who may bind the port a second time (EADDRINUSE unless every
+  socket, old and new, set SO_REUSEPORT before bind; SO_REUSEADDR is not enough).
+- :func:`accept_sharing`: the same load with one worker made slow, served by (a) N
+  SO_REUSEPORT listeners with one thread each, and (b) one shared listener with N threads
+  blocked in accept(). The hash ignores load: the slow listener still gets its 1/N share,
+  and those connections wait in its queue; a shared queue lets the fast threads take more.
+- :func:`reuseport_close` (needs a namespace: it sets ``net.ipv4.tcp_migrate_req``):
+  close one listener while connections sit in its accept queue. With ``tcp_migrate_req=0``
+  (the default) they are reset; with 1 they move to another listener of the group.
+
+Connections are ended with an abortive close (SO_LINGER 0: an RST instead of a FIN), so a
+re-run leaves no TIME_WAIT sockets behind and a client port can be bound again at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import socket
+import struct
+import threading
+import time
+from typing import Iterator, Sequence
+
+from .. import progress
+from ..errors import CourseError
+from ..params import Param
+from .base import Result, experiment
+
+HOST = "127.0.0.1"
+BATCH = 100                  # client sockets open at once (fds stay far below RLIMIT_NOFILE)
+BACKLOG = 1024
+LINGER0 = struct.pack("ii", 1, 0)
+P_MIN = 1e-4                 # a spread with p below this is called "not uniform"
+SIGMAS = 5.0                 # every listener's count must lie within E ± 5σ (binomial σ)
+REQUEST = b"hello\n"
+
+
+# ======================================================================================
+# statistics: the chi-square test without scipy
+# ======================================================================================
+def chi2_sf(x: float, dof: int) -> float:
+    """P(X ≥ x) for a chi-square variable X with *dof* (a positive integer) degrees of freedom.
+
+    Closed forms of the regularised upper incomplete gamma function Q(dof/2, x/2):
+
+    - even dof = 2k:  exp(-x/2) · Σ_{i<k} (x/2)^i / i!
+    - odd dof = 2k+1: erfc(√(x/2)) + exp(-x/2) · Σ_{i=1..k} (x/2)^(i-1/2) / Γ(i+1/2)
+    """
+    if isinstance(dof, bool) or not isinstance(dof, int) or dof < 1:
+        raise ValueError(f"dof must be a positive integer, not {dof!r}")
+    x = float(x)
+    if math.isnan(x):
+        raise ValueError("x is NaN")
+    if x <= 0:
+        return 1.0
+    h = x / 2.0
+    if dof % 2 == 0:
+        total, term = 0.0, 1.0
+        for i in range(dof // 2):
+            if i:
+                term *= h / i
+            total += term
+        return min(1.0, math.exp(-h) * total)
+    total = math.erfc(math.sqrt(h))
+    for i in range(1, (dof - 1) // 2 + 1):
+        total += math.exp((i - 0.5) * math.log(h) - h - math.lgamma(i + 0.5))
+    return min(1.0, total)
+
+
+def chi_square(counts: Sequence[int]) -> dict:
+    """Pearson's chi-square test of *counts* against equal shares.
+
+    Returns ``statistic`` (Σ (observed − expected)² / expected), ``dof`` (categories − 1),
+    ``p_value`` (how often a truly uniform choice gives a statistic at least this large;
+    None with one category), ``expected`` (the equal share) and ``sigma`` (the binomial
+    standard deviation of one category's count).
+    """
+    counts = [int(c) for c in counts]
+    n, total = len(counts), sum(counts)
+    if n == 0 or total == 0:
+        raise ValueError("chi_square needs at least one non-zero count")
+    expected = total / n
+    stat = sum((c - expected) ** 2 for c in counts) / expected
+    dof = n - 1
+    return {"statistic": stat, "dof": dof, "p_value": chi2_sf(stat, dof) if dof else None,
+            "expected": expected, "sigma": math.sqrt(total * (1 / n) * (1 - 1 / n))}
+
+
+def _assert_uniform(counts: Sequence[int], what: str) -> None:
+    if len(counts) < 2:
+        return
+    t = chi_square(counts)
+    assert t["p_value"] > P_MIN, \
+        f"{what}: counts {list(counts)} are not consistent with equal shares (chi² {t['statistic']:.1f}, " \
+        f"dof {t['dof']}, p {t['p_value']:.2g} ≤ {P_MIN})"
+    band = SIGMAS * t["sigma"]
+    for i, c in enumerate(counts):
+        assert abs(c - t["expected"]) <= band, \
+            f"{what}: listener {i} got {c}, outside {t['expected']:.1f} ± {band:.1f} (5σ)"
+
+
+# ======================================================================================
+# sockets
+# ======================================================================================
+def _abort(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER on, 0 s): no FIN exchange, no TIME_WAIT on either side."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+    sock.close()
+
+
+def _new(ns=None) -> socket.socket:
+    return ns.socket() if ns is not None else socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+def _listener(port: int, *, reuseport: bool = True, backlog: int = BACKLOG, ns=None) -> socket.socket:
+    s = _new(ns)
+    try:
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind((HOST, port))
+        s.listen(backlog)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+@contextlib.contextmanager
+def reuseport_group(n: int, *, backlog: int = BACKLOG, ns=None) -> Iterator[list[socket.socket]]:
+    """*n* listening sockets with SO_REUSEPORT on one port of 127.0.0.1 (the first binds
+    port 0, the others that port), in listen() order; all closed on exit."""
+    socks: list[socket.socket] = []
+    try:
+        port = 0
+        for _ in range(n):
+            socks.append(_listener(port, backlog=backlog, ns=ns))
+            port = socks[0].getsockname()[1]
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _queue(listener: socket.socket) -> tuple[int, int]:
+    """(accept-queue length, backlog) of a listener from its TCP_INFO (tcpi_unacked and
+    tcpi_sacked: the numbers ss prints as Recv-Q and Send-Q of a LISTEN row)."""
+    from ..kernel import tcp_info
+    info = tcp_info(listener).as_dict()
+    return int(info["unacked"]), int(info["sacked"])
+
+
+def _wait_queued(group: Sequence[socket.socket], want: int, timeout: float = 1.0) -> list[int]:
+    """Poll the listeners' queue lengths until they add up to *want* (the final ACK of a
+    handshake may still be on its way through lo when connect() returns); bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        q = [_queue(s)[0] for s in group]
+        if sum(q) >= want or time.monotonic() > deadline:
+            return q
+        time.sleep(0.001)
+
+
+def _drain(listener: socket.socket, on_conn) -> int:
+    """accept() until the queue is empty (non-blocking); hand each connection to on_conn."""
+    n = 0
+    listener.setblocking(False)
+    try:
+        while n < 100_000:
+            try:
+                conn, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            n += 1
+            on_conn(conn, addr)
+    finally:
+        listener.setblocking(True)
+    return n
+
+
+def _connect(port: int, *, bind_port: int = 0, ns=None, timeout: float = 2.0) -> socket.socket:
+    c = _new(ns)
+    try:
+        if bind_port:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            c.bind((HOST, bind_port))
+        c.settimeout(timeout)
+        c.connect((HOST, port))
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def _listen_rows(port: int) -> list[dict]:
+    from ..kernel import ss
+    view = ss(state="LISTEN", sport=port)
+    return [{"recv_q": int(r["recv_q"]), "send_q": int(r["send_q"]), "local": f"{r['local']}:{r['lport']}"}
+            for _, r in view.iterrows()]
+
+
+# ======================================================================================
+# 1. the spread over N listeners (the panel)
+# ======================================================================================
+N_PARAM = Param("n", "listeners (N)", 4, choices=(2, 4, 8), minimum=1, maximum=16,
+                doc="how many sockets join the SO_REUSEPORT group")
+CONNECTIONS_PARAM = Param("connections", "connections", 1000, choices=(1000,), minimum=100, maximum=5000,
+                          doc="how many clients connect, one after another")
+
+
+def check_spread(result: Result) -> None:
+    """The 01_05 claims on one spread."""
+    d = result.data
+    counts = d["counts"]
+    assert len(counts) == d["n"], f"one count per listener expected, got {len(counts)} for {d['n']}"
+    assert sum(counts) == d["connections"], \
+        f"every connection is accepted by exactly one listener: {sum(counts)} of {d['connections']}"
+    first = d["first_batch"]
+    assert sum(first["queues"]) == first["size"], \
+        f"the first {first['size']} connections wait in the listeners' own queues: {first['queues']}"
+    assert all(b == d["backlog"] for b in first["backlogs"]), "each listener keeps its own backlog"
+    rows = first["ss_listen"]
+    assert len(rows) == d["n"], f"ss shows one LISTEN row per listener on the port: {len(rows)} for {d['n']}"
+    assert sorted(r["recv_q"] for r in rows) == sorted(first["queues"]), \
+        "ss Recv-Q of the LISTEN rows = the TCP_INFO accept-queue lengths"
+    _assert_uniform(counts, "reuseport spread")
+
+
+@experiment("reuseport_spread", chapter="01_05", params=[N_PARAM, CONNECTIONS_PARAM],
+            invariant=check_spread,
+            claim="N SO_REUSEPORT listeners share the connections about equally (chi-square, 5σ band); "
+                  "each has its own accept queue")
+def reuseport_spread(run, n: int = 4, connections: int = 1000) -> dict:
+    """Connect *connections* clients to a group of *n* SO_REUSEPORT listeners; count per listener.
+
+    Clients connect in batches of 100 while nobody accepts; after each batch every
+    listener's queue is drained. After the first batch the queues are read from TCP_INFO
+    and from ``ss``.
+    """
+    counts = [0] * n
+    first: dict = {}
+    t0 = time.perf_counter()
+    with reuseport_group(n) as group:
+        port = group[0].getsockname()[1]
+        done = 0
+        while done < connections:
+            size = min(BATCH, connections - done)
+            clients = []
+            try:
+                for _ in range(size):
+                    clients.append(_connect(port))
+                _wait_queued(group, size)
+                if not first:
+                    q = [_queue(s) for s in group]
+                    first = {"size": size, "queues": [a for a, _ in q], "backlogs": [b for _, b in q],
+                             "ss_listen": _listen_rows(port)}
+                for i, s in enumerate(group):
+                    counts[i] += _drain(s, lambda conn, addr: _abort(conn))
+            finally:
+                for c in clients:
+                    c.close()
+            done += size
+            progress.report(done / connections, f"{done} of {connections} connections")
+    seconds = time.perf_counter() - t0
+    return {"n": n, "connections": connections, "port": port, "backlog": BACKLOG, "counts": counts,
+            "chi_square": chi_square(counts), "first_batch": first, "seconds": seconds}
+
+
+def spread_table(result: Result):
+    """One row per listener: connections, share, deviation from the equal share in σ."""
+    import pandas as pd
+
+    d = result.data
+    t = chi_square(d["counts"])
+    return pd.DataFrame({
+        "listener": range(len(d["counts"])),
+        "connections": d["counts"],
+        "share": [c / d["connections"] for c in d["counts"]],
+        "expected": [round(t["expected"], 1)] * len(d["counts"]),
+        "deviation (σ)": [round((c - t["expected"]) / t["sigma"], 2) if t["sigma"] else 0.0
+                          for c in d["counts"]],
+    }).set_index("listener")
+
+
+def spread_text(result: Result) -> str:
+    d = result.data
+    t = chi_square(d["counts"])
+    if t["p_value"] is None:
+        return f"1 listener took all {d['connections']} connections (nothing to compare)."
+    verdict = "consistent with" if t["p_value"] > P_MIN else "NOT consistent with"
+    return (f"{d['n']} listeners, {d['connections']} connections in {d['seconds']:.2f} s: "
+            f"chi² = {t['statistic']:.2f} with {t['dof']} degrees of freedom, p = {t['p_value']:.3f}: "
+            f"{verdict} equal shares (the test rejects below p = {P_MIN:g}).")
+
+
+def render(result: Result) -> list:
+    """What the panel shows: the banner, the verdict, the table and the bar chart."""
+    from ..plots import bars
+
+    d = result.data
+    t = chi_square(d["counts"])
+    fig = bars(dict(enumerate(d["counts"])), ylabel="connections accepted", xlabel="listener",
+               expected=t["expected"],
+               title=f"{d['connections']} connections over {d['n']} SO_REUSEPORT listeners")
+    return [result, spread_text(result), spread_table(result), fig]
+
+
+# ======================================================================================
+# 2. the hash: same 4-tuple, same listener
+# ======================================================================================
+def _which_listener(group: list[socket.socket], port: int, sport: int) -> tuple[int, int]:
+    """Connect from client port *sport* (0: any); return (listener index, client port)."""
+    c = _connect(port, bind_port=sport)
+    try:
+        sport = c.getsockname()[1]
+        hits = []
+        deadline = time.monotonic() + 1.0
+        while not hits and time.monotonic() < deadline:
+            for i, s in enumerate(group):
+                if _drain(s, lambda conn, addr: _abort(conn)):
+                    hits.append(i)
+        if len(hits) != 1:
+            raise CourseError(f"the connection from port {sport} was accepted by listeners {hits}, not by one.",
+                              "run the experiment again; if it persists, report the kernel version.")
+        return hits[0], sport
+    finally:
+        c.close()
+
+
+def check_hash(result: Result) -> None:
+    d = result.data
+    rows = d["rows"]
+    for r in rows:
+        assert len(set(r["first"])) == 1, f"client port {r['sport']} landed on listeners {r['first']}: one expected"
+        assert len(set(r["doubled"])) == 1, f"client port {r['sport']} landed on listeners {r['doubled']} after doubling"
+    firsts = [r["first"][0] for r in rows]
+    assert len(set(firsts)) >= 2, "different client ports should reach different listeners"
+    for r in rows:
+        assert r["doubled"][0] // 2 == r["first"][0], \
+            f"client port {r['sport']}: listener {r['first'][0]} of {d['n']} became {r['doubled'][0]} of " \
+            f"{2 * d['n']}, expected {2 * r['first'][0]} or {2 * r['first'][0] + 1}"
+
+
+@experiment("reuseport_hash", chapter="01_05",
+            params=[Param("n", "listeners (N)", 4, choices=(2, 4, 8), minimum=2, maximum=8),
+                    Param("sources", "client ports", 16, choices=(16,), minimum=12, maximum=40),
+                    Param("repeats", "connections per client port", 4, choices=(4,), minimum=2, maximum=10)],
+            invariant=check_hash,
+            claim="the listener is a function of the 4-tuple: a client port always lands on the same "
+                  "listener; doubling the group sends listener i's tuples to 2i or 2i+1")
+def reuseport_hash(run, n: int = 4, sources: int = 16, repeats: int = 4) -> dict:
+    """Connect *repeats* times from each of *sources* fixed client ports to a group of *n*
+    listeners; then add *n* more listeners to the group and connect from the same ports again.
+
+    The server closes each connection with an RST, so the client port is free again at once.
+    """
+    rows = []
+    with reuseport_group(n) as group:
+        port = group[0].getsockname()[1]
+        for k in range(sources):
+            first, sport = _which_listener(group, port, 0)
+            seen = [first] + [_which_listener(group, port, sport)[0] for _ in range(repeats - 1)]
+            rows.append({"sport": sport, "first": seen})
+            progress.report(0.5 * (k + 1) / sources, "group of N")
+        more = []
+        try:
+            for _ in range(n):
+                more.append(_listener(port))
+            doubled = group + more
+            for k, r in enumerate(rows):
+                r["doubled"] = [_which_listener(doubled, port, r["sport"])[0] for _ in range(repeats)]
+                progress.report(0.5 + 0.5 * (k + 1) / sources, "group of 2N")
+        finally:
+            for s in more:
+                s.close()
+    return {"n": n, "port": port, "sources": sources, "repeats": repeats, "rows": rows}
+
+
+def hash_table(result: Result):
+    import pandas as pd
+    d = result.data
+    n, k = d["n"], d["repeats"]
+    return pd.DataFrame([{"client port": r["sport"],
+                          f"listener (group of {n}), {k} tries": ", ".join(map(str, r["first"])),
+                          f"listener (group of {2 * n}), {k} tries": ", ".join(map(str, r["doubled"]))}
+                         for r in d["rows"]]).set_index("client port")
+
+
+# ======================================================================================
+# 3. who may join the group
+# ======================================================================================
+JOIN_CASES = [
+    # label, option on the first socket, option on the newcomer
+    ("both set SO_REUSEPORT", "SO_REUSEPORT", "SO_REUSEPORT"),
+    ("only the first set it", "SO_REUSEPORT", None),
+    ("only the newcomer set it", None, "SO_REUSEPORT"),
+    ("neither set it", None, None),
+    ("both set SO_REUSEADDR instead", "SO_REUSEADDR", "SO_REUSEADDR"),
+]
+
+
+def _opt(sock: socket.socket, name: str | None) -> None:
+    if name:
+        sock.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
+
+
+def check_join(result: Result) -> None:
+    rows = {r["case"]: r for r in result.data["cases"]}
+    ok = rows["both set SO_REUSEPORT"]
+    assert ok["bind"] == "ok" and ok["listen"] == "ok", "two sockets that both set SO_REUSEPORT share the port"
+    for case, r in rows.items():
+        if case != "both set SO_REUSEPORT":
+            assert r["bind"] == "EADDRINUSE", f"{case}: bind() should fail with EADDRINUSE, got {r['bind']}"
+
+
+@experiment("reuseport_join", chapter="01_05", invariant=check_join,
+            claim="a second socket can bind a listening port only if both set SO_REUSEPORT; otherwise EADDRINUSE")
+def reuseport_join(run) -> dict:
+    """For each case, a first socket binds and listens on a port; a second socket sets its
+    options and tries bind() and listen() on the same port. Records the errno of each call."""
+    cases = []
+    for label, first_opt, new_opt in JOIN_CASES:
+        first = _new()
+        second = _new()
+        try:
+            _opt(first, first_opt)
+            first.bind((HOST, 0))
+            first.listen(8)
+            port = first.getsockname()[1]
+            _opt(second, new_opt)
+            row = {"case": label, "first": first_opt or "-", "newcomer": new_opt or "-", "port": port,
+                   "bind": "ok", "listen": "-"}
+            try:
+                second.bind((HOST, port))
+            except OSError as exc:
+                row["bind"] = errno.errorcode.get(exc.errno, str(exc.errno))
+            else:
+                try:
+                    second.listen(8)
+                    row["listen"] = "ok"
+                except OSError as exc:
+                    row["listen"] = errno.errorcode.get(exc.errno, str(exc.errno))
+            cases.append(row)
+        finally:
+            second.close()
+            first.close()
+    return {"cases": cases}
+
+
+# ======================================================================================
+# 4. one slow worker: SO_REUSEPORT listeners vs one shared listener
+# ======================================================================================
+def _serve_mode(mode: str, n: int, connections: int, slow_ms: float) -> dict:
+    """Run one mode; worker 0 sleeps *slow_ms* after each accept (a busy worker)."""
+    accepted: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    with contextlib.ExitStack() as stack:
+        if mode == "reuseport":
+            listeners = stack.enter_context(reuseport_group(n))
+            port = listeners[0].getsockname()[1]
+            serve = listeners                       # worker i accepts from listener i
+        else:
+            shared = _listener(0, reuseport=False)
+            stack.callback(shared.close)
+            listeners = [shared]
+            port = shared.getsockname()[1]
+            serve = [shared] * n                    # every worker accepts from the one listener
+        open_conns: list[socket.socket] = []
+        lock = threading.Lock()
+
+        def worker(i: int) -> None:
+            lst = serve[i]
+            while True:
+                try:
+                    conn, addr = lst.accept()       # blocking: the thread sleeps in the kernel
+                except OSError:
+                    return                          # listener shut down: the run is over
+                t = time.monotonic()
+                accepted[i].append((addr[1], t))
+                with lock:
+                    open_conns.append(conn)
+                if i == 0 and slow_ms:
+                    time.sleep(slow_ms / 1000)
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True, name=f"reuseport-worker-{i}")
+                   for i in range(n)]
+        clients: list[socket.socket] = []
+        done_at: dict[int, float] = {}
+
+        def stop() -> None:
+            for s in listeners:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)    # wakes the threads blocked in accept()
+            for t in threads:
+                if t.is_alive():
+                    t.join(2.0)
+            with lock:
+                for c in open_conns:
+                    c.close()                       # server sends FIN; client keeps its port
+            for c in clients:
+                _abort(c)                           # client answers with RST: nothing lingers
+
+        stack.callback(stop)
+        for t in threads:
+            t.start()
+        time.sleep(0.02)                            # let every worker block in accept()
+        t0 = time.monotonic()
+        for _ in range(connections):
+            c = _connect(port)
+            clients.append(c)
+            done_at[c.getsockname()[1]] = time.monotonic()
+        deadline = time.monotonic() + 5.0
+        while sum(len(a) for a in accepted) < connections and time.monotonic() < deadline:
+            time.sleep(0.002)
+        seconds = time.monotonic() - t0
+    waits = []
+    for a in accepted:
+        w = sorted(max(0.0, (t - done_at[p]) * 1000) for p, t in a if p in done_at)
+        waits.append({"median_ms": w[len(w) // 2] if w else None, "max_ms": w[-1] if w else None})
+    return {"mode": mode, "counts": [len(a) for a in accepted], "wait": waits, "seconds": seconds}
+
+
+def check_sharing(result: Result) -> None:
+    d = result.data
+    for m in ("reuseport", "shared"):
+        assert sum(d[m]["counts"]) == d["connections"], f"{m}: every connection must be accepted once"
+    rp, sh = d["reuseport"], d["shared"]
+    _assert_uniform(rp["counts"], "SO_REUSEPORT with a slow worker")
+    if d["slow_ms"] >= 2:
+        expected = d["connections"] / d["n"]
+        assert sh["counts"][0] < 0.5 * expected, \
+            f"a shared queue: the slow thread should take less than half its share ({sh['counts'][0]} of {expected:.0f})"
+        fast = [w["median_ms"] for w in rp["wait"][1:]]
+        assert rp["wait"][0]["median_ms"] > 3 * max(max(fast), 1.0), \
+            "SO_REUSEPORT: connections hashed to the slow listener wait far longer in its queue"
+        assert rp["wait"][0]["max_ms"] > 3 * max(max(w["max_ms"] or 0 for w in sh["wait"]), 1.0), \
+            "the longest waits are in the slow SO_REUSEPORT listener's own queue, not in the shared one"
+
+
+@experiment("accept_sharing", chapter="01_05",
+            params=[Param("n", "workers", 4, choices=(4,), minimum=2, maximum=8),
+                    Param("slow_ms", "worker 0 busy after each accept", 4, choices=(0, 4), minimum=0,
+                          maximum=10, unit="ms"),
+                    Param("connections", "connections", 200, choices=(200,), minimum=100, maximum=400)],
+            invariant=check_sharing,
+            claim="the hash ignores load: a slow SO_REUSEPORT listener still gets 1/N and its connections "
+                  "wait; with one shared queue the fast threads take over")
+def accept_sharing(run, n: int = 4, slow_ms: float = 4, connections: int = 200) -> dict:
+    """The same *connections* clients served by *n* worker threads, twice: each worker with
+    its own SO_REUSEPORT listener, then all workers blocked in accept() on one shared listener.
+    Worker 0 is busy for *slow_ms* after each accept. Records per worker: connections taken,
+    and how long they waited between the client's connect() returning and accept()."""
+    out = {"n": n, "slow_ms": slow_ms, "connections": connections}
+    progress.report(0.0, "SO_REUSEPORT listeners")
+    out["reuseport"] = _serve_mode("reuseport", n, connections, slow_ms)
+    progress.report(0.5, "one shared listener")
+    out["shared"] = _serve_mode("shared", n, connections, slow_ms)
+    progress.report(1.0, "done")
+    return out
+
+
+def sharing_table(result: Result):
+    import pandas as pd
+    d = result.data
+    rows = []
+    for m, label in (("reuseport", "N SO_REUSEPORT listeners"), ("shared", "1 shared listener")):
+        for i, (c, w) in enumerate(zip(d[m]["counts"], d[m]["wait"])):
+            rows.append({"setup": label, "worker": f"{i} (slow)" if i == 0 and d["slow_ms"] else str(i),
+                         "connections": c, "median wait (ms)": round(w["median_ms"] or 0, 2),
+                         "max wait (ms)": round(w["max_ms"] or 0, 1)})
+    return pd.DataFrame(rows).set_index(["setup", "worker"])
+
+
+# ======================================================================================
+# 5. closing a listener with connections in its queue (namespace: tcp_migrate_req)
+# ======================================================================================
+def check_close(result: Result) -> None:
+    d = result.data
+    v = d["victim"]
+    q = d["queues_before"][v]
+    assert q >= 1, "the closed listener must have had connections waiting"
+    assert sum(d["queues_before"]) == d["clients"], "every client waits in some listener's queue"
+    assert d["migrate_req"] == d["migrate"], "tcp_migrate_req inside the namespace is what was asked"
+    out = d["outcome"]
+    accepted = sum(d["accepted"].values())
+    assert out["reset"] + out["alive"] == d["clients"]
+    assert accepted == out["alive"], "every client that was not reset is accepted by a remaining listener"
+    assert d["payload_ok"] == accepted, "each accepted connection still holds the request its client sent"
+    if d["migrate"] == 0:
+        assert out["reset"] == q, f"tcp_migrate_req=0: the {q} queued connections are reset, got {out['reset']}"
+        assert all(e == "ECONNRESET" for e in d["reset_errors"]), "reset clients see ECONNRESET"
+        assert d["nstat"].get("TcpEstabResets", 0) == 2 * q, \
+            "each reset connection counts once per side in TcpEstabResets"
+        assert d["nstat"].get("TcpExtTCPMigrateReqSuccess", 0) == 0
+    else:
+        assert out["reset"] == 0, "tcp_migrate_req=1: no connection is reset"
+        assert d["nstat"].get("TcpExtTCPMigrateReqSuccess", 0) == q, \
+            f"TCPMigrateReqSuccess counts the {q} migrated connections"
+        assert sum(d["queues_after"][str(i)] for i in range(d["n"]) if i != v) == d["clients"], \
+            "after the close the remaining listeners hold every connection"
+
+
+@experiment("reuseport_close", chapter="01_05", needs={"namespaces"},
+            params=[Param("migrate", "net.ipv4.tcp_migrate_req", 0, choices=(0, 1),
+                          doc="1: move the queued connections of a closing listener to another one")],
+            invariant=check_close,
+            claim="closing a listener resets the connections in its accept queue (ECONNRESET) unless "
+                  "tcp_migrate_req=1 moves them to another listener of the group")
+def reuseport_close(run, migrate: int = 0, n: int = 3, clients: int = 30) -> dict:
+    """Inside a fresh namespace with ``net.ipv4.tcp_migrate_req`` = *migrate*: *n* SO_REUSEPORT
+    listeners, *clients* clients connect and each sends a short request; nobody accepts. Then the
+    listener with the longest queue closes. Which clients are reset, and what the other listeners
+    can still accept (with the request bytes intact), with the namespace's counters."""
+    from ..kernel import nstat_delta, ss
+    from ..netns import Namespace
+
+    with Namespace(sysctls={"net.ipv4.tcp_migrate_req": migrate}) as ns:
+        migrate_req = int(ns.sysctl("net.ipv4.tcp_migrate_req"))
+        with reuseport_group(n, backlog=64, ns=ns) as group, contextlib.ExitStack() as stack:
+            port = group[0].getsockname()[1]
+            socks: list[socket.socket] = []
+            stack.callback(lambda: [_abort(c) for c in socks])
+            for _ in range(clients):
+                c = _connect(port, ns=ns)
+                socks.append(c)
+                c.sendall(REQUEST)
+            before = _wait_queued(group, clients)
+            listen_before = [int(x) for x in ss(ns=ns, state="LISTEN", sport=port)["recv_q"]]
+            victim = max(range(n), key=lambda i: before[i])
+            with nstat_delta(ns) as delta:       # counts what the close does, nothing else
+                group[victim].close()               # the listener goes away, its queue with it
+                time.sleep(0.05)
+                after = {i: _queue(s)[0] for i, s in enumerate(group) if i != victim}
+                listen_after = [int(x) for x in ss(ns=ns, state="LISTEN", sport=port)["recv_q"]]
+                reset, reset_errors = 0, []
+                for c in socks:
+                    c.setblocking(False)
+                    try:
+                        c.recv(1)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        reset += 1
+                        reset_errors.append(errno.errorcode.get(exc.errno, str(exc.errno)))
+            accepted: dict[int, int] = {}
+            payload_ok = 0
+            for i, s in enumerate(group):
+                if i == victim:
+                    continue
+
+                def take(conn, addr, i=i):
+                    nonlocal payload_ok
+                    conn.settimeout(1.0)
+                    with contextlib.suppress(OSError):
+                        if conn.recv(64) == REQUEST:
+                            payload_ok += 1
+                    accepted[i] = accepted.get(i, 0) + 1
+                    _abort(conn)
+                _drain(s, take)
+    return {"migrate": migrate, "migrate_req": migrate_req, "n": n, "clients": clients, "port": port,
+            "queues_before": before, "ss_listen_before": listen_before, "victim": victim,
+            "queues_after": {str(k): v for k, v in after.items()} | {str(victim): None},
+            "ss_listen_after": listen_after,
+            "outcome": {"reset": reset, "alive": clients - reset}, "reset_errors": reset_errors,
+            "accepted": {str(k): v for k, v in sorted(accepted.items())}, "payload_ok": payload_ok,
+            "nstat": {k: v for k, v in delta.delta.items()
+                      if k in ("TcpEstabResets", "TcpExtTCPMigrateReqSuccess", "TcpExtTCPMigrateReqFailure",
+                               "TcpActiveOpens", "TcpPassiveOpens", "TcpOutRsts")}}
+
+
+def shown(result: Result):
+    """The result's banner, naming the recorded measurements file when it was replayed.
+
+    (The generic banner names the *pcap* of a replayed result; this experiment records
+    measurements only, so the banner names its JSON file instead.)
+    """
+    if result.live or result.pcap is not None:
+        return result
+    from ..notebook import Banner
+    src = result.source or {}
+    how = ("Unset TCPCOURSE_MODE to run it live." if "TCPCOURSE_MODE" in result.reason
+           else "Run as root to run it live (it needs a network namespace).")
+    return Banner(f"REPLAY: {result.experiment} {result._ptext()}: the measurements come from the corpus "
+                  f"file {src.get('data', {}).get('path', '?')} recorded {str(src.get('date', '?'))[:10]} "
+                  f"on Linux {src.get('kernel', '?')}, because {result.reason}. {how}", False)
+
+
+def close_table(result: Result):
+    import pandas as pd
+    d = result.data
+    rows = []
+    for i in range(d["n"]):
+        after = d["queues_after"].get(str(i))
+        rows.append({"listener": i, "queued before close": d["queues_before"][i],
+                     "closed": i == d["victim"],
+                     "queued after close": "-" if after is None else after,
+                     "accepted afterwards": d["accepted"].get(str(i), 0)})
+    return pd.DataFrame(rows).set_index("listener")

@@ -1,0 +1,404 @@
+# %% [markdown]
+# # 01_05 · SO_REUSEPORT sharding
+#
+# **Objectives**
+# 1. Put N listening sockets on one port with `SO_REUSEPORT` and count which one accepts
+#    each of 1000 connections.
+# 2. Decide with a chi-square test whether the spread is what "each listener equally
+#    likely" predicts, and say what such a test can and cannot tell you.
+# 3. See that the kernel picks the listener from a hash of the 4-tuple, not from the load.
+# 4. Find out who may join a group (and who gets `EADDRINUSE`).
+# 5. Compare N listeners with one shared listener and N threads when one worker is slow.
+# 6. Measure what happens to connections waiting in a listener that closes, with and
+#    without `net.ipv4.tcp_migrate_req`.
+#
+# **Prerequisites:** [01_03 The SYN queue and the accept queue](01_03-syn-queue-and-accept-queue.ipynb).
+# **Time:** 30 minutes.
+#
+# Sections 1 to 5 use plain sockets on `127.0.0.1` and need no privileges: they always run
+# live. Section 6 changes a sysctl, so it runs in a private network namespace (root), or is
+# replayed from the recorded corpus; the banner says which.
+
+# %%
+import pandas as pd
+import matplotlib.pyplot as plt
+from IPython.display import Markdown
+from helpers.notebook import mode_banner, nothing_left_behind
+from helpers.experiments.reuseport import (reuseport_spread, reuseport_hash, reuseport_join, accept_sharing,
+                                           reuseport_close, chi_square, chi2_sf, spread_table, spread_text,
+                                           hash_table, sharing_table, close_table, shown, render, P_MIN)
+from helpers import plots
+from helpers.checks import check_value
+from helpers.widgets import Panel
+
+mode_banner(needs=("namespaces",))
+
+# %% [markdown]
+# ## 1 · Four listeners, one port, 1000 connections
+#
+# Four sockets set `SO_REUSEPORT`, bind `127.0.0.1` on the same port and listen. Each is
+# a full listener with its own accept queue. 1000 clients connect one after another,
+# in batches of 100; after each batch every listener accepts what is waiting in its queue.
+#
+# **Predict:** how many connections does each listener get? Exactly 250 each? Roughly?
+# Could one of them get none?
+
+# %%
+spread = reuseport_spread(n=4, connections=1000)
+spread
+
+# %%
+table = spread_table(spread)
+table
+
+# %%
+counts = spread.data["counts"]
+assert sum(counts) == 1000 and len(counts) == 4, "each connection is accepted by exactly one listener"
+assert all(150 < c < 350 for c in counts), "every listener gets roughly a quarter"
+print(f"per listener: {counts}; fewest {min(counts)}, most {max(counts)}; took {spread.data['seconds']:.2f} s")
+
+# %%
+fig = plots.bars(dict(enumerate(counts)), ylabel="connections accepted", xlabel="listener",
+                 expected=250, title="1000 connections over 4 SO_REUSEPORT listeners")
+
+# %% [markdown]
+# **Observe.** Every listener gets about a quarter, never exactly 250. The kernel's own view
+# confirms that the four listeners really are four queues: right after the first batch of
+# 100 connections (nothing accepted yet) each listener's TCP_INFO reports its own
+# accept-queue length (`tcpi_unacked`) and backlog (`tcpi_sacked`), and `ss` lists four
+# LISTEN rows on the same port whose Recv-Q are those lengths.
+
+# %%
+first = spread.data["first_batch"]
+display(pd.DataFrame(first["ss_listen"]).rename(columns={"recv_q": "Recv-Q (queued)", "send_q": "Send-Q (backlog)"}))
+print("accept queues from TCP_INFO:", first["queues"], "backlogs:", first["backlogs"])
+assert len(first["ss_listen"]) == 4 and len({r["local"] for r in first["ss_listen"]}) == 1, \
+    "four LISTEN rows, one address:port"
+assert sum(first["queues"]) == first["size"] == 100, "the 100 waiting connections are spread over 4 queues"
+assert sorted(r["recv_q"] for r in first["ss_listen"]) == sorted(first["queues"])
+assert all(b == spread.data["backlog"] for b in first["backlogs"]), "each listener has its own backlog"
+
+# %% [markdown]
+# ## 2 · Is that spread "uniform"? A chi-square test
+#
+# If each connection picked a listener at random with equal odds, the counts would still
+# wobble: a listener's count is binomial with mean *E* = 1000/4 = 250 and standard deviation
+# σ = √(1000 · ¼ · ¾) ≈ 13.7. Pearson's chi-square statistic adds up the squared misses,
+# scaled by the expectation:
+#
+# $$\chi^2 = \sum_i \frac{(O_i - E)^2}{E}$$
+#
+# Under "equal odds" it follows (closely, for counts this large) a chi-square distribution
+# with N − 1 = 3 degrees of freedom. The **p-value** is the chance that equal odds would
+# produce a χ² at least this large. A tiny p-value means "equal odds would rarely look like
+# this", so we would reject it. A large one does *not* prove the choice is uniform; it only
+# says these counts give no reason to doubt it.
+#
+# The course computes the p-value without scipy (`chi2_sf`, closed forms for whole degrees
+# of freedom). First check it against a printed table: with 3 degrees of freedom the 5 %
+# critical value is 7.815.
+
+# %%
+print(f"chi2_sf(7.815, 3) = {chi2_sf(7.815, 3):.4f}   chi2_sf(3.841, 1) = {chi2_sf(3.841, 1):.4f}")
+assert abs(chi2_sf(7.815, 3) - 0.05) < 1e-4 and abs(chi2_sf(3.841, 1) - 0.05) < 1e-4
+
+t = chi_square(counts)
+print(spread_text(spread))
+assert t["dof"] == 3 and abs(t["expected"] - 250) < 1e-9
+assert t["p_value"] > P_MIN, "the spread is consistent with equal odds"
+assert all(abs(c - 250) <= 5 * t["sigma"] for c in counts), "every listener within 250 ± 5σ"
+
+# %% [markdown]
+# The rule used throughout this chapter: reject "equal shares" only when p < 0.0001 (so an
+# honest uniform choice fails the check once in 10 000 runs), and also require every
+# listener to be within 5σ of its share.
+#
+# **Predict:** run the same experiment five more times. Will the p-value be similar each
+# time?
+
+# %%
+ps = [chi_square(reuseport_spread(n=4).data["counts"])["p_value"] for _ in range(5)]
+print("p-values of five more runs:", [round(p, 3) for p in ps])
+assert all(p > P_MIN for p in ps)
+
+# %% [markdown]
+# **Explain.** When the null hypothesis is true, the p-value itself is uniformly
+# distributed between 0 and 1: it jumps around from run to run, and one run in twenty has
+# p < 0.05 by chance alone. That is why a single "p = 0.03" would not be alarming here, and
+# why the threshold is set so low.
+#
+# ## 3 · The choice is a hash of the 4-tuple
+#
+# The kernel does not deal connections round-robin. When a SYN arrives it hashes the
+# 4-tuple (source address and port, destination address and port, with a secret chosen at
+# boot) and scales the 32-bit hash to the group size: listener = ⌊hash · N / 2³²⌋. The
+# same 4-tuple therefore always reaches the same listener, as long as the group does not
+# change.
+#
+# **Predict:** a client binds a fixed source port, connects, is closed, and does it again
+# three more times. Does it reach the same listener each time? And after the group grows
+# from 4 to 8 listeners?
+
+# %%
+h = reuseport_hash(n=4)
+hash_table(h)
+
+# %%
+reuseport_hash.check(h)
+rows = h.data["rows"]
+assert all(len(set(r["first"])) == 1 and len(set(r["doubled"])) == 1 for r in rows), "same port, same listener"
+assert len({r["first"][0] for r in rows}) >= 2, "different ports reach different listeners"
+assert all(r["doubled"][0] // 2 == r["first"][0] for r in rows), "listener i of 4 becomes 2i or 2i+1 of 8"
+moved = sum(r["doubled"][0] != r["first"][0] for r in rows)
+print(f"{len(rows)} client ports, {h.data['repeats']} tries each: always the same listener. "
+      f"After doubling the group, {moved} of {len(rows)} ports go to a different socket.")
+
+# %% [markdown]
+# **Explain.** ⌊hash · 8 / 2³²⌋ is ⌊hash · 4 / 2³²⌋ · 2 or that + 1, which is the pattern in
+# the table (the listeners are numbered in `listen()` order, the order the kernel keeps
+# them in). Two consequences: a server cannot steer a client to a less busy listener,
+# and changing the group size changes where new connections from the same 4-tuple go.
+#
+# ## 4 · Who may join the group
+#
+# **Predict:** a listener holds a port. A second socket binds the same address and port.
+# Which combinations of options let it in?
+
+# %%
+join = reuseport_join()
+pd.DataFrame(join.data["cases"]).drop(columns="port").set_index("case")
+
+# %%
+reuseport_join.check(join)
+cases = {c["case"]: c for c in join.data["cases"]}
+assert cases["both set SO_REUSEPORT"]["bind"] == "ok"
+assert all(c["bind"] == "EADDRINUSE" for name, c in cases.items() if name != "both set SO_REUSEPORT")
+print("only 'both set SO_REUSEPORT' binds; every other case fails in bind() with EADDRINUSE")
+
+# %% [markdown]
+# **Explain.** The option must be set *before* `bind()` on every member, the first one
+# included: a socket that bound without it keeps the port to itself, and a newcomer without
+# it cannot join. `SO_REUSEADDR` is a different option (it lets a new listener bind a port
+# that still has connections in TIME_WAIT, which chapter 03_01 measures); it does not let
+# two listeners share a port.
+#
+# ## 5 · A slow worker: SO_REUSEPORT listeners vs one shared listener
+#
+# Two ways to spread connections over 4 worker threads:
+#
+# * **SO_REUSEPORT**: each worker has its own listener and accepts only from it;
+# * **shared**: one listener, all 4 workers blocked in `accept()` on it; the kernel wakes
+#   one of them per connection.
+#
+# Worker 0 is busy for 4 ms after each accept (a slow request, a garbage-collection pause).
+# 200 clients connect as fast as they can. For every connection we measure how long it
+# waited between the client's `connect()` returning and the server's `accept()`.
+#
+# **Predict:** in each setup, how many connections does the slow worker take, and do its
+# clients wait longer?
+
+# %%
+share = accept_sharing(n=4, slow_ms=4)
+sharing_table(share)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+for ax, (mode, label) in zip(axes, [("reuseport", "4 SO_REUSEPORT listeners"), ("shared", "1 shared listener")]):
+    plots.bars({("0 slow" if i == 0 else str(i)): c for i, c in enumerate(share.data[mode]["counts"])},
+               ylabel="connections accepted", xlabel="worker", expected=50, title=label, ax=ax)
+
+# %%
+accept_sharing.check(share)
+rp, sh = share.data["reuseport"], share.data["shared"]
+assert sum(rp["counts"]) == sum(sh["counts"]) == 200
+assert chi_square(rp["counts"])["p_value"] > P_MIN, "SO_REUSEPORT: the slow listener still gets its quarter"
+assert sh["counts"][0] < 25, "shared: the slow worker takes less than half its quarter"
+slow_wait, fast_wait = rp["wait"][0]["median_ms"], max(w["median_ms"] for w in rp["wait"][1:])
+assert slow_wait > 3 * max(fast_wait, 1.0), "its clients wait in its queue"
+assert max(w["max_ms"] or 0 for w in sh["wait"]) < slow_wait, "in the shared queue nobody waits that long"
+print(f"SO_REUSEPORT: slow worker took {rp['counts'][0]} of 200, its clients waited {slow_wait:.0f} ms "
+      f"(median; the others ≤ {fast_wait:.1f} ms). Shared: slow worker took {sh['counts'][0]}, "
+      f"longest wait {max(w['max_ms'] or 0 for w in sh['wait']):.1f} ms.")
+
+# %% [markdown]
+# **Explain.** With `SO_REUSEPORT` the hash decides before any worker is asked, so the slow
+# worker is dealt its quarter anyway; those connections queue behind it while the other
+# workers idle. With one shared queue, whichever worker is in `accept()` takes the next
+# connection, so the slow one takes few and nobody waits long. The shared setup does not
+# promise equal shares among the fast workers either (look at their counts, and run the
+# cell again: a worker that has just accepted may come straight back and find the next
+# connection before a sleeping one is woken). It is *work-conserving*: no connection waits
+# while a worker is free, which is what keeps the waits short.
+#
+# > **Myth vs measurement.** The notes say that with `SO_REUSEPORT` "the kernel will then
+# > load-balance incoming SYNs" and that it "scales the `accept()` bottleneck". Measured:
+# > the kernel *hashes*; it never looks at load. A listener whose worker is stuck keeps
+# > receiving its 1/N share, and those clients wait (here a median of tens of ms, asserted
+# > above) although other workers are idle. Sharding removes contention on one queue; it does
+# > not balance load.
+#
+# ## 6 · A listener closes with connections in its queue
+#
+# The notes also promise "zero-downtime restarts": start the new server process with
+# `SO_REUSEPORT`, then close the old one. Three listeners, 30 clients connect and each sends
+# a 6-byte request; nobody accepts yet. Then the listener with the longest queue closes.
+# This runs in a private network namespace, where `net.ipv4.tcp_migrate_req` (a
+# per-namespace sysctl, Linux ≥ 5.14) can be set.
+#
+# **Predict:** what happens to the connections waiting in the closed listener's queue? The
+# clients' `connect()` returned long ago.
+
+# %%
+closed0 = reuseport_close(migrate=0)
+display(shown(closed0))
+close_table(closed0)
+
+# %%
+reuseport_close.check(closed0)
+d0 = closed0.data
+q0 = d0["queues_before"][d0["victim"]]
+assert d0["outcome"]["reset"] == q0, "tcp_migrate_req=0: every connection queued on the closed listener is reset"
+assert set(d0["reset_errors"]) == {"ECONNRESET"}
+assert sum(d0["accepted"].values()) == d0["clients"] - q0 == d0["payload_ok"]
+assert d0["nstat"]["TcpOutRsts"] == q0 and d0["nstat"]["TcpEstabResets"] == 2 * q0
+print(f"listener {d0['victim']} closed with {q0} connections queued: {d0['outcome']['reset']} clients got "
+      f"ECONNRESET; the other {d0['clients'] - q0} were accepted with their request intact. Counters: {d0['nstat']}")
+
+# %% [markdown]
+# **Explain.** Closing a listener aborts everything in its accept queue: the kernel sends
+# each of those clients an RST (`TcpOutRsts`), and `TcpEstabResets` counts each aborted
+# connection on both ends. The request bytes those clients had sent are lost. The other
+# listeners' queues are untouched.
+#
+# **Predict:** same run with `tcp_migrate_req = 1`.
+
+# %%
+closed1 = reuseport_close(migrate=1)
+display(shown(closed1))
+close_table(closed1)
+
+# %%
+reuseport_close.check(closed1)
+d1 = closed1.data
+q1 = d1["queues_before"][d1["victim"]]
+assert d1["outcome"]["reset"] == 0, "tcp_migrate_req=1: nobody is reset"
+assert d1["nstat"]["TcpExtTCPMigrateReqSuccess"] == q1, "the queued connections moved to other listeners"
+assert sum(d1["accepted"].values()) == d1["payload_ok"] == d1["clients"], "all accepted, requests intact"
+print(f"listener {d1['victim']} closed with {q1} queued: TCPMigrateReqSuccess = "
+      f"{d1['nstat']['TcpExtTCPMigrateReqSuccess']}; all {d1['clients']} accepted by the others: {d1['accepted']}")
+
+# %% [markdown]
+# > **Myth vs measurement.** "`SO_REUSEPORT` gives zero-downtime restarts." Measured: with the
+# > default `tcp_migrate_req = 0`, closing the old listener reset every connection that was
+# > waiting in its queue (asserted above). A restart is only clean if the old process stops
+# > getting new connections *and* drains its queue before it closes, or if
+# > `net.ipv4.tcp_migrate_req = 1` (Linux ≥ 5.14) lets the kernel move the queued connections
+# > to a surviving listener, as the second run showed.
+#
+# ## 7 · Your turn: change N
+#
+# Pick a number of listeners and press **Run**: 1000 fresh connections, the counts per
+# listener, the chi-square verdict, and the bar chart with the equal share as a dashed
+# line. (Always live: this needs no privileges. Any N from 1 to 16 works.)
+#
+# **Predict** before you press: with N = 8, how large is σ for one listener, as a
+# fraction of its share? Larger or smaller than with N = 2?
+
+# %%
+panel = Panel(reuseport_spread, reuseport_spread.params, render=render, title="SO_REUSEPORT group")
+panel
+
+# %% [markdown]
+# nbval cannot press buttons, so the next cell calls the panel's callback directly, the way
+# the button does, and asserts on what it returns.
+
+# %%
+eight = panel.update(n=8)
+for item in panel.shown:   # what the panel shows, also visible in the saved notebook
+    display(Markdown(item) if isinstance(item, str) else item)
+
+# %%
+t8 = chi_square(eight.data["counts"])
+reuseport_spread.check(eight)
+assert len(eight.data["counts"]) == 8 and sum(eight.data["counts"]) == 1000
+assert t8["p_value"] > P_MIN and t8["dof"] == 7
+two = chi_square(panel.update(n=2).data["counts"])
+print(f"σ/share: N=8 {t8['sigma'] / t8['expected']:.2f}, N=2 {two['sigma'] / two['expected']:.2f}")
+assert t8["sigma"] / t8["expected"] > two["sigma"] / two["expected"], "fewer connections each: relatively noisier"
+
+# %% [markdown]
+# A value outside 1..16 gets a clear message instead of a crash:
+
+# %%
+from helpers.errors import ParameterError
+try:
+    panel.update(n=17)
+except ParameterError as err:
+    print(err)
+else:
+    raise AssertionError("n=17 must be refused")
+
+# %% [markdown]
+# ## Check your understanding
+#
+# **1.** Four listeners got 256, 245, 253 and 246 of 1000 connections. What is the
+# chi-square statistic? (Three decimals are enough.)
+
+# %%
+answer_1 = ...  # a number
+
+# %%
+check_value(answer_1, chi_square([256, 245, 253, 246])["statistic"], name="chi-square statistic", tol=0.002,
+            hint="Σ (observed − 250)² / 250");
+
+# %% [markdown]
+# **2.** A client port always lands on listener 1 of a group of 4 (numbered from 0, in
+# `listen()` order). Four more listeners join the group. On which listeners of the 8 can
+# that client port land now? Give a set.
+
+# %%
+answer_2 = ...  # e.g. {0, 1}
+
+# %%
+check_value(answer_2, {2, 3}, name="listeners of 8",
+            hint="listener = ⌊hash · N / 2³²⌋: doubling N doubles the index, plus 0 or 1");
+
+# %% [markdown]
+# **3.** In the `tcp_migrate_req = 0` run of section 6, how many clients lost their
+# connection? Take the number from `closed0.data` rather than from the text.
+
+# %%
+answer_3 = ...  # an integer
+
+# %%
+check_value(answer_3, closed0.data["outcome"]["reset"], name="reset clients",
+            hint="the closed listener's queue length before the close: "
+                 "closed0.data['queues_before'][closed0.data['victim']]");
+
+# %% [markdown]
+# **4.** True or False: with `SO_REUSEPORT`, a listener whose worker is busy gets fewer new
+# connections.
+
+# %%
+answer_4 = ...  # True or False
+
+# %%
+check_value(answer_4, False, name="a busy listener gets fewer",
+            hint="look at section 5: how many did the slow SO_REUSEPORT listener get?");
+
+# %% [markdown]
+# ## Summary
+# * `SO_REUSEPORT` lets N sockets listen on one port, each with its own accept queue and
+#   backlog; every member must set it before `bind()`, otherwise `EADDRINUSE`.
+# * The kernel picks the listener from a hash of the 4-tuple scaled to the group size: the
+#   counts are consistent with equal odds (chi-square), the same 4-tuple always lands on
+#   the same listener, and resizing the group reshuffles where new connections go.
+# * The hash ignores load: a slow listener keeps its 1/N share and its clients wait; one
+#   shared queue lets idle workers take over.
+# * Closing a listener resets the connections in its queue, unless `tcp_migrate_req = 1`
+#   moves them to another member of the group.
+#
+# **What's next:** 02_01 Send and receive buffers.
+
+# %%
+assert nothing_left_behind() == []

@@ -1,0 +1,137 @@
+"""Chapter 01_05 (SO_REUSEPORT sharding): the chi-square function and the experiments."""
+import math
+import threading
+
+import pytest
+
+from helpers.errors import ParameterError
+from helpers.experiments.reuseport import (accept_sharing, chi2_sf, chi_square, close_table, render,
+                                           reuseport_close, reuseport_hash, reuseport_join,
+                                           reuseport_spread, sharing_table, spread_table)
+
+from conftest import needs_netns
+
+
+# -- chi-square survival function against table values ---------------------------------
+@pytest.mark.parametrize("x, dof, p", [
+    (3.841, 1, 0.05), (6.635, 1, 0.01), (10.828, 1, 0.001),
+    (5.991, 2, 0.05), (9.210, 2, 0.01),
+    (7.815, 3, 0.05), (11.345, 3, 0.01),
+    (9.488, 4, 0.05), (11.070, 5, 0.05), (14.067, 7, 0.05),
+    (24.996, 15, 0.05), (30.578, 15, 0.01), (2.366, 3, 0.5),
+])
+def test_chi2_sf_table_values(x, dof, p):
+    assert chi2_sf(x, dof) == pytest.approx(p, rel=2e-3)
+
+
+def test_chi2_sf_edges_and_closed_forms():
+    assert chi2_sf(0, 3) == 1.0 and chi2_sf(-1, 2) == 1.0
+    assert chi2_sf(2.0, 2) == pytest.approx(math.exp(-1.0))          # dof 2 is an exponential
+    assert chi2_sf(4.0, 1) == pytest.approx(math.erfc(math.sqrt(2.0)))
+    assert chi2_sf(1e4, 15) < 1e-300 or chi2_sf(1e4, 15) == 0.0
+    xs = [0.5 * i for i in range(60)]
+    for dof in (1, 2, 3, 8, 15):
+        ps = [chi2_sf(x, dof) for x in xs]
+        assert all(a >= b for a, b in zip(ps, ps[1:])), "a survival function never rises"
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError):
+            chi2_sf(1.0, bad)
+
+
+def test_chi_square_statistic():
+    t = chi_square([256, 245, 253, 246])                              # COURSE.md's measurement
+    assert t["expected"] == 250 and t["dof"] == 3
+    assert t["statistic"] == pytest.approx((36 + 25 + 9 + 16) / 250)
+    assert t["p_value"] > 0.9
+    assert chi_square([400, 200, 200, 200])["p_value"] < 1e-10
+    assert chi_square([10])["p_value"] is None
+
+
+# -- live experiments (no privileges) --------------------------------------------------
+def test_spread_live_even_in_replay_mode(replay_mode):
+    before = threading.active_count()
+    r = reuseport_spread(n=4)
+    assert r.mode == "live"                  # needs nothing: always live
+    reuseport_spread.check(r)
+    assert sum(r.data["counts"]) == 1000 and len(r.data["counts"]) == 4
+    assert r.seconds < 5
+    assert spread_table(r)["connections"].sum() == 1000
+    items = render(r)
+    assert items[0] is r and "p =" in items[1]
+    fig = items[-1]
+    assert any(getattr(a, "get_gid", lambda: None)() == "expected" for a in fig.axes[0].get_children())
+    assert threading.active_count() == before
+
+
+def test_spread_one_listener_and_many():
+    r1 = reuseport_spread(n=1, connections=200)
+    reuseport_spread.check(r1)
+    assert r1.data["counts"] == [200] and r1.data["chi_square"]["p_value"] is None
+    r16 = reuseport_spread(n=16, connections=500)
+    reuseport_spread.check(r16)
+    assert len(r16.data["first_batch"]["ss_listen"]) == 16
+
+
+@pytest.mark.parametrize("bad", [0, 17, "x", 2.5, None])
+def test_spread_rejects_bad_n(bad):
+    with pytest.raises(ParameterError):
+        reuseport_spread(n=bad)
+
+
+def test_hash_is_a_function_of_the_tuple():
+    r = reuseport_hash(n=2, sources=16, repeats=3)
+    reuseport_hash.check(r)
+    assert all(len(set(row["first"])) == 1 for row in r.data["rows"])
+
+
+def test_join_needs_the_option_on_both_sockets():
+    r = reuseport_join()
+    reuseport_join.check(r)
+    got = {c["case"]: c["bind"] for c in r.data["cases"]}
+    assert got["both set SO_REUSEPORT"] == "ok"
+    assert got["only the newcomer set it"] == got["only the first set it"] == "EADDRINUSE"
+
+
+def test_accept_sharing_slow_worker():
+    before = threading.active_count()
+    r = accept_sharing(n=4, slow_ms=4)
+    accept_sharing.check(r)
+    t = sharing_table(r)
+    assert t["connections"].sum() == 2 * 200
+    assert threading.active_count() == before, "every worker thread is joined"
+
+
+def test_no_sockets_left_behind():
+    import os
+    fds_before = len(os.listdir("/proc/self/fd"))
+    reuseport_spread(n=4, connections=300)
+    reuseport_hash(n=2, sources=12, repeats=2)
+    reuseport_join()
+    accept_sharing(n=2, slow_ms=0, connections=100)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+# -- closing a listener: namespace live, corpus in replay ------------------------------
+@needs_netns
+@pytest.mark.parametrize("migrate", [0, 1])
+def test_close_live(live_mode, migrate):
+    r = reuseport_close(migrate=migrate)
+    assert r.mode == "live"
+    reuseport_close.check(r)
+    assert close_table(r)["closed"].sum() == 1
+
+
+@pytest.mark.parametrize("migrate", [0, 1])
+def test_close_replay(replay_mode, migrate):
+    r = reuseport_close(migrate=migrate)
+    assert r.mode == "replay" and r.pcap is None
+    reuseport_close.check(r)
+    if migrate:
+        assert r.data["outcome"]["reset"] == 0
+    else:
+        assert r.data["outcome"]["reset"] == r.data["queues_before"][r.data["victim"]]
+
+
+def test_close_rejects_unrecorded_value(replay_mode):
+    with pytest.raises(ParameterError):
+        reuseport_close(migrate=2)
