@@ -38,9 +38,9 @@ mode_banner()
 # |---|---|---|
 # | [01_01 Sockets are file descriptors](01_01-sockets-are-file-descriptors.ipynb) | socket/bind/listen/accept step by step, fd numbers and their reuse, 4-tuples, `strace` | yes, fully live |
 # | [01_02 The three-way handshake](01_02-three-way-handshake.ipynb) | SYN, SYN-ACK, ACK on the wire; ISNs; MSS, window scale, SACK, timestamps; a panel that changes `TCP_MAXSEG` and `SO_RCVBUF` | sockets live, packets replayed |
-# | 01_03 SYN queue and accept queue | backlog+1, dropped final ACKs, linear SYN retries | coming next |
-# | 01_04 SYN floods and SYN cookies | half-open entries, cookies on and off, decoding a cookie | coming next |
-# | 01_05 SO_REUSEPORT sharding | N listeners, how evenly the kernel spreads 1000 connections | coming next |
+# | [01_03 SYN queue and accept queue](01_03-syn-queue-and-accept-queue.ipynb) | backlog + 1, dropped SYNs retried after 1, 2, 3 s, a final ACK that finds the queue full, `tcp_abort_on_overflow` | replayed (namespace + capture) |
+# | [01_04 SYN floods and SYN cookies](01_04-syn-flood-and-syn-cookies.ipynb) | a spoofed flood inside a namespace, half-open entries, cookies on and off, the ¾ rule, decoding a cookie | replayed (namespace + capture) |
+# | [01_05 SO_REUSEPORT sharding](01_05-reuseport-sharding.ipynb) | N listeners, how evenly the kernel spreads 1000 connections (chi-square), a shared queue, closing a listener | live; the migration sysctl replayed |
 # | 02_01 … 02_06 Moving data | buffers, zero windows, Nagle and delayed ACK, framing, backpressure, sendfile | coming next |
 # | 03_01 … 03_03 Ending connections | FIN, TIME_WAIT, RST, port reuse | coming next |
 # | 04_01 … 05_01 Servers under load | I/O models, limits, the observability toolkit, a capstone | coming next |
@@ -117,7 +117,7 @@ recordings.groupby(["chapter", "experiment"]).size().rename("recordings").to_fra
 
 # %%
 assert len(recordings) > 0 and corpus.total_bytes() < 20e6
-assert set(recordings["chapter"]) >= {"01_02"}
+assert set(recordings["chapter"]) >= {"01_02", "01_03", "01_04"}
 
 # %% [markdown]
 # ## Reporting a problem

@@ -1,0 +1,899 @@
+"""Chapter 01_04: SYN flood and SYN cookies, inside a course namespace.
+
+A SYN flood fills a listener's queue of half-open connections (SYN-RECV) with SYNs whose
+source addresses never answer. Everything here happens inside a private network
+namespace (:class:`helpers.netns.Namespace`) whose ``lo`` also carries a route for a
+spoofed private range, :data:`SPOOF_NET`: the listener's SYN-ACKs to that range go out
+``lo``, come back in, are not for a local address and are dropped, so the half-open
+entries stay as long as the experiment runs.
+
+The SYNs are built once (a scapy template, patched per packet: :func:`build_syns`) and
+sent through a raw socket that lives inside the namespace (:func:`send_flood`). Every path
+that sends a spoofed packet first calls :func:`check_flood_target`, the guard: it
+refuses any target outside a namespace this process created, any non-loopback target,
+any other source range, and any count or duration beyond :data:`MAX_FLOOD` /
+:data:`MAX_SECONDS`. The send loop checks both bounds while it runs.
+
+Experiments:
+
+- :func:`syn_flood` (panel: cookies on/off, flood size, backlog): SYN-RECV count, the
+  counters (TCPReqQFullDrop, ListenDrops, SyncookiesSent/Recv) and whether 10 legitimate
+  clients still get in; the two limits of the half-open queue (backlog + 1, and ¾ of
+  ``tcp_max_syn_backlog`` without cookies).
+- :func:`syn_cookie_anatomy`: what a cookie encodes, read from SYN-ACKs to crafted SYNs
+  (statelessness, client ISN, MSS index, the options in the timestamp), what a cookie
+  connection costs (MSS 1460 instead of 65495; without timestamps no window scale and
+  no SACK), and that an ACK alone, carrying cookie + 1, creates a connection.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import select
+import socket
+import struct
+import time
+from typing import Any, Callable, Sequence
+
+from .. import progress
+from ..errors import UnsafeTargetError
+from ..params import Param
+from .base import Result, experiment
+
+#: The spoofed source range: private (RFC 1918), routed to ``lo`` inside the namespace only.
+SPOOF_NET = "10.99.0.0/16"
+#: Hard bounds of one flood: packets and wall-clock seconds.
+MAX_FLOOD = 20000
+MAX_SECONDS = 5.0
+#: net.ipv4.tcp_max_syn_backlog inside the experiment's namespace.
+MAX_SYN_BACKLOG = 256
+#: Legitimate clients that try to connect after the flood.
+LEGIT_CLIENTS = 10
+#: How long the legitimate clients get (the first SYN retry comes only after 1 s).
+LEGIT_WAIT = 0.15
+#: Linux's table of MSS values a cookie can encode (net/ipv4/syncookies.c, msstab).
+MSSTAB = (536, 1300, 1440, 1460)
+#: Options carried in the low 6 bits of a cookie SYN-ACK's TSval.
+TS_WSCALE_NONE = 0xF
+TS_SACK = 1 << 4
+TS_ECN = 1 << 5
+
+_SPOOF = ipaddress.ip_network(SPOOF_NET)
+_FIX_NS = ("run the flood only through the 01_04 experiments (syn_flood, syn_cookie_anatomy), "
+           "which create their own namespace with helpers.netns.Namespace() and target 127.0.0.1 "
+           "inside it.")
+
+
+# ======================================================================================
+# the guard
+# ======================================================================================
+def _refuse(problem: str, fix: str = _FIX_NS) -> None:
+    raise UnsafeTargetError("refusing to send spoofed SYNs: " + problem, fix)
+
+
+def check_flood_target(ns: Any, target: Any, *, count: Any, seconds: Any = MAX_SECONDS,
+                       spoof_net: Any = SPOOF_NET) -> None:
+    """Refuse (:class:`~helpers.errors.UnsafeTargetError`) any flood that is not safe.
+
+    Allowed only when all of these hold, checked in this order, before anything is
+    created or sent:
+
+    1. ``count`` is a whole number from 0 to :data:`MAX_FLOOD`, ``seconds`` a number
+       above 0 and at most :data:`MAX_SECONDS`;
+    2. ``target`` is a numeric IPv4 loopback address (127.0.0.0/8);
+    3. ``ns`` is a :class:`~helpers.netns.Namespace` that this process created and still
+       holds open (:func:`helpers.netns.is_course_namespace`): not ``None`` (that would
+       be the host's own ``lo``) and not a name (a name can point anywhere);
+    4. ``spoof_net`` is exactly :data:`SPOOF_NET`, and inside ``ns`` that range is
+       routed to ``lo`` (read with ``ip route``; the only check that runs a command).
+    """
+    from ..netns import Namespace, is_course_namespace
+
+    # 1. bounds
+    if isinstance(count, bool) or not isinstance(count, int):
+        _refuse(f"count={count!r} is not a whole number of packets.",
+                f"give count a whole number from 0 to {MAX_FLOOD}.")
+    if not 0 <= count <= MAX_FLOOD:
+        _refuse(f"count={count} is outside 0..{MAX_FLOOD}: every flood is bounded.",
+                f"give count a whole number from 0 to {MAX_FLOOD}.")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds != seconds:
+        _refuse(f"seconds={seconds!r} is not a duration.",
+                f"give seconds a number above 0 and at most {MAX_SECONDS:g}.")
+    if not 0 < seconds <= MAX_SECONDS:
+        _refuse(f"seconds={seconds} is outside (0, {MAX_SECONDS:g}]: every flood is bounded in time.",
+                f"give seconds a number above 0 and at most {MAX_SECONDS:g}.")
+    # 2. target
+    try:
+        addr = ipaddress.ip_address(target) if isinstance(target, str) else None
+    except ValueError:
+        addr = None
+    if not isinstance(addr, ipaddress.IPv4Address):
+        _refuse(f"the target {target!r} is not a numeric IPv4 address (names are never resolved).",
+                "target 127.0.0.1 inside the experiment's namespace.")
+    if not addr.is_loopback:
+        _refuse(f"the target {target} is not a loopback address: a flood may only hit 127.0.0.0/8 "
+                f"inside a namespace the course created, never another machine or the host.",
+                "target 127.0.0.1 inside the experiment's namespace.")
+    # 3. the namespace
+    if ns is None:
+        _refuse(f"no namespace was given, so {target} would be the host's own lo, shared with every "
+                f"program on this machine.")
+    if not isinstance(ns, Namespace):
+        _refuse(f"{ns!r} is not a Namespace object this process created (a name such as 'default' "
+                f"or 'tcpcourse-…' is not accepted: it could point at any namespace).")
+    if ns.pid != os.getpid() or not is_course_namespace(ns):
+        _refuse(f"the namespace {ns.name} is not one this process created and still holds open "
+                f"(it is {ns._state}).")
+    # 4. the spoofed range, and its route inside the namespace
+    try:
+        net = ipaddress.ip_network(spoof_net) if isinstance(spoof_net, str) else None
+    except ValueError:
+        net = None
+    if net != _SPOOF:
+        _refuse(f"the spoofed source range {spoof_net!r} is not the course's documented range "
+                f"{SPOOF_NET}.", f"use spoof_net={SPOOF_NET!r} (the default).")
+    routes = ns.ip("route", "show", SPOOF_NET, check=False).stdout
+    if "dev lo" not in routes:
+        _refuse(f"inside {ns.name}, {SPOOF_NET} is not routed to lo (ip route says {routes.strip()!r}), "
+                f"so SYN-ACKs to the spoofed sources would have nowhere safe to go.",
+                f"add the route first: ns.ip('route', 'add', '{SPOOF_NET}', 'dev', 'lo') "
+                f"(setup_namespace() does it).")
+
+
+# ======================================================================================
+# building SYNs: one scapy template, patched per packet
+# ======================================================================================
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _csum_update(csum: int, added: int) -> int:
+    """RFC 1624 incremental update: fields that were 0 in the template now add *added*."""
+    return ~_fold((~csum & 0xFFFF) + _fold(added)) & 0xFFFF
+
+
+def syn_template(port: int, *, target: str = "127.0.0.1", mss: int | None = 1460,
+                 options: Sequence | None = None) -> bytes:
+    """One SYN built by scapy: source 10.99.0.0, source port 0, seq 0 (patched later)."""
+    from scapy.layers.inet import IP, TCP
+
+    opts = list(options) if options is not None else ([("MSS", mss)] if mss else [])
+    return bytes(IP(src=str(_SPOOF.network_address), dst=target, id=0) /
+                 TCP(sport=0, dport=port, flags="S", seq=0, window=64240, options=opts))
+
+
+def syn_sources(count: int, seed: int = 0) -> list[tuple[str, int, int]]:
+    """*count* distinct (source address, source port, ISN) triples in :data:`SPOOF_NET`.
+
+    Sources are drawn without replacement (no two SYNs share a 4-tuple, so each one
+    wants its own half-open entry); ports and ISNs are random; all seeded.
+    """
+    rnd = random.Random(seed)
+    hosts = rnd.sample(range(1, _SPOOF.num_addresses - 1), count)
+    base = int(_SPOOF.network_address)
+    return [(str(ipaddress.IPv4Address(base + h)), rnd.randrange(1024, 65536), rnd.getrandbits(32))
+            for h in hosts]
+
+
+def build_syns(port: int, count: int, *, seed: int = 0, target: str = "127.0.0.1",
+               mss: int = 1460) -> list[bytes]:
+    """*count* SYNs to *target*:*port* from distinct spoofed sources, ready for a raw socket.
+
+    Built once: scapy builds a template (IP + TCP + MSS option, checksums included),
+    then each copy gets its source address, source port and ISN patched in, and both
+    checksums updated incrementally (RFC 1624). The result is byte-for-byte what scapy
+    would build for each packet (the tests compare), about 100× faster.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_FLOOD:
+        _refuse(f"count={count!r} is outside 0..{MAX_FLOOD}.", f"give count from 0 to {MAX_FLOOD}.")
+    tmpl = syn_template(port, target=target, mss=mss)
+    ihl = (tmpl[0] & 0x0F) * 4
+    ip_csum = struct.unpack_from("!H", tmpl, 10)[0]
+    tcp_csum = struct.unpack_from("!H", tmpl, ihl + 16)[0]
+    base = int(_SPOOF.network_address)
+    out = []
+    buf = bytearray(tmpl)
+    for src, sport, seq in syn_sources(count, seed):
+        low = int(ipaddress.IPv4Address(src)) - base          # the /16's host part (16 bits)
+        struct.pack_into("!I", buf, 12, base + low)
+        struct.pack_into("!H", buf, 10, _csum_update(ip_csum, low))
+        struct.pack_into("!H", buf, ihl, sport)
+        struct.pack_into("!I", buf, ihl + 4, seq)
+        # the pseudo-header holds the source address: the TCP checksum sees it too
+        struct.pack_into("!H", buf, ihl + 16, _csum_update(tcp_csum, low + sport + (seq >> 16) + (seq & 0xFFFF)))
+        out.append(bytes(buf))
+    return out
+
+
+# ======================================================================================
+# sending
+# ======================================================================================
+def send_bounded(sendto: Callable[[bytes], Any], packets: Sequence[bytes], *, count: int,
+                 seconds: float, check_every: int = 64,
+                 on_chunk: Callable[[int], None] | None = None, chunks: int = 1) -> dict:
+    """Send at most *count* packets, for at most *seconds*: the loop of every flood.
+
+    The clock is read every *check_every* packets (reading it per packet would halve
+    the rate). With *chunks* > 1, *on_chunk(sent)* is called after each of that many
+    equal slices (the experiment samples the queue there; that time is not counted in
+    ``send_seconds``). Returns sent, send_seconds, wall_seconds, stopped ("count" or "time").
+    """
+    n = min(int(count), len(packets))
+    chunks = max(1, min(int(chunks), max(n, 1)))
+    bounds = [round(n * (i + 1) / chunks) for i in range(chunks)]
+    t0 = time.monotonic()
+    deadline = t0 + float(seconds)
+    send_s = 0.0
+    sent = 0
+    stopped = "count"
+    for stop in bounds:
+        c0 = time.perf_counter()
+        while sent < stop:
+            end = min(stop, sent + check_every)
+            for i in range(sent, end):
+                sendto(packets[i])
+            sent = end
+            if time.monotonic() >= deadline:
+                stopped = "time"
+                break
+        send_s += time.perf_counter() - c0
+        if on_chunk is not None:
+            on_chunk(sent)
+        if stopped == "time":
+            break
+    return {"sent": sent, "send_seconds": send_s, "wall_seconds": time.monotonic() - t0,
+            "stopped": stopped if sent < n else "count",
+            "rate_pps": sent / send_s if send_s > 0 else None}
+
+
+def raw_sender(ns: Any, target: str = "127.0.0.1"):
+    """A raw IPv4 socket created inside *ns* (IP_HDRINCL implied) and its send function."""
+    raw = ns.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    dest = (target, 0)
+    return raw, (lambda pkt: raw.sendto(pkt, dest))
+
+
+def send_flood(ns: Any, port: int, count: int, *, seconds: float = MAX_SECONDS, seed: int = 0,
+          target: str = "127.0.0.1", spoof_net: str = SPOOF_NET,
+          on_chunk: Callable[[int], None] | None = None, chunks: int = 1,
+          packets: Sequence[bytes] | None = None) -> dict:
+    """Send *count* spoofed SYNs to *target*:*port* inside namespace *ns*, fast and bounded.
+
+    Calls :func:`check_flood_target` first (nothing is built, created or sent when it
+    refuses), builds the SYNs (:func:`build_syns`, unless *packets* are given), then
+    sends them through a raw socket inside *ns* in a tight loop that stops at *count*
+    packets or *seconds*, whichever comes first.
+    """
+    check_flood_target(ns, target, count=count, seconds=seconds, spoof_net=spoof_net)
+    t0 = time.perf_counter()
+    pkts = list(packets) if packets is not None else build_syns(port, count, seed=seed, target=target)
+    build_s = time.perf_counter() - t0
+    raw, send = raw_sender(ns, target)
+    try:
+        out = send_bounded(send, pkts, count=count, seconds=seconds, on_chunk=on_chunk, chunks=chunks)
+    finally:
+        raw.close()
+    out["build_seconds"] = build_s
+    return out
+
+
+def send_crafted(ns: Any, port: int, syns: Sequence[dict], *, target: str = "127.0.0.1") -> int:
+    """Send a few hand-made SYNs (each ``{"src", "sport", "seq", "options"}``), guarded.
+
+    The sources must lie in :data:`SPOOF_NET`. Built one by one with scapy (they are few).
+    """
+    from scapy.layers.inet import IP, TCP
+
+    check_flood_target(ns, target, count=len(syns), seconds=MAX_SECONDS)
+    for s in syns:
+        if ipaddress.ip_address(s["src"]) not in _SPOOF:
+            _refuse(f"the crafted source {s['src']} lies outside {SPOOF_NET}.",
+                    f"use a source address in {SPOOF_NET}.")
+    pkts = [bytes(IP(src=s["src"], dst=target) / TCP(sport=s["sport"], dport=port, flags=s.get("flags", "S"),
+                                                      seq=s["seq"], ack=s.get("ack", 0), window=64240,
+                                                      options=list(s.get("options", [("MSS", 1460)]))))
+            for s in syns]
+    raw, send = raw_sender(ns, target)
+    try:
+        return send_bounded(send, pkts, count=len(pkts), seconds=MAX_SECONDS)["sent"]
+    finally:
+        raw.close()
+
+
+# ======================================================================================
+# the namespace, the listener, the kernel's view
+# ======================================================================================
+def setup_namespace(ns: Any) -> None:
+    """Route :data:`SPOOF_NET` to ``lo`` inside *ns* (SYN-ACKs to it go nowhere).
+
+    Not a ``blackhole`` route: sending the SYN-ACK would then fail and the kernel would
+    free the half-open entry at once. Over ``lo`` the send succeeds, the packet comes
+    back in, is not for a local address and is dropped; the entry stays.
+    """
+    ns.ip("route", "add", SPOOF_NET, "dev", "lo")
+
+
+def syn_recv_count(ns: Any, port: int) -> int:
+    """Half-open entries (SYN-RECV) of the listener on *port*, from /proc/net/tcp inside *ns*."""
+    return _count_syn_recv(ns.read_proc("net/tcp"), port)
+
+
+def snapshot(ns: Any, port: int) -> tuple[int, dict[str, int]]:
+    """SYN-RECV count and every counter, read by one thread inside *ns* (cheap enough to
+    sample during a flood)."""
+    from ..kernel import _parse_snmp, _read_counter_files
+
+    def read():
+        with open("/proc/thread-self/net/tcp") as f:
+            return f.read(), _read_counter_files()
+    tcp, texts = ns.call(read)
+    out: dict[str, int] = {}
+    for key in ("snmp", "netstat"):
+        if key in texts:
+            _parse_snmp(texts[key], out)
+    return _count_syn_recv(tcp, port), out
+
+
+def _count_syn_recv(text: str, port: int) -> int:
+    suffix = f":{port:04X}"
+    n = 0
+    for line in text.splitlines()[1:]:
+        f = line.split(None, 4)
+        if len(f) > 3 and f[3] == "03" and f[1].endswith(suffix):
+            n += 1
+    return n
+
+
+def queue_caps(cookies: int, backlog: int, max_syn_backlog: int = MAX_SYN_BACKLOG,
+               somaxconn: int = 4096) -> dict:
+    """The two limits of the half-open queue on this kernel (net/ipv4/tcp_input.c).
+
+    - full queue: a SYN finds it full when it already holds more than the backlog, so it
+      stops at backlog + 1 (then: a cookie, or a drop counted in TCPReqQFullDrop);
+    - without cookies, the last quarter of ``tcp_max_syn_backlog`` is kept for peers
+      proven alive: a SYN from anyone else is dropped once the queue holds more than
+      max - max/4 entries, so it stops at max - max//4 + 1 (counted only in ListenDrops).
+    """
+    eff = min(backlog, somaxconn)
+    full = eff + 1
+    three_quarters = max_syn_backlog - (max_syn_backlog >> 2) + 1
+    cap = full if cookies else min(full, three_quarters)
+    return {"backlog_effective": eff, "full_cap": full, "three_quarter_cap": three_quarters,
+            "cap": cap, "limit": "backlog + 1" if cap == full else "3/4 of tcp_max_syn_backlog"}
+
+
+def legit_connects(ns: Any, port: int, n: int = LEGIT_CLIENTS, wait: float = LEGIT_WAIT) -> list[dict]:
+    """Start *n* non-blocking connects inside *ns*; wait at most *wait* s; who got in?
+
+    The wait is shorter than the first SYN retry (1 s), so a client whose SYN was
+    dropped counts as failed instead of being rescued by its retry.
+    """
+    socks = []
+    t0 = time.perf_counter()
+    try:
+        for _ in range(n):
+            s = ns.socket()
+            s.setblocking(False)
+            err = s.connect_ex(("127.0.0.1", port))
+            socks.append({"sock": s, "err0": err, "t": None})
+        pending = {c["sock"].fileno(): c for c in socks}
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLOUT)
+        deadline = t0 + wait
+        while pending:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            for fd, _ev in poller.poll(max(1, int(left * 1000))):
+                c = pending.pop(fd, None)
+                if c is not None:
+                    poller.unregister(fd)
+                    c["t"] = time.perf_counter() - t0
+        out = []
+        for c in socks:
+            s = c["sock"]
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            try:
+                s.getpeername()
+                ok = err == 0 and c["t"] is not None
+            except OSError:
+                ok = False
+            out.append({"client_port": s.getsockname()[1], "connected": ok,
+                        "ms": round(c["t"] * 1000, 3) if ok else None,
+                        "state": "ESTABLISHED" if ok else "SYN-SENT"})
+        return out
+    finally:
+        for c in socks:
+            c["sock"].close()
+
+
+COUNTERS = ("TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies", "TcpExtListenDrops",
+            "TcpExtListenOverflows", "TcpExtSyncookiesSent", "TcpExtSyncookiesRecv",
+            "TcpExtSyncookiesFailed", "TcpPassiveOpens")
+
+
+def _pick(delta: dict) -> dict:
+    return {k: int(delta.get(k, 0)) for k in COUNTERS}
+
+
+# ======================================================================================
+# experiment 1: the flood
+# ======================================================================================
+def check_syn_flood(result: Result) -> None:
+    """The 01_04 claims on one run (live or replayed)."""
+    d = result.data
+    p = result.params
+    caps = d["caps"]
+    sent = d["flood"]["sent"]
+    assert sent == p["flood"], f"the flood must send all {p['flood']} SYNs, sent {sent}"
+    expect = min(sent, caps["cap"])
+    assert d["syn_recv_after_flood"] == expect, \
+        f"SYN-RECV should stop at min(flood, {caps['cap']}) = {expect}, found {d['syn_recv_after_flood']}"
+    assert d["ss_syn_recv"] == expect, "ss must agree with /proc/net/tcp on the SYN-RECV count"
+    c = d["counters_flood"]
+    beyond = sent - expect
+    if p["cookies"]:
+        assert c["TcpExtSyncookiesSent"] == beyond, \
+            f"with cookies on, every SYN beyond the full queue gets a cookie: {beyond}, counted {c['TcpExtSyncookiesSent']}"
+        assert c["TcpExtTCPReqQFullDrop"] == 0 and c["TcpExtListenDrops"] == 0, "cookies on: no SYN dropped"
+    else:
+        assert c["TcpExtSyncookiesSent"] == 0, "cookies off: no cookie sent"
+        assert c["TcpExtListenDrops"] == beyond, f"cookies off: every SYN beyond the cap is dropped ({beyond})"
+        full_drops = beyond if caps["cap"] == caps["full_cap"] else 0
+        assert c["TcpExtTCPReqQFullDrop"] == full_drops, \
+            f"TCPReqQFullDrop counts only drops at a full queue: expected {full_drops}, got {c['TcpExtTCPReqQFullDrop']}"
+    ok = sum(x["connected"] for x in d["legit"])
+    # nobody accepts, so the accept queue (backlog + 1) bounds the clients that get in
+    room = min(len(d["legit"]), caps["full_cap"])
+    cl = d["counters_legit"]
+    if p["cookies"]:
+        assert ok == room, f"cookies on: every legitimate client the accept queue can hold gets in ({ok}/{room})"
+        assert cl["TcpExtSyncookiesRecv"] == cl["TcpExtSyncookiesSent"], \
+            "each legitimate client answered its cookie (SyncookiesRecv = SyncookiesSent)"
+        if expect == caps["cap"]:
+            assert cl["TcpExtSyncookiesRecv"] == room, \
+                "with the queue full, every legitimate client connects through a cookie"
+        assert d["accept_queue"] == room, "the connected clients wait in the accept queue"
+    elif expect == caps["cap"]:
+        assert ok == 0, f"cookies off and the queue at its limit: no legitimate client gets in ({ok})"
+    elif sent + len(d["legit"]) <= caps["cap"]:
+        assert ok == room, "a small flood leaves room: the legitimate clients get in"
+    # the capture: every flood SYN is on the wire, and the SYN-ACKs match the kernel's view
+    if result.pcap is not None:
+        df = result.segments()
+        spoofed = df["src"].str.startswith("10.99.")
+        syns = df[spoofed & (df["flags"] == "SYN")]
+        assert len(syns) == sent, f"the capture holds {len(syns)} spoofed SYNs, the flood sent {sent}"
+        synacks = df[df["dst"].str.startswith("10.99.") & (df["flags"] == "SYN+ACK")]
+        answered = synacks.drop_duplicates(["dst", "dport"])
+        want = sent if p["cookies"] else expect
+        assert len(answered) == want, f"{want} spoofed sources should get a SYN-ACK, {len(answered)} did"
+    # the samples rise to the cap and never pass it
+    ys = [s["syn_recv"] for s in d["samples"]]
+    assert all(y <= caps["cap"] for y in ys) and ys == sorted(ys), "SYN-RECV grows, never past the cap"
+
+
+@experiment(
+    "syn_flood", chapter="01_04", needs={"live_capture", "namespaces"},
+    params=[
+        Param("cookies", "tcp_syncookies", 1, choices=(0, 1),
+              doc="net.ipv4.tcp_syncookies inside the namespace: 1 sends cookies once the queue is full"),
+        Param("flood", "flood size", 2000, choices=(200, 2000), minimum=0, maximum=MAX_FLOOD, unit="SYNs",
+              doc="how many spoofed SYNs are sent (bounded)"),
+        Param("backlog", "listen backlog", 16, choices=(16, 1024), minimum=1, maximum=4096,
+              doc="listen(backlog): also the size of the half-open queue"),
+    ],
+    invariant=check_syn_flood, seconds=1,
+    claim="SYN-RECV stops at backlog+1 (and, cookies off, at 3/4 of tcp_max_syn_backlog); "
+          "cookies off: legitimate clients fail; cookies on: SyncookiesSent/Recv count and they get in",
+)
+def syn_flood(run, cookies: int = 1, flood: int = 2000, backlog: int = 16, seed: int = 0) -> dict:
+    """Flood a never-accepting listener with spoofed SYNs, then try 10 legitimate clients.
+
+    Inside a fresh namespace (tcp_syncookies = *cookies*, tcp_max_syn_backlog = 256,
+    :data:`SPOOF_NET` routed to lo): a listener on 127.0.0.1 with ``listen(backlog)``;
+    *flood* SYNs from distinct spoofed sources, sent in 20 slices with the SYN-RECV
+    count and counters sampled after each; then 10 non-blocking connects that get
+    0.15 s. Returns the samples, the counter deltas (flood, legitimate phase), ss's
+    view and each client's outcome; the capture holds every packet of the port.
+    """
+    from ..kernel import counters, nstat_delta, ss
+    from ..netns import Namespace
+
+    sysctls = {"net.ipv4.tcp_syncookies": cookies, "net.ipv4.tcp_max_syn_backlog": MAX_SYN_BACKLOG}
+    progress.report(0.0, "creating the namespace")
+    with Namespace(sysctls=sysctls) as ns:
+        setup_namespace(ns)
+        somaxconn = int(ns.sysctl("net.core.somaxconn"))
+        max_syn = int(ns.sysctl("net.ipv4.tcp_max_syn_backlog"))
+        caps = queue_caps(cookies, backlog, max_syn, somaxconn)
+        lst = ns.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(backlog)
+        port = lst.getsockname()[1]
+        packets = build_syns(port, flood, seed=seed)
+        c0 = counters(ns)
+        samples = [{"sent": 0, "syn_recv": 0, **{k: 0 for k in COUNTERS}}]
+
+        def sample(sent: int) -> None:
+            n, now = snapshot(ns, port)
+            samples.append({"sent": sent, "syn_recv": n, **{k: now.get(k, 0) - c0.get(k, 0) for k in COUNTERS}})
+            progress.report(0.1 + 0.6 * sent / max(flood, 1), f"{sent} SYNs sent")
+
+        with run.capture([port], ns=ns) as cap:
+            with nstat_delta(ns) as d_flood:
+                if flood:
+                    stats = send_flood(ns, port, flood, seconds=MAX_SECONDS, packets=packets,
+                                       on_chunk=sample, chunks=min(20, flood))
+                else:
+                    stats = {"sent": 0, "send_seconds": 0.0, "wall_seconds": 0.0, "stopped": "count",
+                             "rate_pps": None, "build_seconds": 0.0}
+            after = syn_recv_count(ns, port)
+            ss_rows = ss(ns=ns, state="SYN-RECV", sport=port)
+            progress.report(0.75, "legitimate clients connecting")
+            with nstat_delta(ns) as d_legit:
+                legit = legit_connects(ns, port)
+            listen_row = ss(ns=ns, state="LISTEN", sport=port)
+        progress.report(1.0, "done")
+        return {
+            "port": port, "cookies": cookies, "backlog": backlog, "flood_size": flood, "seed": seed,
+            "max_syn_backlog": max_syn,
+            "somaxconn": somaxconn, "caps": caps, "spoof_net": SPOOF_NET,
+            "flood": stats, "samples": samples,
+            "syn_recv_after_flood": after, "ss_syn_recv": int(len(ss_rows)),
+            "counters_flood": _pick(d_flood.delta), "counters_legit": _pick(d_legit.delta),
+            "legit": legit, "accept_queue": int(listen_row["recv_q"].iloc[0]),
+            "listen_send_q": int(listen_row["send_q"].iloc[0]),
+            "capture_dropped": getattr(cap, "dropped", None),
+        }
+
+
+def outcome_table(result: Result):
+    """One row per measured quantity: what the kernel reports after the flood."""
+    import pandas as pd
+
+    d = result.data
+    c, cl = d["counters_flood"], d["counters_legit"]
+    ok = sum(x["connected"] for x in d["legit"])
+    rows = [
+        ("spoofed SYNs sent", d["flood"]["sent"]),
+        ("SYN-RECV entries after the flood (ss)", d["ss_syn_recv"]),
+        ("queue cap on this kernel", f"{d['caps']['cap']} ({d['caps']['limit']})"),
+        ("TcpExtSyncookiesSent (flood)", c["TcpExtSyncookiesSent"]),
+        ("TcpExtTCPReqQFullDrop (flood)", c["TcpExtTCPReqQFullDrop"]),
+        ("TcpExtListenDrops (flood)", c["TcpExtListenDrops"]),
+        ("legitimate clients connected", f"{ok}/{len(d['legit'])}"),
+        ("TcpExtSyncookiesSent (legitimate)", cl["TcpExtSyncookiesSent"]),
+        ("TcpExtSyncookiesRecv (legitimate)", cl["TcpExtSyncookiesRecv"]),
+        ("accept queue (LISTEN Recv-Q)", d["accept_queue"]),
+    ]
+    return pd.DataFrame(rows, columns=["measurement", "value"]).astype({"value": str})
+
+
+def flood_plot(results: Sequence[Result] | Result, *, title: str | None = None, ax=None):
+    """SYN-RECV entries (solid) and cookies sent (dotted) against SYNs sent, one colour per
+    run, with each run's cap as a dashed line; symlog y axis, so 17, 193 and 1025 all show."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import PALETTE, use_style
+
+    use_style()
+    if isinstance(results, Result):
+        results = [results]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(9.0, 4.6))
+    else:
+        fig = ax.figure
+    top = 1
+    for i, r in enumerate(results):
+        colour = PALETTE[i % len(PALETTE)]
+        d = r.data
+        x = [s["sent"] for s in d["samples"]]
+        y = [s["syn_recv"] for s in d["samples"]]
+        label = f"cookies={d['cookies']}, backlog={d['backlog']}"
+        ax.plot(x, y, color=colour, marker="o" if d["cookies"] else "s", ms=3 if d["cookies"] else 5,
+                mfc=colour if d["cookies"] else "white", label=f"SYN-RECV ({label})",
+                zorder=3 if d["cookies"] else 4)
+        if d["cookies"]:
+            ck = [s["TcpExtSyncookiesSent"] for s in d["samples"]]
+            ax.plot(x, ck, color=colour, ls=":", lw=2, label=f"SyncookiesSent ({label})", zorder=3)
+            top = max(top, max(ck))
+        ax.axhline(d["caps"]["cap"], color=colour, ls="--", lw=1, alpha=0.7)
+        ax.annotate(f"cap {d['caps']['cap']}", (x[-1], d["caps"]["cap"]), textcoords="offset points",
+                    xytext=(-4, 4), ha="right", fontsize=8, color=colour)
+        top = max(top, max(y), d["caps"]["cap"])
+    ax.set_xlabel("spoofed SYNs sent")
+    ax.set_ylabel("entries / cookies (symlog scale)")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylim(0, top * 2)
+    ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:,.0f}")
+    ax.set_title(title or "Half-open entries (SYN-RECV) during the flood")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return fig
+
+
+def render(result: Result) -> list:
+    """What the 01_04 panel shows: the banner, the outcome table and the plot."""
+    d = result.data
+    ok = sum(x["connected"] for x in d["legit"])
+    note = (f"{d['flood']['sent']} SYNs in {d['flood']['send_seconds'] * 1000:.1f} ms of sending; "
+            f"SYN-RECV stopped at **{d['ss_syn_recv']}**; legitimate clients: **{ok}/{len(d['legit'])}**.")
+    return [result, note, outcome_table(result),
+            flood_plot(result, title=f"cookies={d['cookies']}, backlog={d['backlog']}, flood={d['flood_size']}")]
+
+
+# ======================================================================================
+# experiment 2: what a cookie encodes
+# ======================================================================================
+# Crafted SYNs, all from spoofed sources (so the SYN-ACKs go nowhere): (label, src, sport,
+# seq offset, options). Same 4-tuple for the ISN probes, one per MSS table entry.
+_S = 123456789
+_TS = ("Timestamp", (1000, 0))
+PROBES = [
+    ("base: MSS 1460", "10.99.200.1", 40000, 0, [("MSS", 1460)]),
+    ("same SYN again", "10.99.200.1", 40000, 0, [("MSS", 1460)]),
+    ("client ISN + 1", "10.99.200.1", 40000, 1, [("MSS", 1460)]),
+    ("MSS 1440", "10.99.200.1", 40000, 0, [("MSS", 1440)]),
+    ("MSS 1300", "10.99.200.1", 40000, 0, [("MSS", 1300)]),
+    ("MSS 536", "10.99.200.1", 40000, 0, [("MSS", 536)]),
+    ("MSS 65495", "10.99.200.1", 40000, 0, [("MSS", 65495)]),
+    ("MSS 1000", "10.99.200.1", 40000, 0, [("MSS", 1000)]),
+    ("other source port", "10.99.200.1", 40001, 0, [("MSS", 1460)]),
+    ("TS, wscale 7, SACK", "10.99.200.2", 40000, 0, [("MSS", 1460), ("SAckOK", b""), _TS, ("NOP", None), ("WScale", 7)]),
+    ("TS, wscale 3", "10.99.200.2", 40000, 0, [("MSS", 1460), _TS, ("NOP", None), ("WScale", 3)]),
+    ("TS, SACK, no wscale", "10.99.200.2", 40000, 0, [("MSS", 1460), ("SAckOK", b""), _TS]),
+    ("TS only", "10.99.200.2", 40000, 0, [("MSS", 1460), _TS]),
+]
+
+
+def mss_index(mss: int) -> int:
+    """The index Linux encodes for a client MSS: the largest msstab entry <= mss (0 if none)."""
+    idx = 0
+    for i, m in enumerate(MSSTAB):
+        if m <= mss:
+            idx = i
+    return idx
+
+
+def ts_options(wscale: int | None, sack: bool, ecn: bool = False) -> int:
+    """The 6 bits a cookie SYN-ACK's TSval carries: window scale (0xf = none), SACK, ECN."""
+    return (TS_WSCALE_NONE if wscale is None else wscale) | (TS_SACK if sack else 0) | (TS_ECN if ecn else 0)
+
+
+def _opt_of(options, name):
+    for k, v in options:
+        if k == name:
+            return v
+    return None
+
+
+def probe_table(result: Result):
+    """The crafted SYNs and the SYN-ACK each got: ISN, difference from the base, TSval bits."""
+    import pandas as pd
+
+    df = result.segments()
+    d = result.data
+    targets = {(p[1], p[2]) for p in PROBES}
+    synacks = df[(df["flags"] == "SYN+ACK") & pd.Series([(a, b) in targets for a, b in zip(df["dst"], df["dport"])],
+                                                        index=df.index)]
+    synacks = synacks.iloc[: len(PROBES)]
+    base = None
+    rows = []
+    for probe, (_, sa) in zip(d["probes"], synacks.iterrows()):
+        isn = int(sa["seq_raw"])
+        if base is None:
+            base = isn
+        diff = (isn - base + 2**31) % 2**32 - 2**31
+        ts = None if pd.isna(sa["tsval"]) else int(sa["tsval"])
+        mss = probe["mss"]
+        rows.append({"probe": probe["label"], "to": f"{sa['dst']}:{sa['dport']}", "client ISN": probe["seq"],
+                     "client MSS": mss, "cookie ISN": isn, "ISN − base": diff,
+                     "MSS index": mss_index(mss), "TSval": ts,
+                     "TSval & 63": None if ts is None else ts & 63,
+                     "expected bits": None if ts is None else ts_options(probe["wscale"], probe["sack"])})
+    return pd.DataFrame(rows)
+
+
+def check_cookie_anatomy(result: Result) -> None:
+    """The cookie claims on one run (live or replayed)."""
+    d = result.data
+    t = probe_table(result)
+    assert len(t) == len(PROBES), f"every crafted SYN gets a SYN-ACK ({len(t)}/{len(PROBES)})"
+    by = {r["probe"]: r for _, r in t.iterrows()}
+    base = by["base: MSS 1460"]["cookie ISN"]
+    assert by["same SYN again"]["cookie ISN"] == base, "the same SYN gets the same cookie: no state kept"
+    assert by["client ISN + 1"]["ISN − base"] == 1, "the client's ISN is added into the cookie"
+    for label in ("MSS 1440", "MSS 1300", "MSS 536", "MSS 65495", "MSS 1000"):
+        r = by[label]
+        assert r["ISN − base"] == r["MSS index"] - 3, \
+            f"{label}: cookie differs from the MSS-1460 cookie by the MSS index difference"
+    assert by["other source port"]["cookie ISN"] != base, "another 4-tuple, another cookie"
+    ts_rows = t[t["TSval"].notna()]
+    assert len(ts_rows) == 4
+    for _, r in ts_rows.iterrows():
+        assert r["TSval & 63"] == r["expected bits"], \
+            f"{r['probe']}: TSval low bits {r['TSval & 63']}, expected {r['expected bits']}"
+    c = d["counters"]
+    assert c["TcpExtSyncookiesSent"] == len(PROBES) + 2, "each probe, the real client and the ACK-only SYN got a cookie"
+    assert c["TcpExtSyncookiesFailed"] == 0
+    normal, cookie = d["normal"], d["cookie"]
+    assert normal["server_snd_mss"] > 10 * cookie["server_snd_mss"], \
+        "a normal connection on lo sends segments of tens of kilobytes"
+    assert cookie["server_snd_mss"] == MSSTAB[mss_index(d["lo_mss"])] - 12, \
+        "a cookie connection sends at most msstab's 1460 (−12 bytes of timestamps)"
+    assert cookie["client_syn_mss"] == d["lo_mss"], "although the client announced 65495"
+    assert cookie["server_wscale"] == normal["server_wscale"] and cookie["server_sack"], \
+        "with timestamps, window scale and SACK survive the cookie"
+    ao = d["ack_only"]
+    assert ao["accepted"], "a spoofed ACK carrying cookie + 1 creates a connection: accept() returns it"
+    assert ao["syn_recv_after_syn"] == ao["syn_recv_before"], "the cookie SYN left no half-open entry"
+    assert tuple(ao["peer"]) == (ACK_ONLY["src"], ACK_ONLY["sport"]) and ao["state"] == "ESTABLISHED"
+    assert not ao["server_sack"] and not ao["server_wscale_ok"] and not ao["server_timestamps"], \
+        "without timestamps the cookie cannot keep window scale or SACK: both are lost"
+    assert ao["server_snd_mss"] == MSSTAB[mss_index(1460)], "MSS 1460 (no timestamp bytes to subtract)"
+    assert c["TcpExtSyncookiesRecv"] == 2, "the real client and the ACK-only connection"
+    if result.pcap is not None:
+        df = result.segments()
+        ack = df[(df["src"] == ACK_ONLY["src"]) & (df["flags"] == "ACK")]
+        synack = df[(df["dst"] == ACK_ONLY["src"]) & (df["flags"] == "SYN+ACK")]
+        assert len(synack) == 1 and int(synack["seq_raw"].iloc[0]) == ao["cookie"], "the sniffed cookie is the captured one"
+        assert len(ack) >= 1 and int(ack["ack_raw"].iloc[0]) == (ao["cookie"] + 1) % 2**32
+        from_srv = df[(df["sport"] == d["port"]) & (df["len"] > 0)]
+        cookie_data = from_srv[from_srv["dport"] == cookie["client_port"]]
+        normal_data = from_srv[from_srv["dport"] == normal["client_port"]]
+        assert cookie_data["len"].max() == cookie["server_snd_mss"], "the capture shows 1448-byte segments"
+        assert normal_data["len"].max() > 10 * cookie["server_snd_mss"]
+
+
+ACK_ONLY = {"src": "10.99.200.3", "sport": 40002, "seq": _S,
+            "options": [("MSS", 1460), ("SAckOK", b""), ("NOP", None), ("WScale", 7)]}
+
+
+def _read_synack(sniff: socket.socket, port: int, dst: str, dport: int, timeout: float = 1.0) -> int | None:
+    """The ISN of the SYN-ACK from *port* to *dst*:*dport*, read from a packet socket on lo."""
+    deadline = time.monotonic() + timeout
+    want_dst = socket.inet_aton(dst)
+    while time.monotonic() < deadline:
+        sniff.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            pkt = sniff.recv(256)
+        except socket.timeout:
+            break
+        if len(pkt) < 40 or pkt[9] != socket.IPPROTO_TCP or pkt[16:20] != want_dst:
+            continue
+        ihl = (pkt[0] & 0x0F) * 4
+        sport, dp, seq = struct.unpack_from("!HHI", pkt, ihl)
+        flags = pkt[ihl + 13]
+        if sport == port and dp == dport and flags & 0x12 == 0x12:
+            return seq
+    return None
+
+
+def complete_with_ack_only(ns: Any, lst: socket.socket, port: int) -> dict:
+    """A spoofed SYN gets a cookie; a spoofed ACK = cookie + 1 alone then creates the connection.
+
+    The SYN-ACK is read with a packet socket on the namespace's lo (it never reaches the
+    spoofed source). The SYN offers window scale and SACK but no timestamps, so the cookie
+    has nowhere to keep them: the connection the ACK creates has neither.
+    """
+    from ..kernel import tcp_info
+
+    sniff = ns.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    try:
+        sniff.bind(("lo", 0))
+        before = syn_recv_count(ns, port)
+        send_crafted(ns, port, [ACK_ONLY])
+        cookie = _read_synack(sniff, port, ACK_ONLY["src"], ACK_ONLY["sport"])
+    finally:
+        sniff.close()
+    if cookie is None:
+        return {"cookie": None, "accepted": False}
+    after_syn = syn_recv_count(ns, port)
+    send_crafted(ns, port, [{"src": ACK_ONLY["src"], "sport": ACK_ONLY["sport"], "seq": ACK_ONLY["seq"] + 1,
+                             "flags": "A", "ack": (cookie + 1) % 2**32, "options": []}])
+    lst.settimeout(1.0)
+    try:
+        a, peer = lst.accept()
+    except socket.timeout:
+        return {"cookie": cookie, "accepted": False, "syn_recv_before": before, "syn_recv_after_syn": after_syn}
+    finally:
+        lst.settimeout(None)
+    info = tcp_info(a)
+    return {"sock": a, "cookie": cookie, "accepted": True, "peer": list(peer),
+            "syn_recv_before": before, "syn_recv_after_syn": after_syn,
+            "state": info.state, "server_snd_mss": info.snd_mss, "server_wscale": info.snd_wscale,
+            "server_sack": bool(info.opt_sack), "server_wscale_ok": bool(info.opt_wscale),
+            "server_timestamps": bool(info.opt_timestamps)}
+
+
+@experiment(
+    "syn_cookie_anatomy", chapter="01_04", needs={"live_capture", "namespaces"},
+    invariant=check_cookie_anatomy, seconds=1,
+    claim="a cookie is stateless: same SYN, same cookie; it adds the client ISN and the MSS index; "
+          "the TSval carries the options; a cookie connection sends at most 1460-byte segments",
+)
+def syn_cookie_anatomy(run) -> dict:
+    """Read what a SYN cookie encodes from the SYN-ACKs to crafted SYNs.
+
+    Inside a namespace with tcp_syncookies=1, tcp_timestamps=2 (timestamps without the
+    random per-host-pair offset, so the TSval's low bits can be read directly) and
+    offloads off (real segment sizes): one normal connection first, then 17 spoofed
+    SYNs fill listen(16)'s queue, then the crafted :data:`PROBES`, then a real client
+    that can only get in through a cookie (both connections carry 64 KB server → client),
+    and last a spoofed SYN without timestamps whose connection is completed by a spoofed
+    ACK alone (:func:`complete_with_ack_only`).
+    """
+    from ..kernel import nstat_delta, tcp_info
+    from ..netns import Namespace
+
+    sysctls = {"net.ipv4.tcp_syncookies": 1, "net.ipv4.tcp_max_syn_backlog": MAX_SYN_BACKLOG,
+               "net.ipv4.tcp_timestamps": 2}
+    with Namespace(sysctls=sysctls, offloads=False) as ns:
+        setup_namespace(ns)
+        lst = ns.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(16)
+        port = lst.getsockname()[1]
+        conns = {}
+        with run.capture([port], ns=ns):
+            def connect_and_talk(kind):
+                c = ns.socket()
+                c.settimeout(2)
+                c.connect(("127.0.0.1", port))
+                a, _ = lst.accept()
+                a.settimeout(2)
+                payload = b"x" * 65536
+                a.sendall(payload)
+                got = 0
+                while got < len(payload):
+                    got += len(c.recv(1 << 20))
+                si, ci = tcp_info(a), tcp_info(c)
+                conns[kind] = {
+                    "client_port": c.getsockname()[1],
+                    "server_snd_mss": si.snd_mss, "server_maxseg": a.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
+                    "server_wscale": si.snd_wscale, "server_sack": bool(si.opt_sack),
+                    "server_timestamps": bool(si.opt_timestamps), "client_snd_mss": ci.snd_mss,
+                    "client_syn_mss": None,
+                }
+                return c, a
+
+            keep = [connect_and_talk("normal")]
+            with nstat_delta(ns) as delta:
+                send_flood(ns, port, 17, seed=1)
+                probes = []
+                for label, src, sport, off, opts in PROBES:
+                    probes.append({"label": label, "src": src, "sport": sport, "seq": _S + off,
+                                   "options": opts, "mss": _opt_of(opts, "MSS"),
+                                   "wscale": _opt_of(opts, "WScale"),
+                                   "sack": any(k == "SAckOK" for k, _ in opts)})
+                send_crafted(ns, port, probes)
+                time.sleep(0.01)
+                syn_recv = syn_recv_count(ns, port)
+                keep.append(connect_and_talk("cookie"))
+                time.sleep(0.02)
+                ack_only = complete_with_ack_only(ns, lst, port)
+                keep.append((ack_only.pop("sock"),))
+            for pair in keep:
+                for s in pair:
+                    s.close()
+            time.sleep(0.02)
+    from ..dissect import segments
+
+    lo_mss = 65535 - 40
+    data = {"port": port, "lo_mss": lo_mss, "syn_recv_before_probes": syn_recv,
+            "probes": [{k: v for k, v in p.items() if k != "options"}
+                       | {"options": [[k, v.hex() if isinstance(v, bytes) else v] for k, v in p["options"]]}
+                       for p in probes],
+            "normal": conns["normal"], "cookie": conns["cookie"], "ack_only": ack_only,
+            "counters": _pick(delta.delta)}
+    if run.pcap is not None:
+        df = segments(run.pcap)
+        syn = df[(df["flags"] == "SYN") & (df["sport"] == conns["cookie"]["client_port"])]
+        data["cookie"]["client_syn_mss"] = int(syn["mss"].iloc[0])
+        syn = df[(df["flags"] == "SYN") & (df["sport"] == conns["normal"]["client_port"])]
+        data["normal"]["client_syn_mss"] = int(syn["mss"].iloc[0])
+    return data
