@@ -34,6 +34,8 @@ def run_notebook(path: Path, mode: str) -> float:
 PANELS = [
     ("01_02 handshake", "helpers.experiments.handshake", "handshake", "render"),
     ("01_03 accept queue", "helpers.experiments.queues", "accept_queue", "render"),
+    ("01_04 SYN flood", "helpers.experiments.synflood", "syn_flood", "render"),
+    ("01_05 reuseport", "helpers.experiments.reuseport", "reuseport_spread", "render"),
 ]
 
 

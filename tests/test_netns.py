@@ -431,6 +431,13 @@ def test_cleanup_stale_removes_namespaces_of_dead_processes():
             subprocess.run(["ip", "netns", "add", n], check=True)
         # something running inside a stale namespace is killed too
         sleeper = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "300"])
+        # wait until it is really inside (ip netns exec opens, then enters, then execs):
+        # under load cleanup could otherwise run between the open and the enter
+        deadline = time.monotonic() + 10
+        while str(sleeper.pid) not in subprocess.run(["ip", "netns", "pids", stale], capture_output=True,
+                                                     text=True).stdout.split():
+            assert time.monotonic() < deadline, "the sleeper never entered the namespace"
+            time.sleep(0.01)
         removed = netns.cleanup_stale()
         assert stale in removed and mine_unregistered in removed
         assert live not in removed and live in netns.list_course_namespaces()

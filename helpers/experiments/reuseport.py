@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import random
 import socket
 import struct
 import threading
@@ -320,9 +321,39 @@ def render(result: Result) -> list:
 # ======================================================================================
 # 2. the hash: same 4-tuple, same listener
 # ======================================================================================
+# Client ports for the hash experiment come from below the ephemeral range (32768-60999 by
+# default): there, any connect() on the host may take a port at any moment (ports are shared
+# between connections to different destinations), and a later bind() to it would fail.
+FIXED_PORTS = range(20000, 30000)
+
+
+def _pick_client_port(rng: random.Random, tries: int = 50) -> int:
+    """A client port in FIXED_PORTS that is free right now."""
+    for _ in range(tries):
+        p = rng.choice(FIXED_PORTS)
+        probe = socket.socket()
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((HOST, p))
+            return p
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise CourseError(f"no free client port found in {FIXED_PORTS.start}-{FIXED_PORTS.stop - 1}.",
+                      "something on this machine holds many of those ports; run the experiment again.")
+
+
 def _which_listener(group: list[socket.socket], port: int, sport: int) -> tuple[int, int]:
-    """Connect from client port *sport* (0: any); return (listener index, client port)."""
-    c = _connect(port, bind_port=sport)
+    """Connect from client port *sport*; return (listener index, client port)."""
+    for attempt in range(3):   # the port was free a moment ago; another program may take it briefly
+        try:
+            c = _connect(port, bind_port=sport)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == 2:
+                raise
+            time.sleep(0.05)
     try:
         sport = c.getsockname()[1]
         hits = []
@@ -367,11 +398,12 @@ def reuseport_hash(run, n: int = 4, sources: int = 16, repeats: int = 4) -> dict
     The server closes each connection with an RST, so the client port is free again at once.
     """
     rows = []
+    rng = random.Random()
     with reuseport_group(n) as group:
         port = group[0].getsockname()[1]
         for k in range(sources):
-            first, sport = _which_listener(group, port, 0)
-            seen = [first] + [_which_listener(group, port, sport)[0] for _ in range(repeats - 1)]
+            sport = _pick_client_port(rng)
+            seen = [_which_listener(group, port, sport)[0] for _ in range(repeats)]
             rows.append({"sport": sport, "first": seen})
             progress.report(0.5 * (k + 1) / sources, "group of N")
         more = []
