@@ -177,12 +177,13 @@ def record(names: list[str] | None = None, *, progress=print) -> list[dict]:
                 result = exp(_outdir=tmp, **params)
                 exp.check(result)  # never record a file that does not show its claim
                 entry = {"experiment": name, "chapter": exp.chapter, "params": params}
-                base = folder / slug(params)
+                # not with_suffix(): a slug such as "pause-1.5" already has a dot in it
+                pcap_path, json_path = folder / f"{slug(params)}.pcap", folder / f"{slug(params)}.json"
                 if result.pcap is not None:
-                    shutil.copyfile(result.pcap, base.with_suffix(".pcap"))
-                    entry["pcap"] = _file_entry(root, base.with_suffix(".pcap"))
-                base.with_suffix(".json").write_text(json.dumps(result.data, indent=1, sort_keys=True) + "\n")
-                entry["data"] = _file_entry(root, base.with_suffix(".json"))
+                    shutil.copyfile(result.pcap, pcap_path)
+                    entry["pcap"] = _file_entry(root, pcap_path)
+                json_path.write_text(json.dumps(result.data, indent=1, sort_keys=True) + "\n")
+                entry["data"] = _file_entry(root, json_path)
             entry.update(kernel=platform.release(), sysctls=sysctls, tools=tools,
                          date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          invariant=exp.claim)

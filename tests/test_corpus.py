@@ -77,3 +77,29 @@ def test_unknown_recording_names_the_choices():
         corpus.find("handshake", {"mss": 999, "rcvbuf": None})
     with pytest.raises(CorpusError, match="no recordings"):
         corpus.find("no-such-experiment", {})
+
+
+def test_record_keeps_dotted_parameter_values_apart(tmp_path, monkeypatch):
+    """A slug like "pause-1.5" has a dot: files must not be named by with_suffix()."""
+    from helpers import corpus
+    from helpers.experiments import base
+    from helpers.params import Param
+
+    monkeypatch.setenv("TCPCOURSE_CORPUS", str(tmp_path))
+    monkeypatch.setenv("TCPCOURSE_MODE", "live")        # record() sets it; restored afterwards
+    monkeypatch.setattr(base.Experiment, "replay_reason", lambda self, mode: None)
+
+    @base.experiment("dotted_test", chapter="99_99", needs={"live_capture"},
+                     params=[Param("pause", "pause", 1.0, choices=(1.0, 1.5))])
+    def dotted(run, pause=1.0):
+        """test only"""
+        return {"pause": pause}
+
+    try:
+        new = corpus.record(["dotted_test"], progress=lambda *_: None)
+        paths = sorted(e["data"]["path"] for e in new)
+        assert paths == ["dotted_test/pause-1.0.json", "dotted_test/pause-1.5.json"]
+        for pause in (1.0, 1.5):
+            assert corpus.load(dotted, {"pause": pause}, "test").data == {"pause": pause}
+    finally:
+        base.REGISTRY.pop("dotted_test", None)
