@@ -271,6 +271,19 @@ def to_output(item: Any) -> dict:
     return {"output_type": "display_data", "data": data, "metadata": {}}
 
 
+def _experiment_replays(run: Any) -> bool:
+    """True when *run* is a course experiment that would replay the corpus right now."""
+    needs = getattr(run, "needs", None)
+    reason = getattr(run, "replay_reason", None)
+    if not needs or not callable(reason):
+        return False
+    from . import caps
+    try:
+        return reason(caps.mode()) is not None
+    except CourseError:     # forced live without the capability: the run will say so
+        return False
+
+
 def _default_render(result: Any) -> list:
     if result is None:
         return []
@@ -299,7 +312,8 @@ class Panel:
     auto     run when a control changes (sliders fire on release), debounced by
              *debounce* seconds inside a running kernel
     replay   True, or a callable returning True, when the course replays recorded
-             captures: controls then offer only ``Param.choices``
+             captures: controls then offer only ``Param.choices``. Default (None): ask
+             the experiment (``run.replay_reason``) whether it would replay now
     """
 
     def __init__(
@@ -310,7 +324,7 @@ class Panel:
         *,
         title: str = "",
         auto: bool = False,
-        replay: bool | Callable[[], bool] = False,
+        replay: bool | Callable[[], bool] | None = None,
         debounce: float = 0.4,
     ):
         if not callable(run):
@@ -365,6 +379,8 @@ class Panel:
     @property
     def replaying(self) -> bool:
         r = self._replay
+        if r is None:   # an experiment knows whether it would replay now
+            return _experiment_replays(self.run)
         return bool(r()) if callable(r) else bool(r)
 
     def values(self) -> dict[str, Any]:

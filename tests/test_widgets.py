@@ -331,3 +331,15 @@ def test_progress_sleep_is_bounded_and_can_end_early():
     with progress.listening(lambda f, t: seen.append(f)):
         progress.sleep(5, 0, 1, until=lambda: time.monotonic() - t0 > 0.05, step=0.01)
     assert time.monotonic() - t0 < 1 and seen[-1] == 1.0
+
+
+def test_panel_asks_the_experiment_whether_it_replays(monkeypatch):
+    """Without replay=, a panel over a privileged experiment offers only recorded values when
+    that experiment would replay, and any value when it runs live."""
+    from helpers.experiments.handshake import handshake, kernel_answers
+    from helpers.widgets import Panel
+
+    monkeypatch.setenv("TCPCOURSE_MODE", "replay")
+    assert Panel(handshake, handshake.params).replaying
+    assert not Panel(kernel_answers, kernel_answers.params).replaying   # needs nothing: always live
+    assert not Panel(lambda **kw: kw, []).replaying                     # a plain function
