@@ -1,0 +1,337 @@
+"""Chapter 02_04: TCP is a byte stream; messages need framing.
+
+- :func:`streams`: the sender's send() sizes, the segments on the wire, and the
+  receiver's recv() sizes, side by side (captured in a namespace with MTU 1500 and
+  offloads off, so segments have their real size, 1448 payload bytes at most).
+- :func:`partial_writes`: ``send()`` returns how many bytes it took, which may be fewer
+  than it was given; ``sendall()`` loops until everything is queued.
+- :func:`framed_exchange`: the length-prefixed protocol of :mod:`helpers.framing` over
+  a real connection: the messages come out intact however recv() splits the stream,
+  and a header announcing an oversize message is refused with a clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import threading
+import time
+
+from ..errors import CourseError
+from ..framing import FrameParser, FramingError, HEADER, MAGIC, encode, encode_all
+from ..params import Param
+from .base import Result, experiment
+
+PATTERNS = {
+    "10x100": [100] * 10,
+    "1x20000": [20000],
+    "3x3000": [3000] * 3,
+}
+MTU = 1500
+
+
+# ---------------------------------------------------------------------------- streams
+
+def _payload(sizes: list[int]) -> bytes:
+    rnd = random.Random(4)
+    return bytes(rnd.getrandbits(8) for _ in range(sum(sizes)))
+
+
+def check_streams(result: Result) -> None:
+    """The 02_04 claims on one capture: byte counts agree, boundaries do not."""
+    d = result.data
+    total = sum(d["send_sizes"])
+    assert sum(d["recv_sizes"]) == total and d["digest_ok"], "every byte arrives, in order, unchanged"
+    assert max(d["recv_sizes"]) <= d["params"]["recv_size"], "recv() never returns more than asked"
+    df = result.segments()
+    data = df[(df["dport"] == d["server_port"]) & (df["len"] > 0)]
+    assert int(data["len"].sum()) == total, "the segments carry exactly the bytes sent"
+    assert int(data["len"].max()) <= d["mss"], f"no segment exceeds the MSS ({d['mss']} B)"
+    big = [s for s in d["send_sizes"] if s > d["mss"]]
+    if big:
+        assert len(data) > len(d["send_sizes"]), "a send larger than the MSS is split into segments"
+    if d["params"]["reader_delay_ms"] >= 50 and len(d["send_sizes"]) > 1:
+        assert len(d["recv_sizes"]) < len(d["send_sizes"]) or max(d["send_sizes"]) > d["params"]["recv_size"], \
+            "a reader that waits finds several sends in one recv()"
+    if len(d["send_sizes"]) == 1 and d["params"]["recv_size"] < total:
+        assert len(d["recv_sizes"]) > 1, "one send larger than recv()'s size arrives in several recv() calls"
+
+
+@experiment(
+    "streams", chapter="02_04", needs={"live_capture", "namespaces"},
+    params=[
+        Param("pattern", "sends (count x bytes)", "10x100", choices=tuple(PATTERNS),
+              doc="how many send() calls of what size"),
+        Param("reader_delay_ms", "reader waits first", 50, choices=(0, 50), minimum=0, maximum=500, unit="ms",
+              doc="the receiver sleeps this long before its first recv()"),
+        Param("recv_size", "recv() size", 65536, choices=(1024, 65536), minimum=1, maximum=1 << 20,
+              unit="bytes", doc="the buffer size passed to each recv()"),
+    ],
+    invariant=check_streams,
+    claim="send() sizes, segment sizes and recv() sizes are independent; only the byte sequence is kept",
+)
+def streams(run, pattern: str = "10x100", reader_delay_ms: int = 50,
+            recv_size: int = 65536) -> dict:
+    """Send a pattern of writes across a namespace's lo (MTU 1500, offloads off) and record
+    the send() sizes, the capture, and what each recv() returned (size and time)."""
+    from ..kernel import tcp_info
+    from ..netns import Namespace
+
+    sizes = PATTERNS[pattern]
+    data = _payload(sizes)
+    got = bytearray()
+    recvs: list[tuple[float, int]] = []
+    errors: list[BaseException] = []
+    with Namespace(mtu=MTU, offloads=False, name="streams") as ns:
+        lst = ns.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        port = lst.getsockname()[1]
+        cli = ns.socket()
+        with run.capture([port], ns=ns):
+            cli.connect(("127.0.0.1", port))
+            srv, _ = lst.accept()
+            srv.settimeout(5)
+            t0 = time.perf_counter()
+
+            def reader():
+                try:
+                    time.sleep(reader_delay_ms / 1000)
+                    while len(got) < len(data):
+                        chunk = srv.recv(recv_size)
+                        if not chunk:
+                            break
+                        recvs.append((time.perf_counter() - t0, len(chunk)))
+                        got.extend(chunk)
+                except BaseException as exc:   # reported below
+                    errors.append(exc)
+
+            th = threading.Thread(target=reader, daemon=True)
+            th.start()
+            sends = []
+            pos = 0
+            for s in sizes:
+                n = cli.send(data[pos:pos + s])
+                sends.append((time.perf_counter() - t0, n))
+                if n < s:
+                    cli.sendall(data[pos + n:pos + s])
+                pos += s
+            th.join(10)
+            mss = tcp_info(cli)["snd_mss"]
+            cli.close()
+            srv.close()
+            time.sleep(0.01)
+    if errors:
+        raise CourseError(f"the reader failed: {errors[0]!r}", "re-run the experiment.")
+    return {"params": {"pattern": pattern, "reader_delay_ms": reader_delay_ms,
+                       "recv_size": recv_size},
+            "server_port": port, "mtu": MTU, "mss": mss,
+            "send_sizes": [n for _, n in sends], "send_times": [t for t, _ in sends],
+            "recv_sizes": [n for _, n in recvs], "recv_times": [t for t, _ in recvs],
+            "digest_ok": hashlib.sha256(bytes(got)).digest() == hashlib.sha256(data).digest()}
+
+
+def three_views(result: Result):
+    """Sizes as the sender wrote them, as the wire carried them, as the reader got them."""
+    import pandas as pd
+    d = result.data
+    df = result.segments()
+    seg = df[(df["dport"] == d["server_port"]) & (df["len"] > 0)]
+    cols = {"send() returned": d["send_sizes"], "segments on the wire": [int(x) for x in seg["len"]],
+            "recv() returned": d["recv_sizes"]}
+    n = max(len(v) for v in cols.values())
+    return pd.DataFrame({k: v + [None] * (n - len(v)) for k, v in cols.items()},
+                        index=pd.RangeIndex(1, n + 1, name="#")).astype("Int64")
+
+
+def boundaries_figure(result: Result, title: str | None = None):
+    """Three rows of bars over the byte stream: where sends, segments and recvs cut it."""
+    import matplotlib.pyplot as plt
+    from ..plots import PALETTE, use_style
+    use_style()
+    v = three_views(result)
+    fig, ax = plt.subplots(figsize=(9.0, 2.8))
+    for row, (name, colour) in enumerate(zip(v.columns, PALETTE)):
+        start = 0
+        for k, size in enumerate(v[name].dropna()):
+            ax.barh(2 - row, int(size), left=start, height=0.6, color=colour, alpha=0.55 + 0.35 * (k % 2),
+                    edgecolor="white", linewidth=1.2)
+            start += int(size)
+    ax.set_yticks([2, 1, 0], [f"{c} ({int(v[c].count())})" for c in v.columns])
+    ax.set_xlabel("byte offset in the stream")
+    ax.grid(axis="y", visible=False)
+    p = result.params
+    ax.set_title(title or f"{p['pattern']}, reader waits {p['reader_delay_ms']} ms, "
+                          f"recv({p['recv_size']})")
+    return fig
+
+
+def render_streams(result: Result) -> list:
+    return [result, three_views(result).T, boundaries_figure(result)]
+
+
+# ---------------------------------------------------------------------------- partial writes
+
+def check_partial_writes(result: Result) -> None:
+    d = result.data
+    assert d["first_send"] < d["size"], "send() on a full path took only part of the buffer"
+    assert d["first_send"] > 0
+    assert d["eagain"], "a second non-blocking send() with the buffers full raises EAGAIN"
+    assert d["sendall_total"] == d["size"] and d["received"] == d["size"], "sendall() delivers every byte"
+
+
+@experiment(
+    "partial_writes", chapter="02_04",
+    params=[Param("size", "bytes to send", 4 << 20, choices=(1 << 20, 4 << 20), minimum=1 << 16,
+                  maximum=32 << 20, unit="bytes", doc="one send() of this many bytes to a reader that waits"),
+            Param("sndbuf", "SO_SNDBUF (sender)", 65536, choices=(16384, 65536), minimum=4096,
+                  maximum=4 << 20, unit="bytes", doc="the sender's send buffer (the kernel doubles it)")],
+    invariant=check_partial_writes,
+    claim="send() may take fewer bytes than given; sendall() loops until all are queued",
+)
+def partial_writes(run, size: int = 4 << 20, sndbuf: int = 65536) -> dict:
+    """One non-blocking send() of *size* bytes while the reader is not reading: it returns a
+    count smaller than *size*, the next raises EAGAIN; then the reader starts and sendall()
+    queues the rest. Returns the counts and the number of send() calls a manual loop needed."""
+    from ..servers import Server
+    data = bytes(size)
+    start = threading.Event()
+    received = []
+
+    def slow_reader(conn, addr):
+        start.wait(5)
+        total = 0
+        while total < size:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                break
+            total += len(chunk)
+        received.append(total)
+
+    with Server(slow_reader, sockopts=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)],
+                name="slow-reader") as srv:
+        c = socket.socket()
+        try:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            c.connect(("127.0.0.1", srv.port))
+            c.setblocking(False)
+            time.sleep(0.02)
+            first = c.send(data)
+            pos, eagain = first, False
+            for _ in range(1000):   # keep sending until the kernel says EAGAIN (bounded)
+                try:
+                    pos += c.send(data[pos:])
+                except BlockingIOError:
+                    eagain = True
+                    break
+            queued = pos
+            # a manual loop, as sendall() does it: count the send() calls
+            start.set()
+            c.settimeout(5)
+            calls, counts = 0, []
+            deadline = time.monotonic() + 10
+            while pos < size and time.monotonic() < deadline:
+                n = c.send(data[pos:])
+                counts.append(n)
+                pos += n
+                calls += 1
+            so_sndbuf = c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            c.shutdown(socket.SHUT_WR)
+            t_end = time.monotonic() + 5
+            while not received and time.monotonic() < t_end:
+                time.sleep(0.005)
+        finally:
+            c.close()
+    return {"size": size, "sndbuf_set": sndbuf, "sndbuf_got": so_sndbuf, "first_send": first,
+            "eagain": eagain, "queued_before_eagain": queued, "loop_calls": calls, "loop_counts": counts[:50],
+            "sendall_total": pos, "received": received[0] if received else 0}
+
+
+# ---------------------------------------------------------------------------- framed exchange
+
+def check_framed_exchange(result: Result) -> None:
+    d = result.data
+    assert d["received_ok"], "the messages arrive intact and in order"
+    assert d["recv_calls"] != d["messages"] or d["recv_size"] >= 65536, \
+        "recv() calls and messages do not line up one to one"
+    assert d["oversize_error"] and "announces" in d["oversize_error"], "an oversize length is refused"
+    assert d["oversize_buffered"] <= HEADER.size + d["max_size"], "the parser never buffers beyond its bound"
+    assert d["garbage_error"] and "bad magic" in d["garbage_error"], "a stream in another protocol is refused"
+
+
+@experiment(
+    "framed_exchange", chapter="02_04",
+    params=[Param("messages", "messages", 200, minimum=1, maximum=5000),
+            Param("recv_size", "recv() size", 100, choices=(7, 100, 65536), minimum=1, maximum=1 << 20,
+                  unit="bytes", doc="the receiver's recv() buffer size")],
+    invariant=check_framed_exchange,
+    claim="length-prefixed messages survive any recv() split; oversize or foreign input is refused",
+)
+def framed_exchange(run, messages: int = 200, recv_size: int = 100, max_size: int = 4096) -> dict:
+    """Send *messages* random-sized messages as one framed stream, written in random-sized
+    pieces; the server parses them with :class:`FrameParser` from recv(*recv_size*).
+    Then two bad peers: one announcing a 1 GB message, one speaking HTTP."""
+    from ..servers import Server
+    rnd = random.Random(2)
+    msgs = [bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 300))) for _ in range(messages)]
+    stream = encode_all(msgs, max_size)
+    outcome: dict = {}
+
+    def handler(conn, addr):
+        parser = FrameParser(max_size=max_size)
+        got, sizes = [], []
+        try:
+            while len(sizes) < 1_000_000:
+                chunk = conn.recv(recv_size)
+                if not chunk:
+                    parser.close()
+                    break
+                sizes.append(len(chunk))
+                got += parser.feed(chunk)
+        except FramingError as err:
+            got += err.messages
+            outcome.setdefault("errors", []).append(str(err).splitlines()[0])
+            outcome.setdefault("buffered", []).append(parser.high_water)
+        outcome.setdefault("runs", []).append({"got": got, "sizes": sizes})
+
+    def client(port, payload, pieces) -> str:
+        """Send *payload* in *pieces*; return how the connection ended for this client."""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                pos = 0
+                for n in pieces:
+                    c.sendall(payload[pos:pos + n])
+                    pos += n
+                c.sendall(payload[pos:])
+                c.shutdown(socket.SHUT_WR)
+                return "closed" if c.recv(1) == b"" else "data"   # wait for the server's close
+            except OSError as exc:   # the server refused and closed: RST for unread data
+                return type(exc).__name__
+
+    def wait_runs(n):
+        t_end = time.monotonic() + 10
+        while len(outcome.get("runs", [])) < n and time.monotonic() < t_end:
+            time.sleep(0.005)
+
+    with Server(handler, name="framed") as srv:
+        pieces = [rnd.randint(1, 700) for _ in range(len(stream) // 350 + 1)]
+        ends = [client(srv.port, stream, pieces)]
+        wait_runs(1)
+        bad = encode(b"hello") + HEADER.pack(MAGIC, 1 << 30) + b"x" * 1000
+        ends.append(client(srv.port, bad, [3, 5, 100]))
+        wait_runs(2)
+        ends.append(client(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", []))
+        wait_runs(3)
+    runs = outcome.get("runs", [])
+    errors = outcome.get("errors", [])
+    first = runs[0] if runs else {"got": [], "sizes": []}
+    return {"messages": messages, "recv_size": recv_size, "max_size": max_size,
+            "stream_bytes": len(stream), "send_pieces": len(pieces) + 1,
+            "received_ok": first["got"] == msgs, "received": len(first["got"]),
+            "recv_calls": len(first["sizes"]), "recv_sizes": first["sizes"][:200],
+            "message_sizes": [len(m) for m in msgs[:200]],
+            "oversize_error": errors[0] if errors else None,
+            "oversize_before": len(runs[1]["got"]) if len(runs) > 1 else None,
+            "oversize_buffered": outcome.get("buffered", [0])[0],
+            "garbage_error": errors[1] if len(errors) > 1 else None, "client_ends": ends}

@@ -1,0 +1,91 @@
+"""Chapter 02_01: send and receive buffers. No privileges needed: everything runs live,
+whatever the mode, and needs no corpus."""
+import copy
+
+import pytest
+
+from helpers.errors import ParameterError
+from helpers.experiments.buffers import (BUFFER_CHOICES, SKB_MAX, buffer_sizes, capacity_sweep, plot_capacity,
+                                         plot_sweep, queue_capacity, rcvbuf_before_listen, render,
+                                         where_bytes_are, write_returns)
+
+
+def test_needs_nothing_and_runs_live_even_in_replay_mode(replay_mode):
+    for exp in (buffer_sizes, write_returns, queue_capacity, rcvbuf_before_listen):
+        assert not exp.needs and not exp.records
+    r = buffer_sizes()
+    assert r.mode == "live" and r.pcap is None
+
+
+def test_the_kernel_doubles_and_clamps():
+    r = buffer_sizes()
+    buffer_sizes.check(r)
+    rows = {row["asked"]: row for row in r.data["rows"]}
+    assert rows[4096]["sndbuf"] == rows[4096]["rcvbuf"] == 8192
+    assert rows[1 << 24]["sndbuf"] == 2 * r.data["wmem_max"], "capped at wmem_max, then doubled"
+    assert rows[1]["sndbuf"] == r.data["min_sndbuf"] > 2
+
+
+def test_write_returns_before_the_bytes_leave():
+    r = write_returns(size=65536)
+    write_returns.check(r)
+    info = r.data["writer_info"]
+    assert info["notsent_bytes"] > 32768, "most of the write never left the writer"
+
+
+@pytest.mark.parametrize("sndbuf,rcvbuf", [(4096, 4096), (65536, 65536), (None, 16384), (262144, 4096)])
+def test_queue_capacity_accounts_for_every_byte(sndbuf, rcvbuf):
+    r = queue_capacity(sndbuf=sndbuf, rcvbuf=rcvbuf)
+    queue_capacity.check(r)
+    d = r.data
+    assert d["written"] == d["ss"]["writer"]["send_q"] + d["ss"]["reader"]["recv_q"]
+    if rcvbuf:
+        assert d["reader_rcvbuf"] == 2 * rcvbuf
+    assert r.seconds < 3
+
+
+def test_queue_capacity_grows_with_both_buffers():
+    small = queue_capacity(sndbuf=65536, rcvbuf=65536).data["written"]
+    more_snd = queue_capacity(sndbuf=1048576, rcvbuf=65536).data["written"]
+    more_rcv = queue_capacity(sndbuf=65536, rcvbuf=1048576).data["written"]
+    assert more_snd > 3 * small and more_rcv > 3 * small
+
+
+def test_invariant_catches_a_wrong_result():
+    r = queue_capacity(sndbuf=16384, rcvbuf=16384)
+    bad = copy.deepcopy(r)
+    bad.data["written"] += 1
+    with pytest.raises(AssertionError, match="Send-Q"):
+        queue_capacity.check(bad)
+    bad = copy.deepcopy(r)
+    bad.data["ss"]["writer"]["send_q"] = bad.data["writer_sndbuf"] + SKB_MAX
+    bad.data["written"] = bad.data["ss"]["writer"]["send_q"] + bad.data["ss"]["reader"]["recv_q"]
+    with pytest.raises(AssertionError, match="64 KB"):
+        queue_capacity.check(bad)
+
+
+def test_rcvbuf_must_be_set_before_listen():
+    r = rcvbuf_before_listen()
+    rcvbuf_before_listen.check(r)
+    assert r.data["before"]["rcv_wscale"] == 0
+
+
+def test_sweep_plot_and_render():
+    sweep = capacity_sweep(sndbufs=(16384, 65536), rcvbufs=(16384,), fixed=16384)
+    assert list(sweep["varied"]) == ["sndbuf", "sndbuf", "rcvbuf"]
+    assert (sweep["written"] == sweep["send_q"] + sweep["recv_q"]).all()
+    fig = plot_sweep(sweep)
+    assert len(fig.axes) == 2
+    r = queue_capacity(sndbuf=16384, rcvbuf=65536)
+    items = render(r)
+    assert items[0] is r and len(items) == 5
+    assert list(where_bytes_are(r).index) == ["writer", "reader"]
+    assert plot_capacity(r).axes
+
+
+def test_parameters_are_checked():
+    assert None in BUFFER_CHOICES
+    with pytest.raises(ParameterError, match="out of range"):
+        queue_capacity(sndbuf=10)
+    with pytest.raises(ParameterError):
+        write_returns(size="big")

@@ -1,0 +1,82 @@
+"""Chapter 02_03: Nagle's algorithm and delayed ACKs, live (plain sockets) and replayed (capture)."""
+import pytest
+
+from helpers.errors import ParameterError
+from helpers.experiments.nagle import (SETTINGS, TRACE_SETTINGS, expect_stall, nagle, nagle_trace,
+                                       request_segments, request_timeline, stalled_request, summary)
+
+from conftest import needs_live
+
+
+def test_expect_stall_rule():
+    assert expect_stall(False, False, "off", "two writes", 100, 1448)
+    assert expect_stall(False, False, "once", "two writes", 1447, 1448)
+    assert not expect_stall(True, False, "off", "two writes", 100, 1448)
+    assert not expect_stall(False, True, "off", "two writes", 100, 1448)
+    assert not expect_stall(False, False, "every recv", "two writes", 100, 1448)
+    assert not expect_stall(False, False, "off", "one write", 100, 1448)
+    assert not expect_stall(False, False, "off", "two writes", 1448, 1448)
+
+
+def test_default_stalls_and_runs_live_even_in_replay_mode(replay_mode):
+    r = nagle(requests=8)
+    assert r.mode == "live"          # plain sockets: no privileges, always live
+    nagle.check(r)
+    assert r.data["expect_stall"] and 30 <= r.data["median_ms"] <= 60
+    assert r.data["first_ms"] < 20
+    assert r.data["server_tcp_info"]["ato"] == 40000
+    assert r.data["mss"] == 1448
+
+
+@pytest.mark.parametrize("name", ["nodelay", "cork", "one_write", "sendmsg", "quickack_every_recv", "body_2000"])
+def test_fixes_remove_the_stall(name):
+    r = nagle(requests=8, **SETTINGS[name])
+    nagle.check(r)
+    assert not r.data["expect_stall"] and r.data["median_ms"] < 4
+
+
+def test_quickack_once_does_not_stick():
+    r = nagle(requests=8, quickack="once")
+    nagle.check(r)
+    assert 30 <= r.data["median_ms"] <= 60
+
+
+def test_summary_ratio():
+    runs = {"default": nagle(requests=6), "nodelay": nagle(requests=6, nodelay=True)}
+    t = summary(runs)
+    assert t.loc["nodelay", "default ÷ this"] >= 10
+
+
+def test_bad_values_are_refused():
+    with pytest.raises(ParameterError):
+        nagle(quickack="always")
+    with pytest.raises(ParameterError):
+        nagle(requests=1000)
+
+
+def test_trace_replay_every_setting(replay_mode):
+    assert set(TRACE_SETTINGS) <= set(SETTINGS)
+    for params in nagle_trace.grid():
+        r = nagle_trace(**params)
+        assert r.mode == "replay"
+        nagle_trace.check(r)
+        tl = request_timeline(r)
+        assert len(tl) == 5
+
+
+def test_trace_ladder_of_a_stalled_request(replay_mode):
+    from helpers import plots
+    r = nagle_trace(setting="default")
+    k = stalled_request(r)
+    assert k > 1
+    seg = request_segments(r, k)
+    fig = plots.ladder(seg)
+    gaps = [t.get_text() for t in fig.findobj(lambda a: getattr(a, "get_gid", lambda: None)() == "ladder-gap")]
+    assert gaps and any("ms" in g for g in gaps), "the ~40 ms pause is drawn"
+
+
+@needs_live
+def test_trace_live(live_mode):
+    r = nagle_trace(setting="quickack_once")
+    assert r.mode == "live" and r.pcap.exists()
+    nagle_trace.check(r)
