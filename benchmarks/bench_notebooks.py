@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""How long each notebook takes (live and replay) and how long a panel takes to answer.
+"""How long each notebook takes (live and replay) and how long each chapter's panel takes to
+answer one change: the median over the experiment's recorded grid, and the median with its
+default values.
 
     .venv/bin/python benchmarks/bench_notebooks.py [--repeat 5] [--panels-only] [PANEL ...]
 
@@ -36,11 +38,17 @@ PANELS = [
     ("01_03 accept queue", "helpers.experiments.queues", "accept_queue", "render"),
     ("01_04 SYN flood", "helpers.experiments.synflood", "syn_flood", "render"),
     ("01_05 reuseport", "helpers.experiments.reuseport", "reuseport_spread", "render"),
+    ("02_01 buffers", "helpers.experiments.buffers", "queue_capacity", "render"),
+    ("02_02 zero window", "helpers.experiments.flowcontrol", "zero_window", "render"),
+    ("02_03 nagle", "helpers.experiments.nagle", "nagle", "render"),
+    ("02_04 streams", "helpers.experiments.framing", "streams", "render_streams"),
 ]
 
 
-def panel_seconds(mode: str, repeat: int, module: str, name: str, render: str) -> list[float]:
-    """Seconds per panel.update over the experiment's recorded grid (cycled), in *mode*."""
+def panel_seconds(mode: str, repeat: int, module: str, name: str, render: str,
+                  default: bool = False) -> list[float]:
+    """Seconds per panel.update in *mode*: over the experiment's recorded grid (cycled), or
+    *repeat* times with its default values (what a learner sees first) when *default*."""
     import importlib
     os.environ["TCPCOURSE_MODE"] = mode
     from helpers import caps
@@ -52,7 +60,7 @@ def panel_seconds(mode: str, repeat: int, module: str, name: str, render: str) -
     mod = importlib.import_module(module)
     exp = getattr(mod, name)
     panel = Panel(exp, exp.params, render=getattr(mod, render))
-    grid = exp.grid()
+    grid = [{}] if default else exp.grid()
     times = []
     for i in range(repeat):
         params = grid[i % len(grid)]
@@ -74,14 +82,15 @@ def main() -> int:
     for path in [] if args.panels_only else sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
         cells = [f"{run_notebook(path, m):8.1f}s" for m in modes]
         print(f"{path.stem:45s} " + " ".join(cells), flush=True)
-    print(f"\n{'panel':45s} {'median':>9s} {'max':>9s}   runs")
+    print(f"\n{'panel':45s} {'mode':>7s} {'grid median':>12s} {'max':>7s} {'default':>8s}   runs")
     for label, module, name, render in PANELS:
         if args.panels and not any(p in label for p in args.panels):
             continue
         for m in modes:
             t = panel_seconds(m, args.repeat, module, name, render)
-            print(f"{label + ' (' + m + ')':45s} {statistics.median(t):8.2f}s {max(t):8.2f}s   {len(t)}",
-                  flush=True)
+            d = panel_seconds(m, args.repeat, module, name, render, default=True)
+            print(f"{label:45s} {m:>7s} {statistics.median(t):11.2f}s {max(t):6.2f}s "
+                  f"{statistics.median(d):7.2f}s   {len(t)}+{len(d)}", flush=True)
     return 0
 
 

@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
-"""Chapter 01_04: how fast the flood path sends SYNs, and how long the panel takes.
+"""Chapter 01_04: how fast the flood path sends SYNs.
 
-    .venv/bin/python benchmarks/bench_synflood.py [--count 20000] [--scapy-count 2000] [--repeat 5]
+    .venv/bin/python benchmarks/bench_synflood.py [--count 20000] [--scapy-count 2000]
 
-Needs root (a course namespace and a raw socket) for the send rates and the live panel;
-the replay panel runs anywhere. In one run, inside one course namespace whose listener
+Needs root (a course namespace and a raw socket). In one run, inside one course namespace whose listener
 answers with SYN cookies (listen(16), tcp_syncookies=1, as in the chapter):
 
 1. the course's flood path (:func:`helpers.experiments.synflood.send_flood`): SYNs built
@@ -13,15 +12,14 @@ answers with SYN cookies (listen(16), tcp_syncookies=1, as in the chapter):
    scapy, run in a thread that entered the namespace.
 
 Both are guarded by the same ``check_flood_target`` and counted on the receiving side
-(half-open entries + SyncookiesSent inside the namespace), so a path that lost packets cannot look fast. Then the
-panel: seconds per ``Panel.update`` over the recorded grid, median of --repeat, live and
-replay. Numbers are wall-clock on this machine: compare them as ratios within one run.
+(half-open entries + SyncookiesSent inside the namespace), so a path that lost packets
+cannot look fast. Numbers are wall-clock on this machine: compare them as ratios within one
+run. The panel's re-run time is in ``benchmarks/bench_notebooks.py`` with the other panels.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -88,34 +86,10 @@ def rates(count: int, scapy_count: int) -> list[dict]:
     return rows
 
 
-def panel_seconds(mode: str, repeat: int) -> list[tuple[dict, float]]:
-    os.environ["TCPCOURSE_MODE"] = mode
-    from helpers import caps
-    caps.capabilities.cache_clear()
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from helpers.widgets import Panel
-
-    exp = synflood.syn_flood
-    panel = Panel(exp, exp.params, render=synflood.render)
-    settings = [{"cookies": 0, "flood": 2000, "backlog": 16}, {"cookies": 1, "flood": 2000, "backlog": 1024}]
-    out = []
-    for params in settings:
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            panel.update(**params)
-            out.append((params, time.perf_counter() - t0))
-            plt.close("all")
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=synflood.MAX_FLOOD, help="SYNs for the raw-socket path")
     ap.add_argument("--scapy-count", type=int, default=2000, help="SYNs for scapy's send() (slow)")
-    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     root = os.geteuid() == 0
     if root:
@@ -130,16 +104,8 @@ def main() -> int:
             if r["received"] < r["packets"]:
                 print(f"WARNING: {r['path']}: only {r['received']} of {r['packets']} SYNs arrived")
     else:
-        print("not root: send rates and the live panel need a namespace; replay panel only")
-    print(f"\n{'panel':10s} {'setting':40s} {'median s':>9s} {'max s':>7s} runs")
-    for mode in (["live", "replay"] if root else ["replay"]):
-        times = panel_seconds(mode, args.repeat)
-        for setting in {str(p) for p, _ in times}:
-            t = [s for p, s in times if str(p) == setting]
-            print(f"{mode:10s} {setting:40s} {statistics.median(t):9.2f} {max(t):7.2f} {len(t)}")
-        allt = [s for _, s in times]
-        print(f"{mode:10s} {'all':40s} {statistics.median(allt):9.2f} {max(allt):7.2f} {len(allt)}"
-              f"   (target median <= 1 s: {'met' if statistics.median(allt) <= 1 else 'NOT met'})")
+        print("not root: the send rates need a course namespace and a raw socket")
+    print("\nseconds per panel re-run: benchmarks/bench_notebooks.py --panels-only 'SYN flood'")
     return 0
 
 
