@@ -1,7 +1,8 @@
 """Exercise checkers: a clear ✓ or ✗ with the reason, never an exception.
 
 Each checker prints one line -- ``✓ ...`` when right, ``✗ ...`` with a hint when
-wrong, ``… not answered yet: ...`` while the answer is still ``...`` or ``None`` --
+wrong, ``… not answered yet: ...`` while the answer is still ``...`` or ``None`` (no
+hint then: a hint shown before the first attempt would give answers away) --
 and returns a bool, so a learner always knows where they stand and the notebook keeps
 running. In a Jupyter kernel the same line is also offered as coloured HTML (the
 plain text stays in the notebook file, so nbval compares it).
@@ -81,8 +82,8 @@ def check(condition: Any, ok: str, hint: str) -> bool:
         except Exception as e:  # the learner's expression failed: say so, keep going
             _emit(f"{BAD_MARK} {hint} (your code raised {type(e).__name__}: {e})")
             return False
-    if not_answered(condition):
-        return _todo(f"replace the ... with your answer, then run this cell again. {hint}".strip())
+    if not_answered(condition):   # no hint yet: it only helps after a first attempt
+        return _todo("replace the ... with your answer, then run this cell again.")
     try:
         verdict = bool(condition)
     except Exception as e:  # e.g. an ambiguous numpy array
@@ -222,9 +223,8 @@ def check_value(
     The ✗ line says how the answer is off (too high/low, which item) but not the
     expected value, unless ``reveal=True``. Never raises for a wrong answer.
     """
-    if not_answered(answer):
-        what = f"set `{name}` to your answer (it is still {'...' if answer is Ellipsis else 'None'})"
-        return _todo(f"{what}. {hint}".strip() if hint else what)
+    if not_answered(answer):   # no hint yet: it only helps after a first attempt
+        return _todo(f"set `{name}` to your answer (it is still {'...' if answer is Ellipsis else 'None'})")
     try:
         good, why = _compare(answer, expected, tol, rel)
     except Exception as e:  # a checker must never stop the notebook

@@ -474,6 +474,14 @@ class Panel:
         self._set_status(f"✓ ran in {self.elapsed:.2f} s{note}", _GREEN)
         return result
 
+    def show(self) -> None:
+        """Display what the panel shows (after :meth:`update`) as ordinary cell output, so a
+        saved notebook carries it: figures as images, strings as Markdown."""
+        from IPython.display import display
+
+        for item in self.shown:
+            display(to_output(item)["data"], raw=True)
+
     def _on_progress(self, fraction: float, text: str) -> None:
         """A long experiment reports progress: move the bar, say what it waits for."""
         self.progress_seen.append((fraction, text))

@@ -343,3 +343,23 @@ def test_panel_asks_the_experiment_whether_it_replays(monkeypatch):
     assert Panel(handshake, handshake.params).replaying
     assert not Panel(kernel_answers, kernel_answers.params).replaying   # needs nothing: always live
     assert not Panel(lambda **kw: kw, []).replaying                     # a plain function
+
+
+def test_panel_show_displays_strings_as_markdown_and_figures_as_images(monkeypatch):
+    import matplotlib.pyplot as plt
+    from helpers.widgets import Panel
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda obj, raw=False: shown.append((obj, raw)))
+
+    def run():
+        return 1
+
+    def render(_):
+        fig, ax = plt.subplots()
+        return ["**bold** note", fig]
+
+    panel = Panel(run, [], render=render)
+    panel.update()
+    panel.show()
+    assert [sorted(d) for d, _ in shown] == [["text/markdown", "text/plain"], ["image/png", "text/plain"]]
+    assert all(raw for _, raw in shown)
