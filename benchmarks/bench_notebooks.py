@@ -42,6 +42,8 @@ PANELS = [
     ("02_02 zero window", "helpers.experiments.flowcontrol", "zero_window", "render"),
     ("02_03 nagle", "helpers.experiments.nagle", "nagle", "render"),
     ("02_04 streams", "helpers.experiments.framing", "streams", "render_streams"),
+    ("02_05 backpressure", "helpers.experiments.backpressure", "producer_memory", "render"),
+    ("02_06 sendfile", "helpers.experiments.sendfile", "sendfile_methods", "render"),
 ]
 
 

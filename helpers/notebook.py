@@ -48,6 +48,17 @@ def mode_banner(needs=("live_capture",)) -> Banner:
     return Banner(f"LIVE: this machine can {doing}; every experiment below runs now.", True)
 
 
+def show(items) -> None:
+    """Display a render() list as ordinary cell output: figures as images (closed afterwards,
+    so the inline backend does not show them a second time), strings as Markdown, tables and
+    results with their rich views."""
+    from IPython.display import display
+
+    from .widgets import to_output
+    for item in items:
+        display(to_output(item)["data"], raw=True)
+
+
 def nothing_left_behind() -> list[str]:
     """Close a notebook: stop whatever the course started here, then list what remains of it
     (capture processes started by this kernel, course namespaces). An empty list is good."""

@@ -477,10 +477,9 @@ class Panel:
     def show(self) -> None:
         """Display what the panel shows (after :meth:`update`) as ordinary cell output, so a
         saved notebook carries it: figures as images, strings as Markdown."""
-        from IPython.display import display
+        from .notebook import show
 
-        for item in self.shown:
-            display(to_output(item)["data"], raw=True)
+        show(self.shown)
 
     def _on_progress(self, fraction: float, text: str) -> None:
         """A long experiment reports progress: move the bar, say what it waits for."""

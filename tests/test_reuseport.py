@@ -5,9 +5,11 @@ import threading
 import pytest
 
 from helpers.errors import ParameterError
-from helpers.experiments.reuseport import (accept_sharing, chi2_sf, chi_square, close_table, render,
+from helpers.experiments.reuseport import (JOIN_PROBES, OTHER_USER_CASE, SAME_USER_CASE, accept_sharing,
+                                           chi2_sf, chi_square, close_table, join_table, render,
                                            reuseport_close, reuseport_hash, reuseport_join,
-                                           reuseport_spread, sharing_table, spread_table)
+                                           reuseport_spread, sharing_plot, sharing_table, slow_wait_band,
+                                           spread_table)
 
 from conftest import needs_netns
 
@@ -69,7 +71,9 @@ def test_spread_one_listener_and_many():
     assert r1.data["counts"] == [200] and r1.data["chi_square"]["p_value"] is None
     r16 = reuseport_spread(n=16, connections=500)
     reuseport_spread.check(r16)
-    assert len(r16.data["first_batch"]["ss_listen"]) == 16
+    rows = r16.data["first_batch"]["ss_listen"]
+    assert sorted(r["listener"] for r in rows) == list(range(16)), "every ss row matched to a listener"
+    assert [r["listener"] for r in rows] == list(range(15, -1, -1)), "ss lists the newest listener first"
 
 
 @pytest.mark.parametrize("bad", [0, 17, "x", 2.5, None])
@@ -84,12 +88,36 @@ def test_hash_is_a_function_of_the_tuple():
     assert all(len(set(row["first"])) == 1 for row in r.data["rows"])
 
 
+def test_hash_deals_ports_evenly_over_the_listeners():
+    r = reuseport_hash(n=8, sources=16, repeats=2)
+    reuseport_hash.check(r)
+    firsts = [row["first"][0] for row in r.data["rows"]]
+    assert sorted(firsts) == sorted(list(range(8)) * 2), "two client ports per listener, listener 0 included"
+    assert r.data["probes"] >= 16
+    assert all(20000 <= row["sport"] < 30000 for row in r.data["rows"]), "client ports below the ephemeral range"
+
+
 def test_join_needs_the_option_on_both_sockets():
     r = reuseport_join()
     reuseport_join.check(r)
     got = {c["case"]: c["bind"] for c in r.data["cases"]}
     assert got["both set SO_REUSEPORT"] == "ok"
     assert got["only the newcomer set it"] == got["only the first set it"] == "EADDRINUSE"
+    assert got["the first set it after bind()"] == got["the first set it after listen()"] == "ok"
+    assert got[SAME_USER_CASE] == "ok", "the control: a child process of the same user may join"
+    t = join_table(r)
+    shared = t.dropna(subset=["accepted by first"])
+    assert len(shared) == 3 and ((shared["accepted by first"] + shared["accepted by newcomer"]) == JOIN_PROBES).all()
+
+
+def test_join_other_user_is_refused():
+    import os
+    r = reuseport_join()
+    got = {c["case"]: c["bind"] for c in r.data["cases"]}
+    if os.geteuid() == 0:
+        assert got[OTHER_USER_CASE] == "EADDRINUSE", "same-user rule"
+    else:
+        assert got[OTHER_USER_CASE].startswith("not measured")
 
 
 def test_accept_sharing_slow_worker():
@@ -98,6 +126,12 @@ def test_accept_sharing_slow_worker():
     accept_sharing.check(r)
     t = sharing_table(r)
     assert t["connections"].sum() == 2 * 200
+    lo, hi = slow_wait_band(r.data)
+    assert lo <= r.data["reuseport"]["wait"][0]["median_ms"] <= hi
+    fig = sharing_plot(r)
+    assert len(fig.axes) == 2
+    import matplotlib.pyplot as plt
+    plt.close(fig)
     assert threading.active_count() == before, "every worker thread is joined"
 
 

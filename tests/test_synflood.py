@@ -12,7 +12,8 @@ from helpers import netns
 from helpers.errors import ParameterError, UnsafeTargetError
 from helpers.experiments import synflood
 from helpers.experiments.synflood import (MAX_FLOOD, MAX_SECONDS, build_syns, check_flood_target,
-                                          queue_caps, send_bounded, send_flood, syn_cookie_anatomy, syn_flood)
+                                          half_open_lifetime, queue_caps, send_bounded, send_flood,
+                                          syn_cookie_anatomy, syn_flood)
 
 from conftest import needs_live, needs_netns
 
@@ -222,6 +223,20 @@ def test_cookie_anatomy_live(live_mode):
     syn_cookie_anatomy.check(r)
 
 
+@needs_netns
+@needs_live
+def test_half_open_lifetime_live(live_mode):
+    """About 10 s: the wait is the phenomenon."""
+    from helpers import progress
+
+    seen = []
+    with progress.listening(lambda f, text: seen.append(f)):
+        r = half_open_lifetime()
+    half_open_lifetime.check(r)
+    assert seen and seen[-1] == 1.0 and len(seen) > 20, "a 9 s wait reports its progress"
+    assert not [n for n in netns.list_course_namespaces() if n.startswith(f"tcpcourse-{os.getpid()}-")]
+
+
 # ------------------------------------------------------------------ replay
 def test_syn_flood_replay_every_grid_point(replay_mode):
     grid = syn_flood.grid()
@@ -230,7 +245,14 @@ def test_syn_flood_replay_every_grid_point(replay_mode):
         r = syn_flood(**params)
         assert r.mode == "replay" and "TCPCOURSE_MODE=replay" in r.reason
         syn_flood.check(r)
-        assert len(synflood.render(r)) == 4
+        items = synflood.render(r)
+        assert len(items) == 4 and isinstance(items[1], str)
+        rows = dict(zip(*synflood.outcome_table(r).T.values))
+        assert rows["TcpExtTCPReqQFullDrop (legitimate)"] == str(r.data["counters_legit"]["TcpExtTCPReqQFullDrop"])
+    import matplotlib.pyplot as plt
+    fig = synflood.flood_plot([syn_flood(**p) for p in grid[:3]])
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 3
+    plt.close("all")
 
 
 def test_cookie_anatomy_replay(replay_mode):
@@ -239,6 +261,33 @@ def test_cookie_anatomy_replay(replay_mode):
     syn_cookie_anatomy.check(r)
     t = synflood.probe_table(r)
     assert list(t["ISN − base"][:3]) == [0, 0, 1]
+    assert str(t["TSval"].dtype) == "Int64" and str(t["ISN − base"].dtype) == "Int64"
+    assert t["ISN − base"].isna().sum() == 5, "no difference across 4-tuples (other port, the TS probes)"
+    n = r.data["normal"]["server_snd_mss"]
+    assert n == synflood.client_max_window(r, "normal") // 2, "half the client's largest window"
+
+
+def test_half_open_lifetime_replay(replay_mode):
+    r = half_open_lifetime()
+    assert r.mode == "replay"
+    half_open_lifetime.check(r)
+    t = synflood.lifetime_table(r)
+    assert list(t["entries dropped"]) == [9, 0]
+    import matplotlib.pyplot as plt
+    synflood.lifetime_plot(r)
+    plt.close("all")
+
+
+def test_lifetime_invariant_rejects_63_s_story(replay_mode):
+    """The invariant fails on data where the flooded entries all survived."""
+    import copy
+
+    r = half_open_lifetime()
+    bad = copy.deepcopy(r)
+    small = bad.data["listeners"][0]
+    small["entries_end"], small["dropped_at"] = 17, None
+    with pytest.raises(AssertionError):
+        half_open_lifetime.check(bad)
 
 
 def test_replay_refuses_unrecorded_flood(replay_mode):

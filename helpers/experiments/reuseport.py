@@ -7,10 +7,12 @@ Five experiments, all on 127.0.0.1 (the last one inside a private network namesp
   equally likely". Also the kernel's view of the N separate accept queues (TCP_INFO of each
   listener, and ``ss``: N LISTEN rows on one port).
 - :func:`reuseport_hash`: the listener is picked from a hash of the 4-tuple, so the same
-  client port always lands on the same listener; doubling the group maps listener i to
+  client port (picked below the ephemeral range, dealt evenly over the listeners) always
+  lands on the same listener; doubling the group maps listener i to
   2i or 2i+1 (the kernel scales the 32-bit hash to the group size: ``hash * N >> 32``).
-- :func:`reuseport_join`: who may bind the port a second time (EADDRINUSE unless every
-  socket, old and new, set SO_REUSEPORT before bind; SO_REUSEADDR is not enough).
+- :func:`reuseport_join`: who may bind the port a second time (EADDRINUSE unless both
+  sockets have SO_REUSEPORT set when the newcomer binds -- the first may set it even after
+  listen() on this kernel -- and belong to the same user; SO_REUSEADDR is not enough).
 - :func:`accept_sharing`: the same load with one worker made slow, served by (a) N
   SO_REUSEPORT listeners with one thread each, and (b) one shared listener with N threads
   blocked in accept(). The hash ignores load: the slow listener still gets its 1/N share,
@@ -27,11 +29,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import random
+import select
 import socket
 import struct
 import threading
 import time
+import warnings
 from typing import Iterator, Sequence
 
 from .. import progress
@@ -205,11 +210,28 @@ def _connect(port: int, *, bind_port: int = 0, ns=None, timeout: float = 2.0) ->
     return c
 
 
-def _listen_rows(port: int) -> list[dict]:
-    from ..kernel import ss
-    view = ss(state="LISTEN", sport=port)
-    return [{"recv_q": int(r["recv_q"]), "send_q": int(r["send_q"]), "local": f"{r['local']}:{r['lport']}"}
-            for _, r in view.iterrows()]
+def _listen_rows(port: int, group: Sequence[socket.socket] = ()) -> list[dict]:
+    """The LISTEN rows ``ss`` prints for *port*, in ss's order, each matched to its listener
+    in *group* (index in listen() order) by the socket's inode (``ss -e`` prints ``ino:``;
+    Python's ``os.fstat(sock.fileno()).st_ino`` is the same number)."""
+    import re
+    import subprocess
+
+    from ..kernel import _require_ss
+    _require_ss()
+    index = {os.fstat(s.fileno()).st_ino: i for i, s in enumerate(group)}
+    out = subprocess.run(["ss", "-tlnHe", f"sport = :{int(port)}"], capture_output=True, text=True,
+                         timeout=10).stdout
+    rows = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 4:
+            continue
+        m = re.search(r"\bino:(\d+)", line)
+        ino = int(m.group(1)) if m else None
+        rows.append({"listener": index.get(ino), "recv_q": int(f[1]), "send_q": int(f[2]), "local": f[3],
+                     "ino": ino})
+    return rows
 
 
 # ======================================================================================
@@ -234,8 +256,12 @@ def check_spread(result: Result) -> None:
     assert all(b == d["backlog"] for b in first["backlogs"]), "each listener keeps its own backlog"
     rows = first["ss_listen"]
     assert len(rows) == d["n"], f"ss shows one LISTEN row per listener on the port: {len(rows)} for {d['n']}"
-    assert sorted(r["recv_q"] for r in rows) == sorted(first["queues"]), \
-        "ss Recv-Q of the LISTEN rows = the TCP_INFO accept-queue lengths"
+    assert sorted(r["listener"] for r in rows) == list(range(d["n"])), \
+        f"each LISTEN row of ss is one of the listeners (matched by inode): {[r['listener'] for r in rows]}"
+    for r in rows:
+        assert r["recv_q"] == first["queues"][r["listener"]], \
+            f"listener {r['listener']}: ss Recv-Q {r['recv_q']} = its TCP_INFO accept-queue length " \
+            f"{first['queues'][r['listener']]}"
     _assert_uniform(counts, "reuseport spread")
 
 
@@ -266,7 +292,7 @@ def reuseport_spread(run, n: int = 4, connections: int = 1000) -> dict:
                 if not first:
                     q = [_queue(s) for s in group]
                     first = {"size": size, "queues": [a for a, _ in q], "backlogs": [b for _, b in q],
-                             "ss_listen": _listen_rows(port)}
+                             "ss_listen": _listen_rows(port, group)}
                 for i, s in enumerate(group):
                     counts[i] += _drain(s, lambda conn, addr: _abort(conn))
             finally:
@@ -378,6 +404,9 @@ def check_hash(result: Result) -> None:
         assert len(set(r["doubled"])) == 1, f"client port {r['sport']} landed on listeners {r['doubled']} after doubling"
     firsts = [r["first"][0] for r in rows]
     assert len(set(firsts)) >= 2, "different client ports should reach different listeners"
+    if d["sources"] >= d["n"]:
+        assert set(firsts) == set(range(d["n"])), \
+            f"client ports were picked until every listener of {d['n']} had some: got {sorted(set(firsts))}"
     for r in rows:
         assert r["doubled"][0] // 2 == r["first"][0], \
             f"client port {r['sport']}: listener {r['first'][0]} of {d['n']} became {r['doubled'][0]} of " \
@@ -395,17 +424,34 @@ def reuseport_hash(run, n: int = 4, sources: int = 16, repeats: int = 4) -> dict
     """Connect *repeats* times from each of *sources* fixed client ports to a group of *n*
     listeners; then add *n* more listeners to the group and connect from the same ports again.
 
-    The server closes each connection with an RST, so the client port is free again at once.
+    Client ports are drawn at random from FIXED_PORTS; a port is kept only if its listener has
+    no more ports yet than any other (otherwise skipped), so the ports are dealt evenly and the
+    table shows every listener, listener 0 included. The server closes each connection
+    with an RST, so the client port is free again at once.
     """
     rows = []
     rng = random.Random()
+    taken = [0] * n
+    used: set[int] = set()
+    probes = 0
     with reuseport_group(n) as group:
         port = group[0].getsockname()[1]
-        for k in range(sources):
+        while len(rows) < sources and probes < 20 * sources:
+            probes += 1
             sport = _pick_client_port(rng)
-            seen = [_which_listener(group, port, sport)[0] for _ in range(repeats)]
+            if sport in used:
+                continue
+            used.add(sport)
+            first = _which_listener(group, port, sport)[0]
+            if taken[first] > min(taken):
+                continue                            # that listener is ahead of another one: skip
+            taken[first] += 1
+            seen = [first] + [_which_listener(group, port, sport)[0] for _ in range(repeats - 1)]
             rows.append({"sport": sport, "first": seen})
-            progress.report(0.5 * (k + 1) / sources, "group of N")
+            progress.report(0.5 * len(rows) / sources, "group of N")
+        if len(rows) < sources:
+            raise CourseError(f"after {probes} client ports the listeners had {taken}, not {sources} in all.",
+                              "run the experiment again; if it persists, report the kernel version.")
         more = []
         try:
             for _ in range(n):
@@ -417,7 +463,8 @@ def reuseport_hash(run, n: int = 4, sources: int = 16, repeats: int = 4) -> dict
         finally:
             for s in more:
                 s.close()
-    return {"n": n, "port": port, "sources": sources, "repeats": repeats, "rows": rows}
+    rows.sort(key=lambda r: (r["first"][0], r["sport"]))
+    return {"n": n, "port": port, "sources": sources, "repeats": repeats, "probes": probes, "rows": rows}
 
 
 def hash_table(result: Result):
@@ -434,13 +481,19 @@ def hash_table(result: Result):
 # 3. who may join the group
 # ======================================================================================
 JOIN_CASES = [
-    # label, option on the first socket, option on the newcomer
-    ("both set SO_REUSEPORT", "SO_REUSEPORT", "SO_REUSEPORT"),
-    ("only the first set it", "SO_REUSEPORT", None),
-    ("only the newcomer set it", None, "SO_REUSEPORT"),
-    ("neither set it", None, None),
-    ("both set SO_REUSEADDR instead", "SO_REUSEADDR", "SO_REUSEADDR"),
+    # label, option on the first socket, when the first socket sets it, option on the newcomer
+    ("both set SO_REUSEPORT", "SO_REUSEPORT", "before bind()", "SO_REUSEPORT"),
+    ("only the first set it", "SO_REUSEPORT", "before bind()", None),
+    ("only the newcomer set it", None, "-", "SO_REUSEPORT"),
+    ("neither set it", None, "-", None),
+    ("both set SO_REUSEADDR instead", "SO_REUSEADDR", "before bind()", "SO_REUSEADDR"),
+    ("the first set it after bind()", "SO_REUSEPORT", "after bind()", "SO_REUSEPORT"),
+    ("the first set it after listen()", "SO_REUSEPORT", "after listen()", "SO_REUSEPORT"),
 ]
+OTHER_USER_CASE = "newcomer of another user (nobody)"
+SAME_USER_CASE = "newcomer in a child process, same user"
+NOBODY = 65534
+JOIN_PROBES = 40             # connections made to a pair that shares the port: who accepts them
 
 
 def _opt(sock: socket.socket, name: str | None) -> None:
@@ -448,32 +501,124 @@ def _opt(sock: socket.socket, name: str | None) -> None:
         sock.setsockopt(socket.SOL_SOCKET, getattr(socket, name), 1)
 
 
+def _bind_as_user(port: int, uid: int = NOBODY, timeout: float = 5.0) -> str:
+    """In a forked child running as *uid*: a socket sets SO_REUSEPORT and binds 127.0.0.1:*port*.
+    Returns "ok" or the errno name of bind(); "not measured: ..." when this process may not
+    change its user (that needs root). The child does nothing but these system calls."""
+    if uid != os.geteuid() and os.geteuid() != 0:
+        return "not measured: needs root"
+    rfd, wfd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)      # fork() in a threaded process
+        pid = os.fork()
+    if pid == 0:                                                # the child: never returns
+        code = "not measured: the child failed"
+        try:
+            os.close(rfd)
+            try:
+                if uid != os.geteuid():
+                    os.setgroups([])
+                    os.setresgid(uid, uid, uid)
+                    os.setresuid(uid, uid, uid)
+            except OSError:
+                code = "not measured: cannot change user"
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                try:
+                    s.bind((HOST, port))
+                    code = "ok"
+                except OSError as exc:
+                    code = errno.errorcode.get(exc.errno, str(exc.errno))
+                s.close()
+        finally:
+            try:
+                os.write(wfd, code.encode())
+            finally:
+                os._exit(0)
+    os.close(wfd)
+    try:
+        ready, _, _ = select.select([rfd], [], [], timeout)
+        answer = os.read(rfd, 200).decode() if ready else "not measured: the child did not answer"
+    finally:
+        os.close(rfd)
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if not done:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    return answer or "not measured: the child did not answer"
+
+
+def _who_accepts(first: socket.socket, second: socket.socket, port: int) -> tuple[int, int]:
+    """JOIN_PROBES connections to the shared port: how many each of the two listeners accepts."""
+    hits = [0, 0]
+    for _ in range(JOIN_PROBES):
+        c = _connect(port)
+        try:
+            got = 0
+            deadline = time.monotonic() + 1.0
+            while not got and time.monotonic() < deadline:
+                for k, s in enumerate((first, second)):
+                    n = _drain(s, lambda conn, addr: _abort(conn))
+                    hits[k] += n
+                    got += n
+        finally:
+            c.close()
+    return hits[0], hits[1]
+
+
 def check_join(result: Result) -> None:
     rows = {r["case"]: r for r in result.data["cases"]}
-    ok = rows["both set SO_REUSEPORT"]
-    assert ok["bind"] == "ok" and ok["listen"] == "ok", "two sockets that both set SO_REUSEPORT share the port"
-    for case, r in rows.items():
-        if case != "both set SO_REUSEPORT":
-            assert r["bind"] == "EADDRINUSE", f"{case}: bind() should fail with EADDRINUSE, got {r['bind']}"
+    for case in ("both set SO_REUSEPORT", "the first set it after bind()", "the first set it after listen()"):
+        r = rows[case]
+        assert r["bind"] == "ok" and r["listen"] == "ok", f"{case}: the newcomer should share the port"
+        assert r["accepted by first"] + r["accepted by newcomer"] == JOIN_PROBES and \
+            min(r["accepted by first"], r["accepted by newcomer"]) > 0, \
+            f"{case}: both listeners should accept some of the {JOIN_PROBES} connections, " \
+            f"got {r['accepted by first']} and {r['accepted by newcomer']}"
+    for case in ("only the first set it", "only the newcomer set it", "neither set it",
+                 "both set SO_REUSEADDR instead"):
+        r = rows[case]
+        assert r["bind"] == "EADDRINUSE", f"{case}: bind() should fail with EADDRINUSE, got {r['bind']}"
+    same = rows.get(SAME_USER_CASE)
+    if same is not None and not same["bind"].startswith("not measured"):
+        assert same["bind"] == "ok", f"{SAME_USER_CASE}: bind() should succeed, got {same['bind']}"
+    other = rows.get(OTHER_USER_CASE)
+    if other is not None and not other["bind"].startswith("not measured"):
+        assert other["bind"] == "EADDRINUSE", \
+            f"{OTHER_USER_CASE}: bind() should fail with EADDRINUSE (same-user rule), got {other['bind']}"
 
 
 @experiment("reuseport_join", chapter="01_05", invariant=check_join,
-            claim="a second socket can bind a listening port only if both set SO_REUSEPORT; otherwise EADDRINUSE")
+            claim="a second socket can bind a listening port only if both have SO_REUSEPORT set when it binds "
+                  "(the first may set it even after listen()) and both belong to the same user; "
+                  "otherwise EADDRINUSE")
 def reuseport_join(run) -> dict:
-    """For each case, a first socket binds and listens on a port; a second socket sets its
-    options and tries bind() and listen() on the same port. Records the errno of each call."""
+    """For each case, a first socket binds and listens on a port (setting its option before
+    bind(), after bind() or after listen()); a second socket sets its option and tries bind()
+    and listen() on the same port. Records the errno of each call and, when both listen,
+    how many of JOIN_PROBES connections each accepts. Then two newcomers created by a forked
+    child process (it only binds): one of the same user (the control), and, as root, one
+    running as user nobody (uid 65534)."""
     cases = []
-    for label, first_opt, new_opt in JOIN_CASES:
+    for label, first_opt, when, new_opt in JOIN_CASES:
         first = _new()
         second = _new()
         try:
-            _opt(first, first_opt)
+            if when == "before bind()":
+                _opt(first, first_opt)
             first.bind((HOST, 0))
+            if when == "after bind()":
+                _opt(first, first_opt)
             first.listen(8)
+            if when == "after listen()":
+                _opt(first, first_opt)
             port = first.getsockname()[1]
             _opt(second, new_opt)
-            row = {"case": label, "first": first_opt or "-", "newcomer": new_opt or "-", "port": port,
-                   "bind": "ok", "listen": "-"}
+            row = {"case": label, "first": first_opt or "-", "first sets it": when, "newcomer": new_opt or "-",
+                   "port": port, "bind": "ok", "listen": "-", "accepted by first": None,
+                   "accepted by newcomer": None}
             try:
                 second.bind((HOST, port))
             except OSError as exc:
@@ -484,11 +629,32 @@ def reuseport_join(run) -> dict:
                     row["listen"] = "ok"
                 except OSError as exc:
                     row["listen"] = errno.errorcode.get(exc.errno, str(exc.errno))
+                else:
+                    row["accepted by first"], row["accepted by newcomer"] = _who_accepts(first, second, port)
             cases.append(row)
         finally:
             second.close()
             first.close()
-    return {"cases": cases}
+    first = _listener(0)
+    try:
+        port = first.getsockname()[1]
+        for label, uid in ((SAME_USER_CASE, os.geteuid()), (OTHER_USER_CASE, NOBODY)):
+            cases.append({"case": label, "first": "SO_REUSEPORT", "first sets it": "before bind()",
+                          "newcomer": "SO_REUSEPORT", "port": port, "bind": _bind_as_user(port, uid),
+                          "listen": "-", "accepted by first": None, "accepted by newcomer": None})
+    finally:
+        first.close()
+    return {"cases": cases, "probes": JOIN_PROBES, "root": os.geteuid() == 0}
+
+
+def join_table(result: Result):
+    """One row per case: options, when the first socket set its option, bind()/listen() of the
+    newcomer, and (when both listen) who accepted the probe connections."""
+    import pandas as pd
+    df = pd.DataFrame(result.data["cases"]).drop(columns="port").set_index("case")
+    for col in ("accepted by first", "accepted by newcomer"):
+        df[col] = df[col].astype("Int64")
+    return df
 
 
 # ======================================================================================
@@ -559,8 +725,17 @@ def _serve_mode(mode: str, n: int, connections: int, slow_ms: float) -> dict:
     waits = []
     for a in accepted:
         w = sorted(max(0.0, (t - done_at[p]) * 1000) for p, t in a if p in done_at)
-        waits.append({"median_ms": w[len(w) // 2] if w else None, "max_ms": w[-1] if w else None})
+        waits.append({"median_ms": w[len(w) // 2] if w else None, "max_ms": w[-1] if w else None,
+                      "last_ms": max((t - t0) * 1000 for _, t in a) if a else None})
     return {"mode": mode, "counts": [len(a) for a in accepted], "wait": waits, "seconds": seconds}
+
+
+def slow_wait_band(d: dict) -> tuple[float, float]:
+    """The band for the slow SO_REUSEPORT worker's median wait: its connections arrive almost
+    at once and are taken one per *slow_ms* pause, so the median one waits about
+    (its count / 2) × slow_ms. Band: half to 2.5 times that."""
+    predicted = d["reuseport"]["counts"][0] / 2 * d["slow_ms"]
+    return 0.5 * predicted, 2.5 * predicted
 
 
 def check_sharing(result: Result) -> None:
@@ -578,6 +753,12 @@ def check_sharing(result: Result) -> None:
             "SO_REUSEPORT: connections hashed to the slow listener wait far longer in its queue"
         assert rp["wait"][0]["max_ms"] > 3 * max(max(w["max_ms"] or 0 for w in sh["wait"]), 1.0), \
             "the longest waits are in the slow SO_REUSEPORT listener's own queue, not in the shared one"
+        lo, hi = slow_wait_band(d)
+        assert lo <= rp["wait"][0]["median_ms"] <= hi, \
+            f"the slow listener's clients queue behind one {d['slow_ms']} ms pause each: median wait " \
+            f"{rp['wait'][0]['median_ms']:.0f} ms, expected {lo:.0f}-{hi:.0f} ms"
+        assert max(w["last_ms"] for w in rp["wait"][1:]) < rp["wait"][0]["last_ms"] / 3, \
+            "the fast SO_REUSEPORT workers are done long before the slow one"
 
 
 @experiment("accept_sharing", chapter="01_05",
@@ -592,7 +773,9 @@ def accept_sharing(run, n: int = 4, slow_ms: float = 4, connections: int = 200) 
     """The same *connections* clients served by *n* worker threads, twice: each worker with
     its own SO_REUSEPORT listener, then all workers blocked in accept() on one shared listener.
     Worker 0 is busy for *slow_ms* after each accept. Records per worker: connections taken,
-    and how long they waited between the client's connect() returning and accept()."""
+    how long they waited between the client's connect() returning and accept() (median and
+    max), and when the worker accepted its last connection (``last_ms``, from the first
+    connect())."""
     out = {"n": n, "slow_ms": slow_ms, "connections": connections}
     progress.report(0.0, "SO_REUSEPORT listeners")
     out["reuseport"] = _serve_mode("reuseport", n, connections, slow_ms)
@@ -610,8 +793,24 @@ def sharing_table(result: Result):
         for i, (c, w) in enumerate(zip(d[m]["counts"], d[m]["wait"])):
             rows.append({"setup": label, "worker": f"{i} (slow)" if i == 0 and d["slow_ms"] else str(i),
                          "connections": c, "median wait (ms)": round(w["median_ms"] or 0, 2),
-                         "max wait (ms)": round(w["max_ms"] or 0, 1)})
+                         "max wait (ms)": round(w["max_ms"] or 0, 1),
+                         "last accept at (ms)": round(w["last_ms"] or 0, 1)})
     return pd.DataFrame(rows).set_index(["setup", "worker"])
+
+
+def sharing_plot(result: Result):
+    """Connections per worker in the two setups, side by side, with the equal share dashed."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import bars
+
+    d = result.data
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, (mode, label) in zip(axes, [("reuseport", f"{d['n']} SO_REUSEPORT listeners"),
+                                        ("shared", "1 shared listener")]):
+        bars({("0 slow" if i == 0 and d["slow_ms"] else str(i)): c for i, c in enumerate(d[mode]["counts"])},
+             ylabel="connections accepted", xlabel="worker", expected=d["connections"] / d["n"], title=label, ax=ax)
+    return fig
 
 
 # ======================================================================================

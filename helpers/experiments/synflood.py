@@ -24,6 +24,10 @@ Experiments:
   (statelessness, client ISN, MSS index, the options in the timestamp), what a cookie
   connection costs (MSS 1460 instead of 65495; without timestamps no window scale and
   no SACK), and that an ACK alone, carrying cookie + 1, creates a connection.
+- :func:`half_open_lifetime` (about 9 s, not in the panel): how long unanswered entries
+  live, cookies off: in a queue over half full the kernel drops old entries after 2
+  SYN-ACK retransmissions (about 7 s) until the queue is half full; in an uncrowded
+  queue they get tcp_synack_retries retransmissions.
 """
 from __future__ import annotations
 
@@ -475,6 +479,9 @@ def check_syn_flood(result: Result) -> None:
     # the samples rise to the cap and never pass it
     ys = [s["syn_recv"] for s in d["samples"]]
     assert all(y <= caps["cap"] for y in ys) and ys == sorted(ys), "SYN-RECV grows, never past the cap"
+    for s in d["samples"]:
+        assert s["syn_recv"] + s["TcpExtSyncookiesSent"] + s["TcpExtListenDrops"] == s["sent"], \
+            f"every SYN sent so far is a half-open entry, a cookie or a drop: {s}"
 
 
 @experiment(
@@ -567,6 +574,8 @@ def outcome_table(result: Result):
         ("TcpExtTCPReqQFullDrop (flood)", c["TcpExtTCPReqQFullDrop"]),
         ("TcpExtListenDrops (flood)", c["TcpExtListenDrops"]),
         ("legitimate clients connected", f"{ok}/{len(d['legit'])}"),
+        ("TcpExtTCPReqQFullDrop (legitimate)", cl["TcpExtTCPReqQFullDrop"]),
+        ("TcpExtListenDrops (legitimate)", cl["TcpExtListenDrops"]),
         ("TcpExtSyncookiesSent (legitimate)", cl["TcpExtSyncookiesSent"]),
         ("TcpExtSyncookiesRecv (legitimate)", cl["TcpExtSyncookiesRecv"]),
         ("accept queue (LISTEN Recv-Q)", d["accept_queue"]),
@@ -574,9 +583,13 @@ def outcome_table(result: Result):
     return pd.DataFrame(rows, columns=["measurement", "value"]).astype({"value": str})
 
 
-def flood_plot(results: Sequence[Result] | Result, *, title: str | None = None, ax=None):
-    """SYN-RECV entries (solid) and cookies sent (dotted) against SYNs sent, one colour per
-    run, with each run's cap as a dashed line; symlog y axis, so 17, 193 and 1025 all show."""
+def flood_plot(results: Sequence[Result] | Result, *, title: str | None = None):
+    """One small plot per run, side by side (two per row): what became of each spoofed SYN
+    as the flood went on. Solid: SYN-RECV entries; dotted: cookies sent; dash-dot: SYNs
+    dropped (ListenDrops); thin dashed: the run's cap. A symlog y axis shared by all, so
+    17, 193 and 2000 all show."""
+    import math
+
     import matplotlib.pyplot as plt
 
     from ..plots import PALETTE, use_style
@@ -584,35 +597,42 @@ def flood_plot(results: Sequence[Result] | Result, *, title: str | None = None, 
     use_style()
     if isinstance(results, Result):
         results = [results]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(9.0, 4.6))
-    else:
-        fig = ax.figure
+    n = len(results)
+    ncols = min(n, 2)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.6, 3.0 * nrows + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    series = [("syn_recv", "SYN-RECV entries", PALETTE[0], "-", 2.2),
+              ("TcpExtSyncookiesSent", "SYN cookies sent", PALETTE[2], ":", 2.4),
+              ("TcpExtListenDrops", "SYNs dropped (ListenDrops)", PALETTE[3], "-.", 1.8)]
     top = 1
-    for i, r in enumerate(results):
-        colour = PALETTE[i % len(PALETTE)]
+    for ax, r in zip(axes.flat, results):
         d = r.data
         x = [s["sent"] for s in d["samples"]]
-        y = [s["syn_recv"] for s in d["samples"]]
-        label = f"cookies={d['cookies']}, backlog={d['backlog']}"
-        ax.plot(x, y, color=colour, marker="o" if d["cookies"] else "s", ms=3 if d["cookies"] else 5,
-                mfc=colour if d["cookies"] else "white", label=f"SYN-RECV ({label})",
-                zorder=3 if d["cookies"] else 4)
-        if d["cookies"]:
-            ck = [s["TcpExtSyncookiesSent"] for s in d["samples"]]
-            ax.plot(x, ck, color=colour, ls=":", lw=2, label=f"SyncookiesSent ({label})", zorder=3)
-            top = max(top, max(ck))
-        ax.axhline(d["caps"]["cap"], color=colour, ls="--", lw=1, alpha=0.7)
-        ax.annotate(f"cap {d['caps']['cap']}", (x[-1], d["caps"]["cap"]), textcoords="offset points",
-                    xytext=(-4, 4), ha="right", fontsize=8, color=colour)
-        top = max(top, max(y), d["caps"]["cap"])
-    ax.set_xlabel("spoofed SYNs sent")
-    ax.set_ylabel("entries / cookies (symlog scale)")
-    ax.set_yscale("symlog", linthresh=10)
-    ax.set_ylim(0, top * 2)
-    ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:,.0f}")
-    ax.set_title(title or "Half-open entries (SYN-RECV) during the flood")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        for key, label, colour, ls, lw in series:
+            y = [s[key] for s in d["samples"]]
+            ax.plot(x, y, color=colour, ls=ls, lw=lw, marker="o", ms=2.5, label=label)
+            top = max(top, max(y))
+        cap = d["caps"]["cap"]
+        ax.axhline(cap, color="#777777", ls="--", lw=0.8, label="the queue's cap")
+        ax.annotate(f"cap {cap}", (0, cap), textcoords="offset points", xytext=(2, 3), fontsize=8,
+                    color="#555555")
+        ax.set_title(f"cookies {'on' if d['cookies'] else 'off'}, listen({d['backlog']})", fontsize=10)
+        top = max(top, cap)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("spoofed SYNs sent")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("count (symlog)")
+    ax0 = axes.flat[0]
+    ax0.set_yscale("symlog", linthresh=10)
+    ax0.set_ylim(0, top * 2)
+    ax0.yaxis.set_major_formatter(lambda v, _pos: f"{v:,.0f}")
+    handles, labels = ax0.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8)
+    fig.suptitle(title or "What became of each spoofed SYN", fontsize=11)
+    fig.tight_layout()
     return fig
 
 
@@ -623,7 +643,7 @@ def render(result: Result) -> list:
     note = (f"{d['flood']['sent']} SYNs in {d['flood']['send_seconds'] * 1000:.1f} ms of sending; "
             f"SYN-RECV stopped at **{d['ss_syn_recv']}**; legitimate clients: **{ok}/{len(d['legit'])}**.")
     return [result, note, outcome_table(result),
-            flood_plot(result, title=f"cookies={d['cookies']}, backlog={d['backlog']}, flood={d['flood_size']}")]
+            flood_plot(result, title=f"What became of each of {d['flood_size']} spoofed SYNs")]
 
 
 # ======================================================================================
@@ -681,25 +701,32 @@ def probe_table(result: Result):
     synacks = df[(df["flags"] == "SYN+ACK") & pd.Series([(a, b) in targets for a, b in zip(df["dst"], df["dport"])],
                                                         index=df.index)]
     synacks = synacks.iloc[: len(PROBES)]
-    base = None
+    base = base_to = None
     rows = []
     for probe, (_, sa) in zip(d["probes"], synacks.iterrows()):
         isn = int(sa["seq_raw"])
+        to = f"{sa['dst']}:{sa['dport']}"
         if base is None:
-            base = isn
-        diff = (isn - base + 2**31) % 2**32 - 2**31
+            base, base_to = isn, to
+        # the difference means something only for the same 4-tuple (same hashes)
+        diff = (isn - base + 2**31) % 2**32 - 2**31 if to == base_to else None
         ts = None if pd.isna(sa["tsval"]) else int(sa["tsval"])
         mss = probe["mss"]
-        rows.append({"probe": probe["label"], "to": f"{sa['dst']}:{sa['dport']}", "client ISN": probe["seq"],
+        rows.append({"probe": probe["label"], "to": to, "client ISN": probe["seq"],
                      "client MSS": mss, "cookie ISN": isn, "ISN − base": diff,
                      "MSS index": mss_index(mss), "TSval": ts,
                      "TSval & 63": None if ts is None else ts & 63,
                      "expected bits": None if ts is None else ts_options(probe["wscale"], probe["sack"])})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    for col in ("ISN − base", "TSval", "TSval & 63", "expected bits"):
+        out[col] = out[col].astype("Int64")
+    return out
 
 
 def check_cookie_anatomy(result: Result) -> None:
     """The cookie claims on one run (live or replayed)."""
+    import pandas as pd
+
     d = result.data
     t = probe_table(result)
     assert len(t) == len(PROBES), f"every crafted SYN gets a SYN-ACK ({len(t)}/{len(PROBES)})"
@@ -712,6 +739,7 @@ def check_cookie_anatomy(result: Result) -> None:
         assert r["ISN − base"] == r["MSS index"] - 3, \
             f"{label}: cookie differs from the MSS-1460 cookie by the MSS index difference"
     assert by["other source port"]["cookie ISN"] != base, "another 4-tuple, another cookie"
+    assert pd.isna(by["other source port"]["ISN − base"]), "no difference shown across 4-tuples"
     ts_rows = t[t["TSval"].notna()]
     assert len(ts_rows) == 4
     for _, r in ts_rows.iterrows():
@@ -747,6 +775,20 @@ def check_cookie_anatomy(result: Result) -> None:
         normal_data = from_srv[from_srv["dport"] == normal["client_port"]]
         assert cookie_data["len"].max() == cookie["server_snd_mss"], "the capture shows 1448-byte segments"
         assert normal_data["len"].max() > 10 * cookie["server_snd_mss"]
+        assert normal["server_snd_mss"] == min(d["lo_mss"] - 12, client_max_window(result, "normal") // 2), \
+            "a normal connection's send MSS: 65483, or half the client's largest window if that is smaller"
+
+
+def client_max_window(result: Result, kind: str) -> int | None:
+    """The largest receive window the client of connection *kind* ("normal" or "cookie")
+    advertised before closing (scaled, from the capture; the SYN's is never scaled)."""
+    if result.pcap is None:
+        return None
+    d = result.data
+    df = result.segments()
+    c = df[(df["sport"] == d[kind]["client_port"]) & (df["dport"] == d["port"])]
+    c = c[~c["flags"].str.contains("SYN|FIN|RST")]
+    return int(c["win"].max())
 
 
 ACK_ONLY = {"src": "10.99.200.3", "sport": 40002, "seq": _S,
@@ -897,3 +939,184 @@ def syn_cookie_anatomy(run) -> dict:
         syn = df[(df["flags"] == "SYN") & (df["sport"] == conns["normal"]["client_port"])]
         data["normal"]["client_syn_mss"] = int(syn["mss"].iloc[0])
     return data
+
+
+# ======================================================================================
+# experiment 3: how long a half-open entry lives
+# ======================================================================================
+#: How long :func:`half_open_lifetime` watches, and how often it reads the queue.
+LIFETIME_WATCH = 9.0
+LIFETIME_STEP = 0.1
+#: The two listeners of :func:`half_open_lifetime`: both hold 17 unanswered entries, one
+#: in a full listen(16) queue (over half full), one in a listen(1024) queue (not).
+LIFETIME_BACKLOGS = (16, 1024)
+LIFETIME_FLOODS = {16: 200, 1024: 17}
+
+
+def synack_times(df, port: int) -> list[list[float]]:
+    """For each spoofed source the listener on *port* answered: its SYN-ACKs' times (s after
+    that source's SYN), in order: the first one, then every retransmission."""
+    syns = df[(df["dport"] == port) & (df["flags"] == "SYN") & df["src"].str.startswith("10.99.")]
+    first = {(r["src"], r["sport"]): r["time"] for _, r in syns.iterrows()}
+    sa = df[(df["sport"] == port) & (df["flags"] == "SYN+ACK") & df["dst"].str.startswith("10.99.")]
+    out: dict[tuple, list[float]] = {}
+    for _, r in sa.iterrows():
+        key = (r["dst"], r["dport"])
+        if key in first:
+            out.setdefault(key, []).append(round(float(r["time"] - first[key]), 3))
+    return [sorted(v) for _, v in sorted(out.items())]
+
+
+def lifetime_table(result: Result):
+    """One row per listener: its entries, how many SYN-ACKs each got, when they were resent,
+    how many the kernel dropped and when."""
+    import pandas as pd
+
+    rows = []
+    for L in result.data["listeners"]:
+        times = L["synack_times"]
+        n = max((len(t) for t in times), default=0)
+        resent = [float(pd.Series([t[i] for t in times if len(t) > i]).median()) for i in range(1, n)]
+        counts = pd.Series([len(t) for t in times]).value_counts().sort_index()
+        rows.append({"listen()": L["backlog"], "spoofed SYNs": L["flood"],
+                     "entries after the flood": L["entries_start"],
+                     "entries by SYN-ACKs received": ", ".join(f"{c} got {k}" for k, c in counts.items()),
+                     "resent at (s, median)": ", ".join(f"{x:.2f}" for x in resent),
+                     "entries dropped": L["entries_start"] - L["entries_end"],
+                     "dropped at (s)": "—" if L["dropped_at"] is None else f"{L['dropped_at']:.1f}",
+                     f"entries left at {result.data['watch_seconds']:.1f} s": L["entries_end"]})
+    return pd.DataFrame(rows)
+
+
+def lifetime_plot(result: Result):
+    """One row per listener: its SYN-RECV entries against time (line) and the SYN-ACKs it
+    resent (bars: how many entries were resent a SYN-ACK at that moment)."""
+    from collections import Counter
+
+    import matplotlib.pyplot as plt
+
+    from ..plots import PALETTE, use_style
+
+    use_style()
+    d = result.data
+    fig, axes = plt.subplots(len(d["listeners"]), 1, figsize=(9.0, 4.6), sharex=True, sharey=True)
+    t = [s["t"] for s in d["samples"]]
+    for ax, L in zip(axes, d["listeners"]):
+        y = [s["syn_recv"][str(L["backlog"])] for s in d["samples"]]
+        rounds = Counter(round(x, 1) for tt in L["synack_times"] for x in tt[1:])
+        ax.bar(list(rounds), list(rounds.values()), width=0.12, color=PALETTE[1], alpha=0.8,
+               label="SYN-ACKs resent (entries)")
+        for x, n in sorted(rounds.items()):
+            ax.annotate(f"{n}", (x, n), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=8)
+        ax.step(t, y, where="post", color=PALETTE[0], lw=2.2, label="SYN-RECV entries")
+        ax.set_title(f"listen({L['backlog']}): {L['flood']} spoofed SYNs, {L['entries_start']} entries kept",
+                     fontsize=10, loc="left")
+        ax.set_ylabel("entries")
+        ax.set_ylim(0, 21)
+    axes[-1].set_xlabel("seconds after the flood")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle("Unanswered half-open entries, cookies off", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def check_half_open_lifetime(result: Result) -> None:
+    """The lifetime claims on one run (live or replayed)."""
+    d = result.data
+    by = {L["backlog"]: L for L in d["listeners"]}
+    small, big = by[16], by[1024]
+    for L in (small, big):
+        assert L["entries_start"] == 17, f"listen({L['backlog']}) holds 17 entries after its flood"
+        assert len(L["synack_times"]) == 17, "each entry's SYN-ACKs are in the capture"
+        for t in L["synack_times"]:
+            assert t[0] < 0.1, "the first SYN-ACK answers the SYN at once"
+            gaps = [b - a for a, b in zip(t, t[1:])]
+            assert all(0.8 * 2 ** i <= g <= 2 ** i + 0.7 for i, g in enumerate(gaps)), \
+                f"retransmissions 1, 2, 4 s apart (exponential backoff): {t}"
+    half = small["backlog"] // 2
+    lens = sorted(len(t) for t in small["synack_times"])
+    assert lens == [3] * (17 - half) + [4] * half, \
+        f"queue over half full: {17 - half} entries dropped after 2 retransmissions, {half} resent a 3rd time ({lens})"
+    assert small["entries_end"] == half, \
+        f"the kernel drops old entries only until the queue is half full ({half}), found {small['entries_end']}"
+    assert small["dropped_at"] is not None and 6.5 <= small["dropped_at"] <= 8.5, \
+        f"the drop comes at the third timeout, about 1 + 2 + 4 = 7 s, not 63 s ({small['dropped_at']})"
+    assert {len(t) for t in big["synack_times"]} == {4}, "an uncrowded queue: a third retransmission at about 7 s"
+    assert big["entries_end"] == 17 and big["dropped_at"] is None, "and every entry is still there at the end"
+    assert d["watch_seconds"] >= 8.8
+    assert d["synack_retries"] >= 3, "the namespace's tcp_synack_retries allows more than 2 retries"
+    if result.pcap is not None:
+        df = result.segments()
+        for L in (small, big):
+            assert synack_times(df, L["port"]) == L["synack_times"], "the recorded times are the capture's"
+
+
+@experiment(
+    "half_open_lifetime", chapter="01_04", needs={"live_capture", "namespaces"},
+    invariant=check_half_open_lifetime, seconds=LIFETIME_WATCH + 0.5,
+    claim="cookies off, unanswered half-open entries of a queue over half full are dropped after "
+          "2 SYN-ACK retransmissions (about 7 s) until the queue is half full; in an uncrowded queue "
+          "all are still there at 9 s",
+)
+def half_open_lifetime(run) -> dict:
+    """Watch two listeners' unanswered half-open entries for :data:`LIFETIME_WATCH` seconds.
+
+    One namespace, tcp_syncookies = 0: a ``listen(16)`` listener gets 200 spoofed SYNs (it
+    keeps 17, a queue over half full) and a ``listen(1024)`` listener gets 17 (the same
+    17 entries, in a queue far from half full). Nobody answers their SYN-ACKs. The
+    SYN-RECV counts are read every :data:`LIFETIME_STEP` s; the capture holds every SYN-ACK
+    and its retransmissions. Reports progress (the wait is the phenomenon: about 9 s).
+    """
+    from ..netns import Namespace
+
+    sysctls = {"net.ipv4.tcp_syncookies": 0, "net.ipv4.tcp_max_syn_backlog": MAX_SYN_BACKLOG}
+    progress.report(0.0, "creating the namespace")
+    with Namespace(sysctls=sysctls) as ns:
+        setup_namespace(ns)
+        retries = int(ns.sysctl("net.ipv4.tcp_synack_retries"))
+        socks, ports = [], {}
+        try:
+            for b in LIFETIME_BACKLOGS:
+                lst = ns.socket()
+                socks.append(lst)
+                lst.bind(("127.0.0.1", 0))
+                lst.listen(b)
+                ports[b] = lst.getsockname()[1]
+            packets = {b: build_syns(ports[b], LIFETIME_FLOODS[b], seed=10 + i)
+                       for i, b in enumerate(LIFETIME_BACKLOGS)}
+
+            def read() -> dict[str, int]:
+                tcp = ns.read_proc("net/tcp")
+                return {str(b): _count_syn_recv(tcp, ports[b]) for b in LIFETIME_BACKLOGS}
+
+            samples = []
+            with run.capture(list(ports.values()), ns=ns):
+                t0 = time.monotonic()
+                for b in LIFETIME_BACKLOGS:
+                    send_flood(ns, ports[b], LIFETIME_FLOODS[b], packets=packets[b], seconds=1.0)
+                start = read()
+                deadline = t0 + LIFETIME_WATCH
+                for i in range(int(LIFETIME_WATCH / LIFETIME_STEP) + 5):     # bounded
+                    now = time.monotonic()
+                    samples.append({"t": round(now - t0, 3), "syn_recv": read()})
+                    if now >= deadline:
+                        break
+                    progress.report((now - t0) / LIFETIME_WATCH,
+                                    f"watching the half-open entries: {now - t0:.1f} of {LIFETIME_WATCH:g} s")
+                    time.sleep(min(LIFETIME_STEP, max(0.0, deadline - time.monotonic())))
+        finally:
+            for s in socks:
+                s.close()
+    progress.report(1.0, "done")
+    from ..dissect import segments
+
+    df = segments(run.pcap) if run.pcap is not None else None
+    listeners = []
+    for b in LIFETIME_BACKLOGS:
+        ys = [s["syn_recv"][str(b)] for s in samples]
+        dropped = next((s["t"] for s in samples if s["syn_recv"][str(b)] < start[str(b)]), None)
+        listeners.append({"backlog": b, "port": ports[b], "flood": LIFETIME_FLOODS[b],
+                          "entries_start": start[str(b)], "entries_end": ys[-1], "dropped_at": dropped,
+                          "synack_times": synack_times(df, ports[b]) if df is not None else []})
+    return {"synack_retries": retries, "watch_seconds": samples[-1]["t"], "step": LIFETIME_STEP,
+            "samples": samples, "listeners": listeners}

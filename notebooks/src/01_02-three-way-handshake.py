@@ -150,8 +150,7 @@ panel
 
 # %%
 small = panel.update(mss=536, rcvbuf=4096)
-for item in panel.shown:   # what the panel shows, also visible in the saved notebook
-    display(item)
+panel.show()   # what the panel shows, also kept in the saved notebook
 
 # %%
 syn = syn_options(small).query("segment == 'SYN'").iloc[0]

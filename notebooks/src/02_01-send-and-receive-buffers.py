@@ -19,7 +19,7 @@
 # %%
 import socket
 import pandas as pd
-from helpers.notebook import mode_banner, nothing_left_behind
+from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.experiments.buffers import (buffer_sizes, write_returns, queue_capacity, rcvbuf_before_listen,
                                          capacity_sweep, plot_sweep, where_bytes_are, render, readback, SKMEM,
                                          SKB_MAX)
@@ -124,8 +124,7 @@ assert where.loc["reader", "skmem_r"] > where.loc["reader", "recv_q"]
 
 # %%
 cap = queue_capacity(sndbuf=65536, rcvbuf=65536)
-for item in render(cap):
-    display(item)
+show(render(cap))
 
 # %%
 queue_capacity.check(cap)
@@ -241,8 +240,7 @@ panel
 
 # %%
 lopsided = panel.update(sndbuf=4096, rcvbuf=1048576)
-for item in render(lopsided):
-    display(item)
+panel.show()   # what the panel shows, also kept in the saved notebook
 
 # %%
 lo = lopsided.data

@@ -249,8 +249,7 @@ panel
 
 # %%
 long = panel.update(rcvbuf=4096, pause=4)
-for item in render(long):
-    display(item)
+panel.show()   # what the panel shows, also kept in the saved notebook
 
 # %%
 zero_window.check(long)

@@ -205,8 +205,7 @@ panel
 
 # %%
 r = panel.update(nodelay=False, cork=False, quickack="every recv", pattern="two writes", body=1000)
-for item in panel.shown:   # what the panel shows, also visible in the saved notebook
-    print(item) if isinstance(item, str) else display(item)
+panel.show()   # what the panel shows, also kept in the saved notebook
 assert not r.data["expect_stall"] and r.data["median_ms"] < 4
 r2 = panel.update(quickack="off", body=1000)
 assert r2.data["expect_stall"] and 30 <= r2.data["median_ms"] <= 60, "1000 bytes is less than one MSS: it stalls"

@@ -262,8 +262,7 @@ panel
 
 # %%
 r = panel.update(pattern="3x3000", reader_delay_ms=50, recv_size=65536)
-for item in panel.shown:   # what the panel shows, also visible in the saved notebook
-    print(item) if isinstance(item, str) else display(item)
+panel.show()   # what the panel shows, also kept in the saved notebook
 assert r.data["recv_sizes"] == [9000], "the reader that waits gets all three sends in one recv()"
 
 # %% [markdown]

@@ -1,0 +1,416 @@
+"""Chapter 02_06: serving a file with read/write, sendfile and splice.
+
+Each method sends the same cached file over a loopback TCP connection to a sink that
+reads and discards it. The sender runs in a fresh child process, so its
+CPU time (``getrusage``), peak memory (``VmHWM``) and system calls are its own and not
+the Jupyter kernel's. Nothing here needs privileges: the experiment always runs live.
+
+System calls are counted twice:
+
+- by the sender itself (every ``os.readv``/``sock.send``/``os.sendfile``/``os.splice`` in
+  its loop is exactly one system call), which works everywhere;
+- by ``strace -f`` where strace is installed: the sender marks the start and the end of the
+  transfer with a ``stat()`` of a path that does not exist, and every system call strace saw
+  between the two marks is counted. Without strace the notebook says so and uses the first
+  count.
+
+The large test file lives in a temporary directory that is removed on exit.
+
+Run as ``python -m helpers.experiments.sendfile --child ...``, this module is the sender.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from ..params import Param
+from .base import Result, experiment
+
+METHODS = ("read/write", "sendfile", "splice")
+MARK_BEGIN = "/tcpcourse-sendfile-mark-begin"
+MARK_END = "/tcpcourse-sendfile-mark-end"
+MB = 1 << 20
+CHILD_TIMEOUT = 60.0
+_LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(\w+)\(")
+
+
+# ----------------------------------------------------------------------------- the sender (child)
+
+def _send(method: str, sock: socket.socket, fd: int, size: int, bufsize: int) -> dict[str, int]:
+    """Send *size* bytes of the file *fd* on *sock*; return {system call: times called}."""
+    calls: dict[str, int] = {}
+
+    def count(name: str) -> None:
+        calls[name] = calls.get(name, 0) + 1
+
+    sent = 0
+    if method == "read/write":
+        buf = bytearray(bufsize)
+        view = memoryview(buf)
+        while sent < size:
+            n = os.readv(fd, [view[:min(bufsize, size - sent)]])
+            count("readv")
+            if n == 0:
+                raise EOFError("the file is shorter than expected")
+            done = 0
+            while done < n:                 # sock.send may take part of the buffer
+                done += sock.send(view[done:n])
+                count("sendto")
+            sent += n
+    elif method == "sendfile":
+        while sent < size:
+            n = os.sendfile(sock.fileno(), fd, sent, size - sent)
+            count("sendfile")
+            if n == 0:
+                raise EOFError("the file is shorter than expected")
+            sent += n
+    elif method == "splice":
+        import fcntl
+        r, w = os.pipe()
+        try:
+            try:
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, bufsize)
+            except OSError:
+                pass                         # above fs.pipe-max-size: keep the default 64 KB
+            cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+            calls["pipe_capacity"] = cap     # not a call: reported with them, removed by the parent
+            while sent < size:
+                n = os.splice(fd, w, min(cap, size - sent))
+                count("splice")
+                if n == 0:
+                    raise EOFError("the file is shorter than expected")
+                left = n
+                while left:
+                    left -= os.splice(r, sock.fileno(), left)
+                    count("splice")
+                sent += n
+        finally:
+            os.close(r)
+            os.close(w)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return calls
+
+
+def _mark(path: str) -> None:
+    try:
+        os.stat(path)                        # a visible, harmless system call for strace
+    except OSError:
+        pass
+
+
+def _slug(method: str) -> str:
+    return method.replace("/", "-")
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (``man 5 proc``: clear_refs 5), so each transfer's
+    peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: that survives exec and
+    would report the parent's (the Jupyter kernel's) size."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def child_main(methods: list[str], path: str, port: int, bufsize: int, repeats: int) -> dict:
+    """The sender: *repeats* rounds; each round sends the whole file once per method
+    (interleaved, so a busy moment of the machine hits every method alike), each transfer
+    on a new connection."""
+    import resource
+
+    size = os.path.getsize(path)
+    runs: dict[str, list] = {m: [] for m in methods}
+    for _ in range(repeats):
+        for method in methods:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=CHILD_TIMEOUT)
+            sock.settimeout(None)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                _reset_peak_rss()
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
+                t0 = time.perf_counter()
+                _mark(f"{MARK_BEGIN}-{_slug(method)}")
+                calls = _send(method, sock, fd, size, bufsize)
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(CHILD_TIMEOUT)
+                ack = sock.recv(16)                  # the sink answers once it has every byte
+                _mark(f"{MARK_END}-{_slug(method)}")
+                wall = time.perf_counter() - t0
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+            finally:
+                os.close(fd)
+                sock.close()
+            pipe = calls.pop("pipe_capacity", None)
+            runs[method].append({"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime,
+                                 "sys_s": r1.ru_stime - r0.ru_stime, "calls": calls,
+                                 "ack": ack.decode(errors="replace"), "pipe_capacity": pipe,
+                                 "peak_rss_kb": _peak_rss_kb()})
+    return {"size": size, "bufsize": bufsize, "runs": runs}
+
+
+# ----------------------------------------------------------------------------- strace
+
+def strace_counts(text: str, method: str) -> dict[str, int] | None:
+    """System calls strace saw between the sender's begin and end marks for *method*
+    (its first transfer); None when the marks are missing."""
+    begin, end = f"{MARK_BEGIN}-{_slug(method)}", f"{MARK_END}-{_slug(method)}"
+    counts: dict[str, int] = {}
+    inside = False
+    for line in text.splitlines():
+        if begin in line:
+            inside = True
+            continue
+        if end in line:
+            return counts if inside else None
+        if not inside or "resumed>" in line:
+            continue
+        m = _LINE.match(line.strip())
+        if m:
+            counts[m.group(2)] = counts.get(m.group(2), 0) + 1
+    return None
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def _make_file(path: str, size: int) -> None:
+    """A file of *size* bytes (random 1 MB blocks, so nothing compresses), then read once so
+    it sits in the page cache: the experiment compares copies, not the disk."""
+    block = os.urandom(min(size, MB))
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            fh.write(block[:min(left, len(block))])
+            left -= min(left, len(block))
+    with open(path, "rb", buffering=0) as fh:
+        while fh.read(4 * MB):
+            pass
+
+
+class _Sink:
+    """A loopback listener that reads every connection to EOF, counts the bytes, answers
+    "ok <bytes>" and closes. Runs in the parent (not measured)."""
+
+    def __init__(self):
+        from ..servers import Server
+        self.received: list[int] = []
+        self.server = Server(self._handle)
+
+    def _handle(self, conn: socket.socket, addr) -> None:
+        buf = bytearray(MB)
+        n = 0
+        conn.settimeout(CHILD_TIMEOUT)
+        while True:
+            k = conn.recv_into(buf)
+            if not k:
+                break
+            n += k
+        self.received.append(n)
+        conn.sendall(f"ok {n}".encode())
+
+    def __enter__(self):
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.server.__exit__(*exc)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+def _run_child(path: str, port: int, bufsize: int, repeats: int, trace_to: str | None = None) -> dict:
+    from ..errors import CourseError
+    argv = [sys.executable, "-m", "helpers.experiments.sendfile", "--child", ",".join(METHODS), path,
+            str(port), str(bufsize), str(repeats)]
+    if trace_to:
+        argv = ["strace", "-f", "-qq", "-o", trace_to] + argv
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:   # subprocess.run kills the child first
+        raise CourseError(f"the sender took longer than {CHILD_TIMEOUT:.0f} s and was stopped.",
+                          "try a smaller file; check the machine is not overloaded.") from exc
+    if out.returncode != 0:
+        raise CourseError(f"the sender failed: {out.stderr.strip()[-400:]}",
+                          "run `python -m helpers.experiments.sendfile --child sendfile FILE PORT 65536 1` "
+                          "by hand against a listener to see why.")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_sendfile(result: Result) -> None:
+    """The 02_06 claims on one run."""
+    d = result.data
+    size = d["size"]
+    by = {m["method"]: m for m in d["methods"]}
+    assert set(by) == set(METHODS), f"expected the methods {METHODS}, got {sorted(by)}"
+    for m in d["methods"]:
+        assert m["received"] and all(r == size for r in m["received"]), \
+            f"{m['method']}: the sink must receive every byte of every transfer"
+    rw, sf, sp = by["read/write"], by["sendfile"], by["splice"]
+    chunks = -(-size // d["bufsize"])
+    assert rw["syscalls"] >= 2 * chunks, \
+        f"read/write needs a read and a send per {d['bufsize']}-byte chunk: ≥ {2 * chunks}, got {rw['syscalls']}"
+    assert sf["syscalls"] <= 4, f"sendfile sends a whole cached file in a few calls, got {sf['syscalls']}"
+    assert sp["syscalls"] >= 2 * (-(-size // sp["pipe_capacity"])), \
+        "splice moves at most one pipe-full per call, twice (file→pipe, pipe→socket)"
+    if d["strace"]:
+        for m in d["methods"]:
+            seen = m["strace"]
+            assert seen is not None, f"{m['method']}: strace output lacks the marks"
+            for call, n in m["calls"].items():
+                assert seen.get(call, 0) == n, \
+                    f"{m['method']}: strace saw {seen.get(call, 0)} {call}, the program counted {n}"
+    if size >= 16 * MB:
+        # the copy into user space and back costs CPU that sendfile does not spend; best of
+        # the repeats, because other processes' network work can be charged to a transfer
+        assert sf["cpu_best_s"] < 0.8 * rw["cpu_best_s"], \
+            f"sendfile used {sf['cpu_best_s'] * 1e3:.1f} ms CPU, read/write {rw['cpu_best_s'] * 1e3:.1f} ms: " \
+            f"expected clearly less"
+
+
+@experiment(
+    "sendfile_methods", chapter="02_06",
+    params=[
+        Param("size_mb", "file size", 16, choices=(1, 16, 64), minimum=1, maximum=256, unit="MB",
+              doc="the size of the file each method serves"),
+        Param("bufsize", "buffer (read/write, pipe)", 65536, choices=(4096, 65536, 1048576),
+              minimum=4096, maximum=4 * MB, unit="bytes",
+              doc="read/write's buffer and splice's pipe capacity: bytes moved per system call"),
+        Param("trace", "count with strace too", False, choices=(False, True),
+              doc="run the sender once more under strace -f to count every system call (slower)"),
+    ],
+    invariant=check_sendfile,
+    claim="sendfile serves a file in one system call and less CPU than read/write",
+)
+def sendfile_methods(run, size_mb: int = 16, bufsize: int = 65536, trace: bool = False,
+                     repeats: int = 5) -> dict:
+    """Serve one cached file with read/write, sendfile and splice to a loopback sink.
+
+    A fresh child process sends the file *repeats* times per method (interleaved); wall
+    time, CPU time (user and system) and peak memory are the child's own, medians over the
+    repeats. With *trace* and strace installed, a second child runs under ``strace -f`` and
+    every system call between the marks of each transfer is counted.
+    """
+    from .. import progress
+    from ..caps import capabilities
+
+    size = int(size_mb * MB)
+    traced = bool(trace) and capabilities().strace.available
+    with tempfile.TemporaryDirectory(prefix="tcpcourse-sendfile-") as tmp:
+        path = os.path.join(tmp, "payload.bin")
+        progress.report(0.05, f"writing a {size_mb} MB file")
+        _make_file(path, size)
+        with _Sink() as sink:
+            progress.report(0.2, f"sending it {repeats} times per method")
+            child = _run_child(path, sink.port, bufsize, repeats)
+            received = list(sink.received)
+            log = None
+            if traced:
+                progress.report(0.7, "once more under strace")
+                log = os.path.join(tmp, "strace.txt")
+                _run_child(path, sink.port, bufsize, 1, trace_to=log)
+                with open(log) as fh:
+                    trace_text = fh.read()
+            received_traced = sink.received[len(received):]
+    methods = []
+    for i, method in enumerate(METHODS):
+        runs = child["runs"][method]
+        wall = statistics.median(r["wall_s"] for r in runs)
+        methods.append({
+            "method": method, "wall_s": wall,
+            "cpu_s": statistics.median(r["user_s"] + r["sys_s"] for r in runs),
+            "cpu_best_s": min(r["user_s"] + r["sys_s"] for r in runs),
+            "user_s": statistics.median(r["user_s"] for r in runs),
+            "sys_s": statistics.median(r["sys_s"] for r in runs),
+            "mb_per_s": size / MB / wall, "calls": runs[0]["calls"],
+            "syscalls": sum(runs[0]["calls"].values()),
+            "pipe_capacity": runs[0]["pipe_capacity"],
+            "peak_rss_kb": max(r["peak_rss_kb"] for r in runs),
+            "runs": runs,
+            # transfers are interleaved: method i got connections i, i+n, i+2n, ...
+            "received": received[i::len(METHODS)] + received_traced[i::len(METHODS)],
+            "strace": strace_counts(trace_text, method) if traced else None,
+        })
+    progress.report(1.0, "done")
+    return {"size": size, "size_mb": size_mb, "bufsize": bufsize, "repeats": repeats,
+            "strace": traced, "strace_asked": bool(trace), "methods": methods}
+
+
+def table(result: Result):
+    """One row per method: throughput, CPU, system calls (program's count and strace's)."""
+    import pandas as pd
+    rows = []
+    for m in result.data["methods"]:
+        rows.append({"method": m["method"], "MB/s": round(m["mb_per_s"]), "wall ms": round(m["wall_s"] * 1e3, 1),
+                     "CPU ms (median)": round(m["cpu_s"] * 1e3, 1),
+                     "CPU ms (best)": round(m["cpu_best_s"] * 1e3, 1), "user ms": round(m["user_s"] * 1e3, 1),
+                     "sys ms": round(m["sys_s"] * 1e3, 1),
+                     "system calls (program)": m["syscalls"],
+                     "system calls (strace)": sum(m["strace"].values()) if m["strace"] else None})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def grouped_bars(results: list[Result]):
+    """Bars per method and file size: throughput, CPU time per GB, system calls (log scale)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from .. import plots
+    plots.use_style()
+    sizes = [r.data["size_mb"] for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    width = 0.8 / len(METHODS)
+    x = np.arange(len(sizes))
+    metrics = [("throughput (MB/s)", lambda m, r: m["mb_per_s"], False),
+               ("sender CPU per GB (ms, median)", lambda m, r: m["cpu_s"] * 1e3 * 1024 / r.data["size_mb"], False),
+               ("system calls per transfer", lambda m, r: m["syscalls"], True)]
+    for ax, (label, get, log) in zip(axes, metrics):
+        for i, method in enumerate(METHODS):
+            vals = [get(next(m for m in r.data["methods"] if m["method"] == method), r) for r in results]
+            bars = ax.bar(x + (i - 1) * width, vals, width, label=method, color=plots.PALETTE[i], zorder=2)
+            ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=7, padding=2)
+        ax.set_xticks(x, [f"{s} MB" for s in sizes])
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="x", visible=False)
+        if log:
+            ax.set_yscale("log")
+        ax.margins(y=0.15)
+    axes[0].legend(loc="upper left")
+    fig.suptitle(f"serving a cached file over loopback (buffer {results[0].data['bufsize']:,} bytes)",
+                 x=0.01, ha="left", fontweight="bold")
+    fig.tight_layout()
+    return fig
+
+
+def render(result: Result) -> list:
+    """What the 02_06 panel shows: the table and the bars for this one size."""
+    d = result.data
+    note = (f"{d['size_mb']} MB file, buffer {d['bufsize']:,} bytes, median of {d['repeats']} transfers per method; "
+            + ("system calls also counted by strace." if d["strace"] else
+               "strace is not installed here: system calls are the program's own count."
+               if d.get("strace_asked", True) else
+               "system calls are the program's own count (tick \"count with strace too\" to check them)."))
+    return [result, table(result), note, grouped_bars([result])]
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--child":
+    _m, _path, _port, _buf, _rep = sys.argv[2:7]
+    print(json.dumps(child_main(_m.split(","), _path, int(_port), int(_buf), int(_rep))))

@@ -1,0 +1,121 @@
+"""Chapter 02_06: serving a file with read/write, sendfile and splice (always live)."""
+import glob
+import os
+import socket
+import tempfile
+import threading
+
+import pytest
+
+from helpers import caps
+from helpers.errors import ParameterError
+from helpers.experiments.sendfile import (MARK_BEGIN, MARK_END, METHODS, _send, grouped_bars, render,
+                                          sendfile_methods, strace_counts, table)
+
+
+def test_registered_without_needs():
+    assert sendfile_methods.needs == set() and not sendfile_methods.records
+    assert sendfile_methods.chapter == "02_06"
+
+
+def _sink(lst, got):
+    conn, _ = lst.accept()
+    n = 0
+    with conn:
+        while True:
+            k = conn.recv(1 << 20)
+            if not k:
+                break
+            n += len(k)
+    got.append(n)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bufsize", [4096, 65536])
+def test_send_counts_one_call_per_system_call(tmp_path, method, bufsize):
+    size = 300_000                       # not a multiple of the buffer: the last chunk is short
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(size))
+    got = []
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        t = threading.Thread(target=_sink, args=(lst, got))
+        t.start()
+        with socket.create_connection(lst.getsockname()) as s:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                calls = _send(method, s, fd, size, bufsize)
+            finally:
+                os.close(fd)
+        t.join(5)
+    assert got == [size]
+    chunks = -(-size // bufsize)
+    if method == "read/write":
+        assert calls["readv"] == chunks and calls["sendto"] >= chunks
+    elif method == "sendfile":
+        assert calls == {"sendfile": 1}
+    else:
+        pipe = calls.pop("pipe_capacity")
+        assert pipe >= 4096 and calls["splice"] >= 2 * -(-size // pipe)
+
+
+def test_strace_counts_between_marks():
+    text = "\n".join([
+        "10 read(3, ...) = 10",
+        f'10 newfstatat(AT_FDCWD, "{MARK_BEGIN}-sendfile", 0x7ff, 0) = -1 ENOENT (No such file)',
+        "10 sendfile(4, 5, [0] => [100], 100) = 100",
+        "10 shutdown(4, SHUT_WR) = 0",
+        "10 poll([{fd=4, events=POLLIN}], 1, 60000 <unfinished ...>",
+        "10 <... poll resumed>) = 1 ([{fd=4, revents=POLLIN}])",
+        f'10 newfstatat(AT_FDCWD, "{MARK_END}-sendfile", 0x7ff, 0) = -1 ENOENT (No such file)',
+        "10 close(5) = 0",
+    ])
+    assert strace_counts(text, "sendfile") == {"sendfile": 1, "shutdown": 1, "poll": 1}
+    assert strace_counts(text, "splice") is None
+
+
+def test_experiment_live_in_replay_mode_and_cleans_up(replay_mode):
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "tcpcourse-sendfile-*")))
+    r = sendfile_methods(size_mb=1, bufsize=65536)
+    assert r.mode == "live"
+    sendfile_methods.check(r)
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "tcpcourse-sendfile-*"))) == before, \
+        "the test file's directory must be removed"
+    t = table(r)
+    assert list(t.index) == list(METHODS)
+    assert t.loc["sendfile", "system calls (program)"] == 1
+    assert t.loc["read/write", "system calls (program)"] == 2 * 16
+    items = render(r)
+    assert items[0] is r and len(items) == 4
+
+
+def test_cpu_claim_on_a_large_file():
+    r = sendfile_methods(size_mb=16, bufsize=65536, trace=True)
+    sendfile_methods.check(r)             # includes: sendfile's CPU < 0.8 × read/write's
+    fig = grouped_bars([r])
+    assert len(fig.axes) == 3
+
+
+def test_without_strace_the_program_count_is_used(monkeypatch):
+    real = caps.capabilities()
+    fake = caps.Capabilities(live_capture=real.live_capture, namespaces=real.namespaces, tshark=real.tshark,
+                             raw_sockets=real.raw_sockets,
+                             strace=caps.Capability("strace", False, "not installed", "skipped"))
+    monkeypatch.setattr(caps, "capabilities", lambda: fake)
+    r = sendfile_methods(size_mb=1, bufsize=65536, trace=True)
+    assert r.data["strace"] is False and all(m["strace"] is None for m in r.data["methods"])
+    sendfile_methods.check(r)
+    assert "strace is not installed" in render(r)[2]
+
+
+def test_invariant_catches_a_wrong_count():
+    r = sendfile_methods(size_mb=1, bufsize=65536)
+    r.data["methods"][1]["syscalls"] = 40
+    with pytest.raises(AssertionError, match="sendfile sends a whole cached file"):
+        sendfile_methods.check(r)
+
+
+def test_rejects_bad_values():
+    with pytest.raises(ParameterError, match="out of range"):
+        sendfile_methods(size_mb=0)
+    with pytest.raises(ParameterError, match="out of range"):
+        sendfile_methods(bufsize=100)
