@@ -41,7 +41,12 @@ mode_banner()
 # | [01_03 SYN queue and accept queue](01_03-syn-queue-and-accept-queue.ipynb) | backlog + 1, dropped SYNs retried after 1, 2, 3 s, a final ACK that finds the queue full, `tcp_abort_on_overflow` | replayed (namespace + capture) |
 # | [01_04 SYN floods and SYN cookies](01_04-syn-flood-and-syn-cookies.ipynb) | a spoofed flood inside a namespace, half-open entries, cookies on and off, the ¾ rule, decoding a cookie | replayed (namespace + capture) |
 # | [01_05 SO_REUSEPORT sharding](01_05-reuseport-sharding.ipynb) | N listeners, how evenly the kernel spreads 1000 connections (chi-square), a shared queue, closing a listener | live; the migration sysctl replayed |
-# | 02_01 … 02_06 Moving data | buffers, zero windows, Nagle and delayed ACK, framing, backpressure, sendfile | coming next |
+# | [02_01 Send and receive buffers](02_01-send-and-receive-buffers.ipynb) | `send()` returns when bytes reach the send buffer; the kernel doubles SO_SNDBUF/SO_RCVBUF; bytes queued before blocking; `ss -tm` and TCP_INFO | live |
+# | [02_02 Flow control and the zero window](02_02-flow-control-and-zero-window.ipynb) | a pausing reader: the window falls to 0, zero-window probes back off, the window update; why Wireshark says "Keep-Alive" | replayed (namespace + capture) |
+# | [02_03 Nagle and delayed ACK](02_03-nagle-and-delayed-ack.ipynb) | the 40 ms stall of write-write-read and five ways out (NODELAY, CORK, one write, QUICKACK every recv, a big body) | live; the ladder replayed |
+# | [02_04 Streams and framing](02_04-streams-and-framing.ipynb) | sends coalesce and split, partial writes, a length-prefixed protocol with an incremental parser | live; segments replayed |
+# | [02_05 Backpressure](02_05-backpressure.ipynb) | blocking send blocks, non-blocking send says EAGAIN, asyncio's drain waits; memory with and without backpressure | live |
+# | [02_06 Zero-copy sendfile](02_06-zero-copy-sendfile.ipynb) | read/write vs sendfile vs splice: throughput, CPU time, system calls | live |
 # | 03_01 … 03_03 Ending connections | FIN, TIME_WAIT, RST, port reuse | coming next |
 # | 04_01 … 05_01 Servers under load | I/O models, limits, the observability toolkit, a capstone | coming next |
 
@@ -117,7 +122,7 @@ recordings.groupby(["chapter", "experiment"]).size().rename("recordings").to_fra
 
 # %%
 assert len(recordings) > 0 and corpus.total_bytes() < 20e6
-assert set(recordings["chapter"]) >= {"01_02", "01_03", "01_04"}
+assert set(recordings["chapter"]) >= {"01_02", "01_03", "01_04", "02_02", "02_03", "02_04"}
 
 # %% [markdown]
 # ## Reporting a problem
