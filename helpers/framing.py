@@ -26,8 +26,11 @@ Guarantees (tested with hypothesis in tests/test_framing.py):
 - a wrong magic byte is rejected as soon as that byte arrives (:class:`BadMagic`);
 - EOF in the middle of a message is reported by :meth:`FrameParser.close`
   (:class:`TruncatedFrame`);
-- the parser never holds more than ``HEADER.size + max_size`` bytes (``buffered``), so a
-  hostile or broken peer cannot make it grow without bound;
+- the parser never holds more than ``max(HEADER.size, max_size)`` bytes (``buffered``,
+  ``bound``; ``high_water`` is the most it ever held), so a hostile or broken peer cannot
+  make it grow without bound;
+- ``feed()`` and ``encode()`` accept only bytes-like data (:class:`ParameterError`
+  otherwise: ``bytes(7)`` would silently be seven zero bytes);
 - after an error the parser stays failed: the stream has lost its framing and nothing
   after the error can be trusted.
 """
@@ -69,9 +72,26 @@ class TruncatedFrame(FramingError):
     """The stream ended in the middle of a header or a payload."""
 
 
+def _byte_view(data, where: str) -> memoryview:
+    """A flat byte view of *data*; anything that is not bytes-like is a ParameterError.
+
+    ``bytes(7)`` would be seven zero bytes and ``bytes(10**10)`` a 10 GB allocation, so
+    integers (and str, which has no single byte encoding) are refused, not converted.
+    """
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise ParameterError(f"{where} needs bytes, got {type(data).__name__} ({data!r:.40}).",
+                             "pass what recv() returned (bytes); encode text first, "
+                             "e.g. 'hi'.encode().") from None
+    if view.ndim != 1 or view.itemsize != 1:
+        view = memoryview(view.tobytes())     # e.g. an array('H'): its raw bytes
+    return view
+
+
 def encode(payload: bytes, max_size: int = DEFAULT_MAX) -> bytes:
     """Header + payload for one message; refuses payloads larger than *max_size*."""
-    payload = bytes(payload)
+    payload = _byte_view(payload, "encode()").tobytes()
     if len(payload) > max_size:
         raise OversizeFrame(f"a {len(payload)}-byte message is larger than max_size={max_size}.",
                             "split it into smaller messages, or agree on a larger max_size "
@@ -107,8 +127,9 @@ class FrameParser:
 
     @property
     def bound(self) -> int:
-        """The most bytes this parser may ever hold."""
-        return HEADER.size + self.max_size
+        """The most bytes this parser may ever hold: a header, or one payload (the header
+        bytes are dropped once the length is read)."""
+        return max(HEADER.size, self.max_size)
 
     @property
     def buffered(self) -> int:
@@ -136,6 +157,7 @@ class FrameParser:
         return out
 
     def _feed(self, data: bytes, out: list[bytes]) -> None:
+        view = _byte_view(data, "feed()")       # a wrong type is the caller's bug, not the peer's
         if self.state == "failed":
             raise FramingError(f"the parser already failed at stream offset {self.error.offset} "
                                f"({self.error.problem}); the stream has lost its framing.",
@@ -144,7 +166,6 @@ class FrameParser:
         if self.state == "closed":
             raise FramingError("feed() after close(): the stream had already ended.",
                                "create a new FrameParser for a new connection.", self.offset)
-        view = memoryview(bytes(data))
         i = 0
         n = len(view)
         while i < n:
@@ -179,21 +200,22 @@ class FrameParser:
                     self.state = "header"
             else:  # payload
                 take = min(self.expected - len(self._buf), n - i)
-                if not self._buf and take == self.expected:   # whole payload in this chunk
+                if not self._buf and take == self.expected:   # whole payload in this chunk: no copy held
                     out.append(bytes(view[i:i + take]))
+                    done = True
                 else:
                     self._buf += view[i:i + take]
+                    self.high_water = max(self.high_water, len(self._buf))   # before any reset
+                    done = len(self._buf) == self.expected
+                    if done:
+                        out.append(bytes(self._buf))
+                        self._buf = bytearray()
                 i += take
                 self.offset += take
-                if self._buf and len(self._buf) == self.expected:
-                    out.append(bytes(self._buf))
-                    self._buf = bytearray()
-                elif self._buf:
+                if not done:
                     break
                 self.messages += 1
                 self.state = "header"
-            self.high_water = max(self.high_water, len(self._buf))
-        self.high_water = max(self.high_water, len(self._buf))
 
     def close(self) -> None:
         """End of stream: fine between messages, :class:`TruncatedFrame` inside one."""

@@ -67,3 +67,23 @@ def test_parameters_are_checked(replay_mode):
         zero_window(pause=3)
     with pytest.raises(ParameterError, match="out of range"):
         zero_window(pause=60)
+
+
+def test_replay_retransmissions_are_loss_probes_before_the_zero_window(replay_mode):
+    r = zero_window(rcvbuf=16384, pause=2)
+    a = analyse(r)
+    c = r.data["counters"]
+    rt = a["retrans"]
+    assert len(rt) == c["TcpRetransSegs"] <= c["TcpExtTCPLossProbes"]
+    assert c["TcpExtTCPDSACKRecv"] == len(rt) and c["TcpExtTCPTimeouts"] == 0
+    assert (rt["t"] < float(a["first_zero"]["t"])).all()
+    assert ((rt["t"] - rt["orig_t"]) < 0.04).all(), "the loss probe fires before the 40 ms delayed ACK"
+    assert r.data["tcp_rto_max_ms"] == 120000 and r.data["tcp_early_retrans"] == 3
+    assert all(isinstance(s["rto_ms"], int) for s in r.data["samples"])
+
+
+def test_probe_table_is_shown_without_nan(replay_mode):
+    from helpers.experiments.flowcontrol import shown
+    t = shown(probe_table(zero_window(rcvbuf=16384, pause=2)))
+    assert t["ratio"].iloc[0] == "—" and t["since last answer"].iloc[0] == "—"
+    assert not t.isna().any().any()

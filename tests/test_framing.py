@@ -4,6 +4,7 @@ import socket
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from helpers.errors import ParameterError
 from helpers.framing import (DEFAULT_MAX, HEADER, MAGIC, BadMagic, FrameParser, FramingError,
                              OversizeFrame, TruncatedFrame, encode, encode_all, recv_messages, split)
 
@@ -34,12 +35,83 @@ def test_any_split_gives_the_same_messages(msgs, cut):
     assert p.high_water <= max(HEADER.size, MAX)
 
 
+def _expected_high_water(msgs, chunks):
+    """The parser copies a header always, a payload only when it spans a chunk boundary."""
+    cuts, pos = set(), 0
+    for c in chunks[:-1]:
+        pos += len(c)
+        cuts.add(pos)
+    held, start = 0, 0
+    for m in msgs:
+        held = max(held, HEADER.size)
+        a, b = start + HEADER.size, start + HEADER.size + len(m)
+        if any(a < c < b for c in cuts):
+            held = max(held, len(m))
+        start = b
+    return held
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages, cuts)
+def test_high_water_is_the_most_ever_held(msgs, cut):
+    chunks = split(encode_all(msgs, MAX), cut)
+    p = FrameParser(max_size=MAX)
+    for c in chunks:
+        p.feed(c)
+        assert p.buffered <= p.high_water <= p.bound
+    assert p.high_water == _expected_high_water(msgs, chunks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=2, max_size=MAX), st.data())
+def test_payload_split_in_halves_counts_the_whole_payload(payload, data):
+    frame = encode(payload, MAX)
+    half = HEADER.size + data.draw(st.integers(min_value=1, max_value=len(payload) - 1))
+    p = FrameParser(max_size=MAX)
+    assert p.feed(frame[:half]) == []
+    assert p.buffered == half - HEADER.size
+    assert p.feed(frame[half:]) == [payload]
+    assert p.high_water == max(HEADER.size, len(payload)) and p.buffered == 0
+
+
+not_bytes = st.one_of(st.integers(), st.text(min_size=1), st.floats(), st.none(),
+                      st.lists(st.integers(0, 255), min_size=1), st.dictionaries(st.text(), st.integers()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(not_bytes, messages)
+def test_non_bytes_input_is_a_parameter_error(bad, msgs):
+    p = FrameParser(max_size=MAX)
+    with pytest.raises(ParameterError, match="needs bytes") as e:
+        p.feed(bad)
+    assert e.value.fix and not isinstance(e.value, FramingError)
+    assert p.state == "header" and p.offset == 0, "a wrong call does not break the parser"
+    out = p.feed(encode_all(msgs, MAX))
+    assert out == msgs
+    with pytest.raises(ParameterError):
+        encode(bad)
+
+
+def test_bytes_like_inputs_are_accepted():
+    from array import array
+    frame = encode(b"hi")
+    for kind in (bytes, bytearray, memoryview):
+        assert FrameParser().feed(kind(frame)) == [b"hi"]
+    assert encode(array("H", [1])) == HEADER.pack(MAGIC, 2) + array("H", [1]).tobytes()
+
+
+def test_huge_int_is_refused_without_allocating():
+    with pytest.raises(ParameterError):
+        FrameParser().feed(10 ** 10)
+
+
 @settings(max_examples=200, deadline=None)
 @given(messages)
 def test_byte_by_byte(msgs):
     stream = encode_all(msgs, MAX)
-    out, _ = parse([stream[i:i + 1] for i in range(len(stream))])
+    out, p = parse([stream[i:i + 1] for i in range(len(stream))])
     assert out == msgs
+    assert p.high_water == max([HEADER.size] * bool(msgs) + [len(m) for m in msgs], default=0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -60,6 +132,8 @@ def test_oversize_rejected_before_buffering(msgs, length, cut):
     assert e.value.offset == len(good)
     assert str(length) in str(e.value) and "fix:" in str(e.value)
     assert p.state == "failed" and p.buffered == 0
+    assert p.high_water <= max(HEADER.size, max((len(m) for m in msgs), default=0)), \
+        "none of the oversize payload was stored"
     with pytest.raises(FramingError, match="already failed"):
         p.feed(b"TC")
 
@@ -131,7 +205,8 @@ def test_recv_messages_over_a_socketpair():
 
 
 # ---------------------------------------------------------------------------- the experiments
-from helpers.experiments.framing import (PATTERNS, framed_exchange, partial_writes, streams,  # noqa: E402
+from helpers.experiments.framing import (PATTERNS, acks_between_sends, check_frames_in,  # noqa: E402
+                                         framed_exchange, message_cuts, partial_writes, streams,
                                          three_views)
 from conftest import needs_live, needs_netns  # noqa: E402
 
@@ -141,6 +216,8 @@ def test_partial_writes_live_for_everyone(replay_mode):
     assert r.mode == "live"
     partial_writes.check(r)
     assert r.data["sndbuf_got"] == 2 * 16384
+    k = r.data["at_eagain"]
+    assert k["acked"] + k["in_flight"] + k["notsent"] == r.data["queued_before_eagain"]
 
 
 @pytest.mark.parametrize("recv_size", [7, 100, 65536])
@@ -150,6 +227,43 @@ def test_framed_exchange(recv_size):
     assert r.data["received"] == 100
     if recv_size == 7:
         assert max(r.data["recv_sizes"]) <= 7
+    if recv_size < 65536:
+        assert r.data["recv_cuts_inside"] > 0
+        cuts = message_cuts(r)
+        assert len(cuts) == 8 and (cuts["recv() ends inside at"] != "–").any()
+
+
+def _frames_right(chunks):
+    p, out = FrameParser(), []
+    for c in chunks:
+        out += p.feed(c)
+    p.close()
+    return out
+
+
+def _frames_no_close(chunks):
+    p, out = FrameParser(), []
+    for c in chunks:
+        out += p.feed(c)
+    return out
+
+
+def _frames_no_return(chunks):
+    _frames_right(chunks)
+
+
+def _frames_stub(chunks):
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("fn, verdict, says", [
+    (_frames_right, True, "✓"), (_frames_no_close, False, "cut off"),
+    (_frames_no_return, False, "forget `return`"), (_frames_stub, False, "not answered"),
+    (lambda chunks: [m for c in chunks for m in FrameParser().feed(c)], False, "✗"),
+])
+def test_exercise_2_checker(fn, verdict, says, capsys):
+    assert check_frames_in(fn) is verdict
+    assert says in capsys.readouterr().out
 
 
 def test_streams_replay_every_grid_point(replay_mode):
@@ -161,6 +275,8 @@ def test_streams_replay_every_grid_point(replay_mode):
         streams.check(r)
         v = three_views(r)
         assert v["send() returned"].sum() == v["segments on the wire"].sum() == v["recv() returned"].sum()
+        acks = acks_between_sends(r)
+        assert len(acks) == v["segments on the wire"].count()
 
 
 @needs_live

@@ -2,8 +2,9 @@
 import pytest
 
 from helpers.errors import ParameterError
-from helpers.experiments.nagle import (SETTINGS, TRACE_SETTINGS, expect_stall, nagle, nagle_trace,
-                                       request_segments, request_timeline, stalled_request, summary)
+from helpers.experiments.nagle import (SETTINGS, TRACE_SETTINGS, expect_stall, latency_figure, nagle,
+                                       nagle_trace, request_segments, request_timeline, stalled_request,
+                                       summary)
 
 from conftest import needs_live
 
@@ -41,10 +42,14 @@ def test_quickack_once_does_not_stick():
     assert 30 <= r.data["median_ms"] <= 60
 
 
-def test_summary_ratio():
+def test_summary_ratio_and_figure():
     runs = {"default": nagle(requests=6), "nodelay": nagle(requests=6, nodelay=True)}
     t = summary(runs)
     assert t.loc["nodelay", "default ÷ this"] >= 10
+    fig = latency_figure(runs)
+    ax = fig.axes[0]
+    assert not ax.findobj(lambda a: getattr(a, "get_gid", lambda: None)() == "median"), "medians: legend only"
+    assert all("median" in t.get_text() for t in ax.get_legend().get_texts())
 
 
 def test_bad_values_are_refused():
@@ -64,12 +69,25 @@ def test_trace_replay_every_setting(replay_mode):
         assert len(tl) == 5
 
 
+def test_trace_default_two_pure_acks_and_body_2000_tail(replay_mode):
+    tl = request_timeline(nagle_trace(setting="default")).iloc[1:]
+    assert (tl["server pure ACKs"] == 2).all()      # timer's ACK of the header, then the body's
+    big = request_timeline(nagle_trace(setting="body_2000")).iloc[1:]
+    assert (big["segments"] == 3).all()
+    assert (big["body after (ms)"] <= big["server ACK after (ms)"]).all()
+    assert (big["body ends after (ms)"] >= big["server ACK after (ms)"]).all()
+    assert (big["server pure ACKs"] == 1).all()
+
+
 def test_trace_ladder_of_a_stalled_request(replay_mode):
     from helpers import plots
     r = nagle_trace(setting="default")
     k = stalled_request(r)
-    assert k > 1
+    assert 1 < k < r.data["requests"]               # a typical one, not the first or the last
+    tl = request_timeline(r)
+    assert 30 <= tl.loc[k, "reply after (ms)"] <= 60
     seg = request_segments(r, k)
+    assert not seg["flags"].str.contains("FIN").any()
     fig = plots.ladder(seg)
     gaps = [t.get_text() for t in fig.findobj(lambda a: getattr(a, "get_gid", lambda: None)() == "ladder-gap")]
     assert gaps and any("ms" in g for g in gaps), "the ~40 ms pause is drawn"

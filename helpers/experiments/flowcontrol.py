@@ -8,6 +8,9 @@ are the experiment's own):
    and then does not read for *pause* seconds.
 2. A writer sends ``2 × SO_RCVBUF (as doubled) + 32 KB``: more than the reader's buffer
    can hold. Its ``sendall`` returns at once (the rest waits in its send buffer).
+   The reader, not reading, delays its ACKs (~40 ms); the writer's tail-loss-probe
+   timer fires first and re-sends the last segment (a duplicate: the reader answers
+   with a D-SACK). These retransmissions all come before the window is 0.
 3. The reader's advertised window falls to 0. The writer's kernel then sends zero-window
    probes, at intervals that double (the retransmission timeout, backed off); the reader's
    kernel answers them with its zero window, at most one answer per
@@ -34,7 +37,8 @@ EXTRA = 32768            # bytes written beyond what the reader's buffer can hol
 REPLY_WITHIN = 0.02      # s: a receiver segment this soon after a probe answers it
 COUNTERS = ("TcpExtTCPWinProbe", "TcpExtTCPToZeroWindowAdv", "TcpExtTCPFromZeroWindowAdv",
             "TcpExtTCPWantZeroWindowAdv", "TcpExtTCPACKSkippedSeq", "TcpExtTCPLossProbes",
-            "TcpRetransSegs", "TcpExtDelayedACKs", "TcpExtTCPZeroWindowDrop")
+            "TcpRetransSegs", "TcpExtDelayedACKs", "TcpExtTCPZeroWindowDrop", "TcpExtTCPDSACKOldSent",
+            "TcpExtTCPDSACKRecv", "TcpExtTCPTimeouts")
 
 
 @experiment(
@@ -59,6 +63,11 @@ def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
     with Namespace(mtu=1500, offloads=False, name="zerowin") as ns:
         ratelimit = int(ns.sysctl("net.ipv4.tcp_invalid_ratelimit"))
         keepalive_time = int(ns.sysctl("net.ipv4.tcp_keepalive_time"))
+        early_retrans = int(ns.sysctl("net.ipv4.tcp_early_retrans"))
+        try:   # Linux >= 6.15 (the compiled-in TCP_RTO_MAX, 120 s, before)
+            rto_max_ms = int(ns.sysctl("net.ipv4.tcp_rto_max_ms"))
+        except Exception:  # noqa: BLE001 - older kernels have no such sysctl
+            rto_max_ms = None
         lst = ns.socket()
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         lst.bind(("127.0.0.1", 0))
@@ -95,7 +104,7 @@ def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
                         break
                     i = tcp_info(writer)
                     row = {"t": round(now, 4), "snd_wnd": i.snd_wnd, "backoff": i.backoff, "probes": i.probes,
-                           "rto_ms": i.rto / 1000, "notsent": i.notsent_bytes, "unacked": i.unacked}
+                           "rto_ms": i.rto // 1000, "notsent": i.notsent_bytes, "unacked": i.unacked}
                     key = tuple(v for k, v in row.items() if k != "t")
                     if key != last:
                         samples.append(row)
@@ -111,7 +120,7 @@ def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
                     time.sleep(SAMPLE_EVERY)
                 final = tcp_info(writer)
                 samples.append({"t": round(time.monotonic() - t0, 4), "snd_wnd": final.snd_wnd,
-                                "backoff": final.backoff, "probes": final.probes, "rto_ms": final.rto / 1000,
+                                "backoff": final.backoff, "probes": final.probes, "rto_ms": final.rto // 1000,
                                 "notsent": final.notsent_bytes, "unacked": final.unacked})
                 resume_at = time.monotonic() - t0
                 progress.report(0.92, "reader reads")
@@ -136,7 +145,8 @@ def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
             "received": received, "writer_done_at": state["done_at"], "writer_error": state["error"],
             "resume_at": resume_at, "samples": samples, "stall_ss": stall_ss,
             "counters": {k: counters.get(k, 0) for k in COUNTERS}, "tcp_invalid_ratelimit_ms": ratelimit,
-            "mtu": 1500, "writer_so_keepalive": keepalive, "tcp_keepalive_time_s": keepalive_time}
+            "mtu": 1500, "writer_so_keepalive": keepalive, "tcp_keepalive_time_s": keepalive_time,
+            "tcp_early_retrans": early_retrans, "tcp_rto_max_ms": rto_max_ms}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -149,9 +159,10 @@ def analyse(result: Result, df=None) -> dict:
     to_w = df[df["sport"] == port]            # reader -> writer: ACKs with the window
     from_w = df[df["dport"] == port]          # writer -> reader: data and probes
     zeros = to_w[(to_w["win"] == 0) & ~to_w["flags"].str.contains("SYN|RST|FIN")]
+    retrans = _retransmissions(from_w)
     if zeros.empty:
         return {"zeros": zeros, "probes": from_w.iloc[0:0], "first_zero": None, "update": None,
-                "answered": [], "to_w": to_w, "from_w": from_w}
+                "answered": [], "to_w": to_w, "from_w": from_w, "retrans": retrans}
     first_zero = zeros.iloc[0]
     z_ack = int(first_zero["ack"])
     after_zero = to_w[to_w["t"] > first_zero["t"]]
@@ -165,7 +176,23 @@ def analyse(result: Result, df=None) -> dict:
         reply = to_w[(to_w["t"] >= p["t"]) & (to_w["t"] <= p["t"] + REPLY_WITHIN) & (to_w["win"] == 0)]
         answered.append(bool(len(reply)))
     return {"zeros": zeros, "probes": probes, "first_zero": first_zero, "update": update,
-            "answered": answered, "to_w": to_w, "from_w": from_w, "zero_ack": z_ack}
+            "answered": answered, "to_w": to_w, "from_w": from_w, "zero_ack": z_ack, "retrans": retrans}
+
+
+def _retransmissions(from_w):
+    """The writer's data segments that carry only bytes it had already sent, each with
+    ``orig_t``: when those bytes were first sent."""
+    rows, top, first_sent = [], None, {}
+    for idx, r in from_w[from_w["len"] > 0].sort_values("t").iterrows():
+        seq, end = int(r["seq"]), int(r["seq"]) + int(r["len"])
+        if top is not None and end <= top:
+            rows.append((idx, first_sent.get(seq, float("nan"))))
+        else:
+            first_sent.setdefault(seq, float(r["t"]))
+            top = end if top is None else max(top, end)
+    out = from_w.loc[[i for i, _ in rows]].copy()
+    out["orig_t"] = [t for _, t in rows]
+    return out
 
 
 def probe_table(result: Result, a: dict | None = None):
@@ -191,6 +218,11 @@ def probe_table(result: Result, a: dict | None = None):
             last_answer = t
         prev = t
     return pd.DataFrame(rows)
+
+
+def shown(table):
+    """*table* for display: empty cells (the first probe has no previous one) as "—"."""
+    return table.astype(object).where(table.notna(), "—")
 
 
 def check_zero_window(result: Result) -> None:
@@ -241,6 +273,13 @@ def check_zero_window(result: Result) -> None:
         f"nstat TCPWinProbe {c['TcpExtTCPWinProbe']} = probes in the capture {len(probes)}"
     assert c["TcpExtTCPToZeroWindowAdv"] >= 1 and c["TcpExtTCPFromZeroWindowAdv"] >= 1, \
         "nstat counts the window closing to 0 and opening again"
+    # retransmissions: never during the stall (the writer only probes), and the capture's
+    # count is the kernel's
+    rt = a["retrans"]
+    assert not ((rt["t"] > float(a["first_zero"]["t"])) & (rt["t"] < float(upd["t"]))).any(), \
+        "no retransmission while the window is 0: the writer only probes"
+    assert len(rt) == c["TcpRetransSegs"], \
+        f"retransmissions in the capture {len(rt)} = nstat TcpRetransSegs {c['TcpRetransSegs']}"
     stalled = [s for s in d["samples"] if s["t"] > float(a["first_zero"]["t"]) + 0.01]
     assert stalled and all(s["snd_wnd"] == 0 for s in stalled), "TCP_INFO snd_wnd is 0 during the stall"
     assert stalled[-1]["backoff"] >= len(probes[probes["t"] < stalled[-1]["t"] - 0.01]), \
@@ -271,6 +310,7 @@ def plot(result: Result, df=None):
     time_sequence(df, sender=("127.0.0.1", _writer_port(df, d["port"])), ax=ax,
                   title=f"Zero window: SO_RCVBUF {d['rcvbuf']:,} (→{d['reader_rcvbuf']:,}), reader paused "
                         f"{d['pause']:g} s")
+    ax.set_xlabel("")   # shared with the panel below
     for a_ in (ax, ax2):
         a_.axvline(d["resume_at"], color="grey", ls=":", lw=1.2)
     ax.text(d["resume_at"], ax.get_ylim()[0], "reader reads ", va="bottom", ha="right", fontsize=8.5,
@@ -280,7 +320,7 @@ def plot(result: Result, df=None):
     ax2.step(s["t"], np.minimum(s["snd_wnd"], 1), where="post", color=COLORS["window"], ls="--",
              label="snd_wnd > 0 (1) or 0")
     ax2.set_ylabel("count")
-    ax2.set_xlabel("time (s since the SYN)")
+    ax2.set_xlabel("time (s since the SYN, the capture's first packet)")
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
@@ -301,4 +341,4 @@ def render(result: Result) -> list:
             f"{float(upd['t']):.3f} s (win {int(upd['win']):,}); nstat TCPWinProbe "
             f"{d['counters']['TcpExtTCPWinProbe']}, TCPACKSkippedSeq {d['counters']['TcpExtTCPACKSkippedSeq']}"
             if a["first_zero"] is not None and upd is not None else "no zero-window episode in this run")
-    return [result, note, table, plot(result)]
+    return [result, note, shown(table), plot(result)]

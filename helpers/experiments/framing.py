@@ -63,7 +63,8 @@ def check_streams(result: Result) -> None:
         Param("pattern", "sends (count x bytes)", "10x100", choices=tuple(PATTERNS),
               doc="how many send() calls of what size"),
         Param("reader_delay_ms", "reader waits first", 50, choices=(0, 50), minimum=0, maximum=500, unit="ms",
-              doc="the receiver sleeps this long before its first recv()"),
+              doc="0: the receiver calls recv() at once; else it waits until the sender's last "
+                  "send() has returned, then this long, before its first recv()"),
         Param("recv_size", "recv() size", 65536, choices=(1024, 65536), minimum=1, maximum=1 << 20,
               unit="bytes", doc="the buffer size passed to each recv()"),
     ],
@@ -73,7 +74,9 @@ def check_streams(result: Result) -> None:
 def streams(run, pattern: str = "10x100", reader_delay_ms: int = 50,
             recv_size: int = 65536) -> dict:
     """Send a pattern of writes across a namespace's lo (MTU 1500, offloads off) and record
-    the send() sizes, the capture, and what each recv() returned (size and time)."""
+    the send() sizes, the capture, and what each recv() returned (size and time). A reader
+    with a delay waits for the sender's last send() (an Event, at most 10 s), then the delay,
+    so a slow sender cannot split its reads."""
     from ..kernel import tcp_info
     from ..netns import Namespace
 
@@ -94,9 +97,13 @@ def streams(run, pattern: str = "10x100", reader_delay_ms: int = 50,
             srv.settimeout(5)
             t0 = time.perf_counter()
 
+            sent = threading.Event()     # set after the last send() returned
+
             def reader():
                 try:
-                    time.sleep(reader_delay_ms / 1000)
+                    if reader_delay_ms > 0:   # wait for the sender to finish (bounded), then pause
+                        sent.wait(10)
+                        time.sleep(reader_delay_ms / 1000)
                     while len(got) < len(data):
                         chunk = srv.recv(recv_size)
                         if not chunk:
@@ -110,12 +117,15 @@ def streams(run, pattern: str = "10x100", reader_delay_ms: int = 50,
             th.start()
             sends = []
             pos = 0
-            for s in sizes:
-                n = cli.send(data[pos:pos + s])
-                sends.append((time.perf_counter() - t0, n))
-                if n < s:
-                    cli.sendall(data[pos + n:pos + s])
-                pos += s
+            try:
+                for s in sizes:
+                    n = cli.send(data[pos:pos + s])
+                    sends.append((time.perf_counter() - t0, n))
+                    if n < s:
+                        cli.sendall(data[pos + n:pos + s])
+                    pos += s
+            finally:
+                sent.set()
             th.join(10)
             mss = tcp_info(cli)["snd_mss"]
             cli.close()
@@ -170,6 +180,27 @@ def render_streams(result: Result) -> list:
     return [result, three_views(result).T, boundaries_figure(result)]
 
 
+def acks_between_sends(result: Result):
+    """One row per data segment from the client: its end (relative seq + len) and whether
+    the server's ACK for it was captured before the client's next data segment."""
+    import pandas as pd
+    d = result.data
+    df = result.segments().reset_index(drop=True)
+    port = d["server_port"]
+    data = df[(df["dport"] == port) & (df["len"] > 0)]
+    acks = df[(df["sport"] == port) & df["flags"].str.contains("ACK")]
+    rows = []
+    idx = list(data.index)
+    for k, i in enumerate(idx):
+        end = int(df.at[i, "seq"] + df.at[i, "len"])
+        nxt = idx[k + 1] if k + 1 < len(idx) else None
+        between = acks[(acks.index > i) & ((acks.index < nxt) if nxt is not None else True)]
+        rows.append({"segment": k + 1, "bytes": int(df.at[i, "len"]), "ends at seq": end,
+                     "acked before the next segment": bool((between["ack"] >= end).any()) if nxt is not None
+                     else None})
+    return pd.DataFrame(rows).set_index("segment")
+
+
 # ---------------------------------------------------------------------------- partial writes
 
 def check_partial_writes(result: Result) -> None:
@@ -177,15 +208,34 @@ def check_partial_writes(result: Result) -> None:
     assert d["first_send"] < d["size"], "send() on a full path took only part of the buffer"
     assert d["first_send"] > 0
     assert d["eagain"], "a second non-blocking send() with the buffers full raises EAGAIN"
+    assert d["queued_before_eagain"] > d["first_send"], "later sends found room the first did not"
+    k = d["at_eagain"]
+    assert k["acked"] + k["in_flight"] + k["notsent"] == d["queued_before_eagain"], \
+        "every queued byte is acknowledged, in flight, or not yet sent"
+    assert k["receiver_queue"] == k["acked"] + k["in_flight"], "everything sent waits in the receiver's queue"
+    assert k["in_flight"] <= k["snd_wnd"], "never more in flight than the receiver's advertised window"
+    if k["notsent"]:
+        assert k["in_flight"] == k["snd_wnd"], "bytes wait unsent only when the window is full"
+    assert d["loop_calls"] > 1 and max(d["loop_counts"]) < d["size"] - d["queued_before_eagain"], \
+        "with a timeout, each send() returned a short count"
     assert d["sendall_total"] == d["size"] and d["received"] == d["size"], "sendall() delivers every byte"
+
+
+def _queued(sock: socket.socket, request: int) -> int:
+    """SIOCINQ / SIOCOUTQ: bytes in a socket's receive queue / not yet acknowledged."""
+    import fcntl
+    import struct
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
 
 
 @experiment(
     "partial_writes", chapter="02_04",
-    params=[Param("size", "bytes to send", 4 << 20, choices=(1 << 20, 4 << 20), minimum=1 << 16,
+    params=[Param("size", "bytes to send", 4 << 20, choices=(1 << 20, 4 << 20), minimum=1 << 20,
                   maximum=32 << 20, unit="bytes", doc="one send() of this many bytes to a reader that waits"),
             Param("sndbuf", "SO_SNDBUF (sender)", 65536, choices=(16384, 65536), minimum=4096,
-                  maximum=4 << 20, unit="bytes", doc="the sender's send buffer (the kernel doubles it)")],
+                  maximum=256 << 10, unit="bytes",
+                  doc="the sender's send buffer (the kernel doubles it; small enough that "
+                      "the buffers cannot take the whole send)")],
     invariant=check_partial_writes,
     claim="send() may take fewer bytes than given; sendall() loops until all are queued",
 )
@@ -193,12 +243,15 @@ def partial_writes(run, size: int = 4 << 20, sndbuf: int = 65536) -> dict:
     """One non-blocking send() of *size* bytes while the reader is not reading: it returns a
     count smaller than *size*, the next raises EAGAIN; then the reader starts and sendall()
     queues the rest. Returns the counts and the number of send() calls a manual loop needed."""
+    import termios
+    from ..kernel import tcp_info
     from ..servers import Server
     data = bytes(size)
     start = threading.Event()
-    received = []
+    received, conns = [], []
 
     def slow_reader(conn, addr):
+        conns.append(conn)
         start.wait(5)
         total = 0
         while total < size:
@@ -225,6 +278,16 @@ def partial_writes(run, size: int = 4 << 20, sndbuf: int = 65536) -> dict:
                     eagain = True
                     break
             queued = pos
+            # the kernel's view at the EAGAIN, before the receiver's delayed ACK can change it
+            ti = tcp_info(c)
+            t_end = time.monotonic() + 2
+            while not conns and time.monotonic() < t_end:
+                time.sleep(0.002)
+            outq = _queued(c, termios.TIOCOUTQ)
+            at_eagain = {"sender_queue": outq, "notsent": ti["notsent_bytes"],
+                         "in_flight": outq - ti["notsent_bytes"], "acked": ti["bytes_acked"] - 1,
+                         "snd_wnd": ti["snd_wnd"],
+                         "receiver_queue": _queued(conns[0], termios.FIONREAD) if conns else -1}
             # a manual loop, as sendall() does it: count the send() calls
             start.set()
             c.settimeout(5)
@@ -243,7 +306,7 @@ def partial_writes(run, size: int = 4 << 20, sndbuf: int = 65536) -> dict:
         finally:
             c.close()
     return {"size": size, "sndbuf_set": sndbuf, "sndbuf_got": so_sndbuf, "first_send": first,
-            "eagain": eagain, "queued_before_eagain": queued, "loop_calls": calls, "loop_counts": counts[:50],
+            "eagain": eagain, "queued_before_eagain": queued, "at_eagain": at_eagain, "loop_calls": calls, "loop_counts": counts[:50],
             "sendall_total": pos, "received": received[0] if received else 0}
 
 
@@ -252,10 +315,11 @@ def partial_writes(run, size: int = 4 << 20, sndbuf: int = 65536) -> dict:
 def check_framed_exchange(result: Result) -> None:
     d = result.data
     assert d["received_ok"], "the messages arrive intact and in order"
-    assert d["recv_calls"] != d["messages"] or d["recv_size"] >= 65536, \
-        "recv() calls and messages do not line up one to one"
+    assert d["recv_calls"] == 1 or d["recv_cuts_inside"] > 0, \
+        "some recv() boundary falls inside a message"
     assert d["oversize_error"] and "announces" in d["oversize_error"], "an oversize length is refused"
-    assert d["oversize_buffered"] <= HEADER.size + d["max_size"], "the parser never buffers beyond its bound"
+    assert d["oversize_buffered"] <= HEADER.size, \
+        "the parser held at most one header: none of the oversize message's payload"
     assert d["garbage_error"] and "bad magic" in d["garbage_error"], "a stream in another protocol is refused"
 
 
@@ -326,12 +390,93 @@ def framed_exchange(run, messages: int = 200, recv_size: int = 100, max_size: in
     runs = outcome.get("runs", [])
     errors = outcome.get("errors", [])
     first = runs[0] if runs else {"got": [], "sizes": []}
+    frame_ends = set(_cumulative([HEADER.size + len(m) for m in msgs]))
+    recv_ends = _cumulative(first["sizes"])[:-1]            # the last one is the stream's end
     return {"messages": messages, "recv_size": recv_size, "max_size": max_size,
             "stream_bytes": len(stream), "send_pieces": len(pieces) + 1,
             "received_ok": first["got"] == msgs, "received": len(first["got"]),
             "recv_calls": len(first["sizes"]), "recv_sizes": first["sizes"][:200],
+            "recv_cuts_inside": sum(1 for e in recv_ends if e not in frame_ends),
             "message_sizes": [len(m) for m in msgs[:200]],
             "oversize_error": errors[0] if errors else None,
             "oversize_before": len(runs[1]["got"]) if len(runs) > 1 else None,
             "oversize_buffered": outcome.get("buffered", [0])[0],
             "garbage_error": errors[1] if len(errors) > 1 else None, "client_ends": ends}
+
+
+def _cumulative(sizes) -> list[int]:
+    out, total = [], 0
+    for n in sizes:
+        total += n
+        out.append(total)
+    return out
+
+
+def message_cuts(result: Result, first: int = 8):
+    """The first *first* messages of a framed_exchange as byte ranges of the stream (header
+    included), with the recv() boundaries that fall inside each one."""
+    import pandas as pd
+    d = result.data
+    recv_ends = _cumulative(d["recv_sizes"])
+    covered = recv_ends[-1] if recv_ends else 0
+    rows, start = [], 0
+    for k, size in enumerate(d["message_sizes"][:first]):
+        end = start + HEADER.size + size
+        if end > covered:
+            break
+        inside = [e for e in recv_ends if start < e < end]
+        rows.append({"message": k + 1, "payload bytes": size, "stream bytes": f"{start}–{end}",
+                     "recv() ends inside at": ", ".join(map(str, inside)) or "–"})
+        start = end
+    return pd.DataFrame(rows).set_index("message")
+
+
+# ---------------------------------------------------------------------------- exercise 2
+
+class _Stub(Exception):
+    pass
+
+
+def check_frames_in(fn) -> bool:
+    """Exercise checker for ``frames_in(chunks) -> list of messages`` (chapter 02_04).
+
+    Feeds the learner's function one stream cut several ways (all at once, byte by byte,
+    cuts inside headers and payloads), then a stream cut off inside a message, which must
+    raise TruncatedFrame. A function that still raises NotImplementedError is "not
+    answered yet"; one that returns None is told it forgot ``return``."""
+    from ..checks import _todo, check
+    from ..framing import TruncatedFrame, split
+    hint = ("feed every chunk, keep everything feed() returns (zero, one or several messages "
+            "per chunk), and think about what must happen when the stream ends.")
+    sample = [b"alpha", b"", b"gamma" * 50, bytes(range(256)), b"z"]
+    stream = encode_all(sample)
+    ways = {"all at once": [stream], "byte by byte": [stream[i:i + 1] for i in range(len(stream))],
+            "cut inside headers and payloads": split(stream, [2, 9, 12, 15, 100, 270, 280, 400, 540])}
+
+    def verdict():
+        for name, chunks in ways.items():
+            try:
+                got = fn(list(chunks))
+            except NotImplementedError:
+                raise _Stub
+            if got is None:
+                return f"frames_in returned None for the stream fed {name}: did you forget `return`?"
+            if list(got) != sample:
+                return f"wrong messages for the stream fed {name}. Hint: {hint}"
+        try:
+            fn(split(stream[:-3], [4, 20]))
+        except TruncatedFrame:
+            return ""
+        except Exception as exc:
+            return f"a stream cut off inside a message raised {type(exc).__name__}, not TruncatedFrame."
+        return f"a stream cut off inside its last message was accepted. Hint: {hint}"
+
+    try:
+        why = verdict()
+    except _Stub:
+        return _todo("replace the `raise NotImplementedError` line of frames_in with your code, "
+                     "then run both cells again.")
+    except Exception as exc:
+        return check(False, "", f"your function raised {type(exc).__name__}: {exc}. Hint: {hint}")
+    return check(not why, "right: every split gives the same messages, and a cut-off stream is refused",
+                 why)

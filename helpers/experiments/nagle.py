@@ -2,10 +2,15 @@
 
 A client sends each request as two writes (an 8-byte header, then the body) and waits
 for a short reply; the server replies once it has read both. On Linux the second write
-waits: Nagle holds a small segment while earlier data is unacknowledged, and the
-server delays that ACK (40 ms minimum, plus up to one 4 ms tick at HZ=250), because
-after the first exchange the connection looks interactive ("pingpong" mode) and an ACK
-is expected to ride on the server's reply. The reply, in turn, waits for the body.
+waits: Nagle (Minshall's variant, ``tcp_nagle_check``/``tcp_minshall_check`` in
+net/ipv4/tcp_output.c) holds a small segment while an earlier *small* segment is
+unacknowledged, and the server delays that ACK (``TCP_ATO_MIN`` = HZ/25 = 40 ms, plus
+about one 4 ms tick at HZ=250), because after the first exchange the connection looks
+interactive ("pingpong" mode) and an ACK is expected to ride on the server's reply. The
+reply, in turn, waits for the body. When the delayed-ACK timer fires, the kernel leaves
+pingpong mode (``tcp_delack_timer_handler`` in net/ipv4/tcp_timer.c), so the body is
+acknowledged at once, in a pure ACK of its own; the quick reply makes the connection
+interactive again (``tcp_event_data_sent``) and the next request stalls the same way.
 
 Two experiments share the request loop (:func:`request_loop`):
 
@@ -279,8 +284,9 @@ TRACE_SETTINGS = ("default", "nodelay", "cork", "one_write", "quickack_once",
 
 
 def request_timeline(result: Result):
-    """One row per request from the capture: when the header, the server's ACK of it,
-    the body and the reply were seen (ms since the header), and the gaps."""
+    """One row per request from the capture: when the server's first ACK of it, the first
+    and the last body segment and the reply were seen (ms since the header), how many
+    segments the request took and how many pure ACKs (no data) the server sent for it."""
     import pandas as pd
     df = result.segments()
     port = result.data["server_port"]
@@ -291,6 +297,7 @@ def request_timeline(result: Result):
     # a request starts with a segment whose payload begins with the header: find them by
     # sequence number (request k starts at 1 + k * (8 + body))
     size = HEADER.size + result.data["params"]["body"]
+    nan = float("nan")
     for k in range(result.data["requests"]):
         start = 1 + k * size
         end = start + size
@@ -300,15 +307,20 @@ def request_timeline(result: Result):
         h = first.iloc[0]
         later_up = up[(up["seq"] > start) & (up["seq"] < end)]
         reply = down[(down["len"] > 0) & (down["ack"] >= end)]
-        acks = down[(down["len"] == 0) & (down["ack"] > start) & (down["ack"] < end) & (down["t"] >= h["t"])]
-        t_reply = reply.iloc[0]["t"] if len(reply) else float("nan")
-        t_rest = later_up.iloc[0]["t"] if len(later_up) else float("nan")
-        t_ack = acks.iloc[0]["t"] if len(acks) else float("nan")
+        t_reply = reply.iloc[0]["t"] if len(reply) else nan
+        pure = down[(down["len"] == 0) & (down["ack"] > start) & (down["ack"] <= end) & (down["t"] >= h["t"])
+                    & ~(down["t"] > t_reply)]
+        acks = pure[pure["ack"] < end]
+        t_rest = later_up.iloc[0]["t"] if len(later_up) else nan
+        t_last = later_up.iloc[-1]["t"] if len(later_up) else nan
+        t_ack = acks.iloc[0]["t"] if len(acks) else nan
         rows.append({"request": k + 1, "segments": 1 + len(later_up),
                      "first segment bytes": int(h["len"]),
                      "server ACK after (ms)": (t_ack - h["t"]) * 1e3,
-                     "rest of body after (ms)": (t_rest - h["t"]) * 1e3,
-                     "reply after (ms)": (t_reply - h["t"]) * 1e3})
+                     "body after (ms)": (t_rest - h["t"]) * 1e3,
+                     "body ends after (ms)": (t_last - h["t"]) * 1e3,
+                     "reply after (ms)": (t_reply - h["t"]) * 1e3,
+                     "server pure ACKs": len(pure)})
     return pd.DataFrame(rows).set_index("request")
 
 
@@ -318,19 +330,26 @@ def check_nagle_trace(result: Result) -> None:
     tl = request_timeline(result)
     assert len(tl) == result.data["requests"], "every request must be in the capture"
     later = tl.iloc[1:]
+    p = result.data["params"]
     if result.data["expect_stall"]:
         assert (later["segments"] == 2).all(), "header and body travel as two segments"
         assert (later["first segment bytes"] == HEADER.size).all(), "the header goes out alone, at once"
         ack = later["server ACK after (ms)"]
-        rest = later["rest of body after (ms)"]
+        rest = later["body after (ms)"]
         assert ack.between(30, 80).mean() >= 0.7, "the server's ACK of the header comes ~40 ms late"
         assert ((rest - ack).abs() < 5).mean() >= 0.7, "the body leaves as soon as that ACK arrives"
         assert (later["reply after (ms)"] >= rest).all(), "the reply follows the body"
+        assert (later["server pure ACKs"] >= 2).mean() >= 0.7, \
+            "after the timer's ACK the body gets a pure ACK of its own, before the reply"
     else:
         assert (later["reply after (ms)"] < 10).mean() >= 0.8, "no request waits for a timer"
-        if result.data["params"]["body"] < result.data["mss"] and result.data["params"]["pattern"] != "two writes" \
-                or result.data["params"]["cork"]:
+        if p["body"] < result.data["mss"] and p["pattern"] != "two writes" or p["cork"]:
             assert (later["segments"] == 1).all(), "one write (or cork) makes one segment"
+        if p["body"] > result.data["mss"] and p["pattern"] == "two writes" and not (p["nodelay"] or p["cork"]):
+            assert (later["segments"] == 3).all(), "header, one full segment, the tail"
+            assert (later["body ends after (ms)"] >= later["server ACK after (ms)"]).all(), \
+                "the tail of the body leaves only after the server's ACK"
+            assert (later["server ACK after (ms)"] < 5).all(), "the server ACKs more than one MSS at once"
 
 
 @experiment(
@@ -346,9 +365,16 @@ def nagle_trace(run, setting: str = "default") -> dict:
 
 
 def stalled_request(result: Result) -> int:
-    """The stream's rows of the slowest request (by reply time), for a ladder."""
+    """A typical stalled request, for a ladder: among the stalled requests other than the
+    last one (whose segments run into the connection's close), the one with the median
+    reply time. Without stalls, request 2 (or the only one)."""
     tl = request_timeline(result)
-    return int(tl["reply after (ms)"].idxmax())
+    cand = tl.iloc[1:-1] if len(tl) > 2 else tl
+    stalled = cand[cand["reply after (ms)"] > STALL_MS]
+    if stalled.empty:
+        return int(cand.index[0])
+    order = stalled["reply after (ms)"].sort_values()
+    return int(order.index[(len(order) - 1) // 2])
 
 
 def request_segments(result: Result, request: int):
@@ -362,6 +388,19 @@ def request_segments(result: Result, request: int):
     nxt = df[(df["dport"] == port) & (df["seq"] == start + size) & (df["len"] > 0)]
     t1 = nxt["t"].iloc[0] if len(nxt) else df["t"].max() + 1
     return df[(df["t"] >= t0) & (df["t"] < t1)]
+
+
+def latency_figure(results: dict[str, Result], title: str | None = None):
+    """Latency histogram of several runs, stacked so that settings with the same latency
+    all show; medians are given in the legend only (their labels would overlap)."""
+    from ..plots import latency_hist
+    fig = latency_hist({name: r.data["latency_ms"] for name, r in results.items()}, stacked=True,
+                       title=title or "Request latency per setting (log scale)")
+    for ax in fig.axes:
+        for a in ax.findobj(lambda a: getattr(a, "get_gid", lambda: None)() == "median"):
+            if a is not ax:
+                a.remove()
+    return fig
 
 
 def render_trace(result: Result) -> list:

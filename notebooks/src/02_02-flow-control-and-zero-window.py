@@ -3,7 +3,7 @@
 #
 # **Objectives**
 # 1. Watch a receiver's advertised window shrink to 0 when its application stops reading.
-# 2. See what the sender's kernel does then: zero-window probes, at doubling intervals.
+# 2. See what the sender's kernel does while the window is 0, and when.
 # 3. See the window update that restarts the transfer when reading resumes.
 # 4. Read the same story in TCP_INFO, `ss` and `nstat`, and learn why Wireshark calls
 #    Linux's probes "TCP Keep-Alive".
@@ -14,9 +14,9 @@
 # %%
 import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind
-from helpers.experiments.flowcontrol import zero_window, analyse, probe_table, samples_frame, plot, render
+from helpers.experiments.flowcontrol import zero_window, analyse, probe_table, samples_frame, plot, render, shown
 from helpers import dissect
-from helpers.checks import check, check_value
+from helpers.checks import check, check_value, not_answered
 from helpers.widgets import Panel
 
 mode_banner()
@@ -28,7 +28,8 @@ mode_banner()
 # capture shows real 1448-byte segments, and the kernel counters are this experiment's
 # own), a reader accepts a connection and then does not read for 2 s. Its `SO_RCVBUF` is
 # 16 KiB (32 KiB once doubled), set on the listener before `listen()`. The writer sends
-# 2 × 32 KiB + 32 KiB, more than the reader can hold, with one `sendall()`.
+# 96 KiB (twice the doubled buffer, plus 32 KiB), more than the reader can hold, with one
+# `sendall()`.
 #
 # **Predict:** once the reader's buffer is full, what does the writer's kernel do until the
 # reader reads again? Stay silent? Retransmit? Something else?
@@ -43,6 +44,7 @@ df = result.segments()
 d = result.data
 a = analyse(result, df)
 print(f"{len(df)} segments; writer → reader {len(a['from_w'])}, reader → writer {len(a['to_w'])}")
+assert d["reader_rcvbuf"] == 2 * 16384 and d["total"] == 2 * d["reader_rcvbuf"] + 32768 == 96 * 1024
 print(f"sendall() of {d['total']:,} bytes returned after {d['writer_done_at'] * 1000:.1f} ms; "
       f"the reader started reading at {d['resume_at']:.2f} s")
 assert d["writer_done_at"] < 0.5 < d["resume_at"]
@@ -65,41 +67,115 @@ opening = to_w[(to_w.t <= first_zero_t) & ~to_w["flags"].str.contains("SYN")]
 assert opening["win"].iloc[0] > opening["win"].iloc[-2] > 0 == opening["win"].iloc[-1]
 print(f"window {opening['win'].iloc[0]:,} → … → {opening['win'].iloc[-2]:,} → 0 at {first_zero_t:.3f} s; "
       f"the reader had {a['zero_ack'] - 1:,} bytes queued")
-assert a["zero_ack"] - 1 <= d["reader_rcvbuf"]
+queued = a["zero_ack"] - 1
+assert 0.8 * d["reader_rcvbuf"] < queued < d["reader_rcvbuf"]
 
 # %% [markdown]
 # **Explain.** The window is the free space the receiver's kernel promises: as unread bytes
-# pile up in the receive buffer it shrinks, and when the buffer is full it is 0. (Only
-# about 29 KiB of payload fit in the 32 KiB buffer: the buffer is charged with packet
-# memory, as in 02_01.) The writer may not send beyond `ack + win`, so it stops.
+# pile up in the receive buffer it shrinks, and when the buffer is full it is 0. (Only the
+# 28,960 bytes printed above, 28.3 KiB, fit in the 32 KiB buffer: the buffer is charged with
+# packet memory, as in 02_01.) The writer may not send beyond `ack + win`, so it stops.
 #
-# ## 3 · Zero-window probes, at doubling intervals
+# Two details of the table. **Why does the window first rise**, from 15,928 in the SYN+ACK
+# to 18,824? The SYN+ACK's window is chosen before any data has arrived, on the kernel's
+# default guess that half of the buffer's memory will hold payload (`TCP_DEFAULT_SCALING_RATIO`
+# in `include/net/tcp.h`: "Assume a 50% default for skb->len/skb->truesize ratio"): 32,768 / 2
+# = 16,384, rounded down to whole segments, 11 × 1448. The first data segment lets the kernel
+# measure the real ratio on this path (`tcp_measure_rcv_mss()` in `net/ipv4/tcp_input.c`),
+# better than half here, and the next ACK offers 13 × 1448. **Why the ~44 ms gaps?** The first
+# ACKs leave within microseconds; after them the reader's kernel only ACKs at once when its
+# window can move forward (`__tcp_ack_snd_check()` in `net/ipv4/tcp_input.c`), which it cannot
+# while nobody reads. The other ACKs wait for the delayed-ACK timer (`TCP_DELACK_MIN`, 40 ms,
+# in `include/net/tcp.h`), counted by nstat as `DelayedACKs`. Chapter 02_03 is about that timer.
+
+# %%
+mss = int(df[df.len > 0]["len"].max())
+syn_ack = to_w[to_w["flags"].str.contains("SYN")].iloc[0]
+assert mss == 1448 and int(syn_ack["win"]) == (d["reader_rcvbuf"] // 2) // mss * mss
+assert opening["win"].iloc[0] > int(syn_ack["win"]) and (opening["win"] % mss == 0).all()
+first_data_t = float(a["from_w"][a["from_w"].len > 0]["t"].iloc[0])
+gaps = opening[opening.t >= first_data_t]["t"].diff().fillna(opening["t"].iloc[0] - first_data_t)
+quick, delayed = gaps[gaps < 0.01], gaps[gaps >= 0.01]
+assert len(quick) >= 2 and delayed.between(0.03, 0.1).all()
+assert len(delayed) == d["counters"]["TcpExtDelayedACKs"]
+print(f"SYN+ACK window {int(syn_ack['win']):,} = {int(syn_ack['win']) // mss} × {mss}; first ACK "
+      f"{opening['win'].iloc[0]:,} = {opening['win'].iloc[0] // mss} × {mss}; {len(quick)} ACKs at once, "
+      f"then {len(delayed)} after {[round(g * 1000) for g in delayed]} ms; "
+      f"nstat DelayedACKs {d['counters']['TcpExtDelayedACKs']}")
+
+# %% [markdown]
+# **A surprise: retransmissions.** Nothing was lost on this private link, yet the writer sent
+# some segments twice:
+
+# %%
+rt = a["retrans"]
+rt_view = rt.assign(first_sent=rt["orig_t"].round(4), after_ms=((rt["t"] - rt["orig_t"]) * 1000).round(1))
+rt_view[["t", "seq", "len", "first_sent", "after_ms"]]
+
+# %%
+c = d["counters"]
+assert len(rt) == c["TcpRetransSegs"] <= c["TcpExtTCPLossProbes"] and c["TcpExtTCPTimeouts"] == 0
+assert c["TcpExtTCPDSACKRecv"] == c["TcpExtTCPDSACKOldSent"] == len(rt), "each one was a duplicate"
+for _, r in rt.iterrows():   # sent before any ACK covered the original
+    covered = to_w[(to_w.t > r["orig_t"]) & (to_w["ack"] >= r["seq"] + r["len"])]
+    assert float(covered["t"].iloc[0]) > float(r["t"])
+assert (rt["t"] < first_zero_t).all(), "every retransmission comes before the zero window"
+print(f"{len(rt)} retransmissions, {list(rt_view['after_ms'])} ms after the original, all before "
+      f"the zero window at {first_zero_t:.3f} s; nstat TCPLossProbes {c['TcpExtTCPLossProbes']}, "
+      f"TcpRetransSegs {c['TcpRetransSegs']}, TCPTimeouts {c['TcpExtTCPTimeouts']}; D-SACKs: sent by the "
+      f"reader {c['TcpExtTCPDSACKOldSent']}, received by the writer {c['TcpExtTCPDSACKRecv']}; "
+      f"net.ipv4.tcp_early_retrans = {d['tcp_early_retrans']}")
+
+# %% [markdown]
+# **Explain.** These are *tail loss probes* (TLP, on by default: `net.ipv4.tcp_early_retrans`
+# = 3; `Documentation/networking/ip-sysctl.rst`: "Tail loss probe (TLP) converts RTOs
+# occurring due to tail losses into fast recovery (RFC8985)"). When the last segments sent
+# get no ACK for about two round-trip times plus a few milliseconds, far less than the
+# 200 ms retransmission timeout, the writer re-sends the last one. Here the ACKs were only
+# *late* (the reader's 40 ms delayed ACKs), so the probe arrived as a duplicate and the reader
+# said so with a D-SACK (counted as `TCPDSACKOldSent` at the reader, `TCPDSACKRecv` at the
+# writer). No retransmission timeout fired (`TCPTimeouts` 0), and all of this happened before
+# the window reached 0. What the writer does *while* the window is 0 is the next question.
 #
-# **Predict:** the writer still has about 69 KB to send. If it just waited for a window update
-# and that single ACK got lost, the connection would hang forever. What should it do?
+# ## 3 · While the window is 0
+#
+# **Predict:** the writer still has about 68 KiB to send and the window is 0. Does it send
+# anything before the reader reads again? If so, when, and how often?
 
 # %%
 probes = probe_table(result, a)
-probes
+shown(probes)
 
 # %%
 assert 2 <= len(probes) <= 3, "a 2 s pause shows two or three probes"
 assert (a["probes"]["len"] == 0).all() and (a["probes"]["seq"] == a["zero_ack"] - 1).all()
 rto = samples_frame(result).query("snd_wnd == 0")["rto_ms"].iloc[0] / 1000
-assert 0.8 * rto <= probes["interval"].iloc[0] <= 1.3 * rto, "the first probe comes one RTO after the zero window"
+assert 0.8 * rto <= probes["interval"].iloc[0] <= 1.5 * rto, "the first probe comes one RTO after the zero window"
 assert probes["ratio"].dropna().between(1.6, 2.5).all(), "each interval doubles"
+assert samples_frame(result)["notsent"].iloc[-1] == d["total"] - queued + 1   # + 1: the FIN
+assert not ((rt["t"] > first_zero_t) & (rt["t"] < float(a["update"]["t"]))).any(), "no retransmission"
 print(f"RTO {rto * 1000:.0f} ms; probe intervals {list(probes['interval'])} s: ratios "
       f"{list(probes['ratio'].dropna())}")
 
 # %% [markdown]
-# **Explain.** While the window is 0 and data waits, the sender's kernel runs the *persist*
-# (probe) timer. It fires after one retransmission timeout (RTO: at least 200 ms on Linux;
-# on loopback the round trip is microseconds, so it is ≈ 200 ms) and then backs off
-# exponentially: 0.22, 0.44, 0.88, 1.76 s … (capped at 120 s). Each probe is an empty
+# **Explain.** The writer does not retransmit while the window is 0 (the check above), and it
+# does not stay silent either: that could hang the connection for ever if the reader's window
+# update were lost. Its kernel runs the *persist* (probe) timer. It fires after one
+# retransmission timeout (RTO: at least 200 ms on Linux, `net.ipv4.tcp_rto_min_us`; on
+# loopback the round trip is microseconds, so it is ≈ 200 ms; TCP_INFO showed it above) and
+# then backs off exponentially, each interval twice the one before, up to the maximum RTO
+# (`tcp_send_probe0()` in `net/ipv4/tcp_output.c`). On this kernel that maximum is the sysctl
+# `net.ipv4.tcp_rto_max_ms`, printed below; older kernels use the constant `TCP_RTO_MAX`,
+# 120 s, in `include/net/tcp.h`. A pause of seconds never reaches it. Each probe is an empty
 # segment whose sequence number is one *below* what the receiver expects: the receiver must
 # answer with an ACK that carries its current window, and the probe holds no data that could
 # be lost or would need to be accepted.
 #
+# %%
+print(f"net.ipv4.tcp_rto_max_ms = {d['tcp_rto_max_ms']}")
+assert d["tcp_rto_max_ms"] in (None, 120000) and probes["interval"].max() < 120
+
+# %% [markdown]
 # ## 4 · Not every probe is answered
 #
 # Look at the `answered` column: on loopback the second probe usually gets no reply at all.
@@ -150,8 +226,10 @@ print(f"window update at {float(upd['t']):.3f} s (win {int(upd['win']):,}); data
 #
 # Blue bars are data segments (sequence number against time), the green step the reader's
 # ACKs, the purple dashed step the window edge (ACK + window): the writer may only send
-# below it. Red crosses mark zero-window ACKs, orange diamonds the probes. Below, the
-# writer's TCP_INFO `backoff`, sampled every 20 ms.
+# below it. Magenta bars are retransmissions (the tail loss probes of section 2), red crosses
+# zero-window ACKs, orange diamonds the probes. Below, the writer's TCP_INFO `backoff`,
+# sampled every 20 ms. Both panels share the time axis: seconds since the SYN, the first
+# packet of the capture.
 
 # %%
 fig = plot(result, df)
@@ -194,7 +272,7 @@ pd.Series(d["counters"], name="nstat delta")
 # %%
 c = d["counters"]
 assert c["TcpExtTCPWinProbe"] == len(probes), "one TCPWinProbe per probe on the wire"
-assert c["TcpExtTCPToZeroWindowAdv"] == 1 and c["TcpExtTCPFromZeroWindowAdv"] == 1
+assert c["TcpExtTCPToZeroWindowAdv"] >= 1 and c["TcpExtTCPFromZeroWindowAdv"] >= 1
 
 # %% [markdown]
 # The writer had already called `shutdown(SHUT_WR)` after `sendall()`: it is in FIN-WAIT-1,
@@ -226,8 +304,9 @@ print(f"Wireshark: probes = {set(probe_rows['labels'].map(tuple))}; SO_KEEPALIVE
 # %% [markdown]
 # > **Myth vs measurement.** The source notes say that a slow reader makes "the peer's
 # > sending stall", as if the sender simply waited; and a capture of it in Wireshark seems to
-# > say the connection is sending keep-alives. Measured: the sender is not silent, it probes
-# > the zero window at doubling intervals (counted by `TCPWinProbe`); and these are not
+# > say the connection is sending keep-alives. Measured: while the window is 0 the sender
+# > retransmits nothing (its tail loss probes all came before), but it is not silent: it
+# > probes the zero window at doubling intervals (counted by `TCPWinProbe`); and these are not
 # > keep-alives: `SO_KEEPALIVE` is off and the keep-alive timer would wait 2 hours.
 # > Wireshark calls a *zero-window probe* a segment at the next expected sequence number with
 # > one byte of data (what the RFCs describe and some stacks send). Linux sends no data and
@@ -263,27 +342,27 @@ assert long.segments().query("sport == @long.data['port'] and len == 0")["win"].
 # %% [markdown]
 # ## Check your understanding
 #
-# **1.** In the run of section 1, the probe intervals were about 0.22, 0.44 and 0.88 s. Had
-# the reader paused longer, how long after the third probe would the fourth have come
-# (in seconds)?
+# **1.** Had the reader of section 1 paused for a minute, when would the writer's 6th probe
+# have come, in seconds after the zero window? Use this run's probe table.
 
 # %%
 answer_1 = ...  # a number of seconds
 
 # %%
-check_value(answer_1, 2 * float(probes["interval"].iloc[-1]), rel=0.15, name="fourth interval",
-            hint="each interval is the previous one doubled");
+check_value(answer_1, float(probes["interval"].iloc[0]) * (2 ** 6 - 1), rel=0.15, name="6th probe",
+            hint="the table's `since zero window` column: where did probes 1, 2 and 3 sit, "
+                 "measured in first intervals?");
 
 # %% [markdown]
-# **2.** In the panel's run (`long`: 4 KiB buffer, 4 s pause), how many probes did the reader
-# leave unanswered? Compute it from `probe_table(long)`.
+# **2.** In the panel's run (`long`: 4 KiB buffer, 4 s pause), how many bytes of payload did
+# the reader hold when it advertised its zero window? Compute it from `long.segments()`.
 
 # %%
-answer_2 = ...  # e.g. (~probe_table(long)["answered"]).sum()
+answer_2 = ...  # a number of bytes
 
 # %%
-check_value(answer_2, int((~lp["answered"]).sum()), name="unanswered probes",
-            hint="count the rows whose `answered` is False");
+check_value(answer_2, analyse(long)["zero_ack"] - 1, name="bytes held",
+            hint="find the reader's first segment with win 0; what does its ack number count?");
 
 # %% [markdown]
 # **3.** Which sysctl decides that a probe coming 0.44 s after the last answer gets no reply?
@@ -293,9 +372,10 @@ check_value(answer_2, int((~lp["answered"]).sum()), name="unanswered probes",
 answer_3 = ...  # a string, e.g. "net.ipv4.tcp_..."
 
 # %%
-check(lambda: answer_3.strip().lower() in ("net.ipv4.tcp_invalid_ratelimit", "tcp_invalid_ratelimit"),
+check(answer_3 if not_answered(answer_3)
+      else str(answer_3).strip().lower().removeprefix("net.ipv4.") == "tcp_invalid_ratelimit",
       "right: out-of-window segments are answered at most once per tcp_invalid_ratelimit ms",
-      "it rate-limits answers to invalid (out-of-window) segments; see section 4");
+      "section 4 printed it next to the unanswered probes");
 
 # %% [markdown]
 # ## Summary
@@ -303,14 +383,17 @@ check(lambda: answer_3.strip().lower() in ("net.ipv4.tcp_invalid_ratelimit", "tc
 #   sender stops at the window edge (`sendall()` had long returned: the bytes wait in the send
 #   buffer).
 # * The sender probes the zero window: an empty segment at sequence − 1, one RTO after the
-#   zero window, then at doubling intervals (≈ 0.22, 0.44, 0.88, 1.76 s on loopback).
+#   zero window, then at doubling intervals, up to the maximum RTO (120 s). It retransmits
+#   nothing while the window is 0; its tail loss probes, provoked by the reader's delayed
+#   ACKs, all came before.
 #   TCP_INFO shows `snd_wnd` 0 and `backoff` counting the probes; `nstat` counts `TCPWinProbe`.
 # * The receiver answers out-of-window probes at most once per `tcp_invalid_ratelimit` (500 ms).
 # * When the application reads, the receiver sends a window update (same ACK, window > 0)
 #   and the data flows again.
 # * Wireshark labels Linux's probes "TCP Keep-Alive": same wire format, not `SO_KEEPALIVE`.
 #
-# **What's next:** 02_03 Nagle and delayed ACK: small writes and the 40 ms stall.
+# **What's next:** [02_03 Nagle and delayed ACK](02_03-nagle-and-delayed-ack.ipynb): small
+# writes, the 40 ms delayed-ACK timer met in section 2, and the stall they make together.
 
 # %%
 assert nothing_left_behind() == []
