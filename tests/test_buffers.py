@@ -7,7 +7,7 @@ import pytest
 from helpers.errors import ParameterError
 from helpers.experiments.buffers import (BUFFER_CHOICES, SKB_MAX, buffer_sizes, capacity_sweep, plot_capacity,
                                          plot_sweep, queue_capacity, rcvbuf_before_listen, render,
-                                         where_bytes_are, write_returns)
+                                         where_bytes_are, window_table, write_returns)
 
 
 def test_needs_nothing_and_runs_live_even_in_replay_mode(replay_mode):
@@ -31,6 +31,7 @@ def test_write_returns_before_the_bytes_leave():
     write_returns.check(r)
     info = r.data["writer_info"]
     assert info["notsent_bytes"] > 32768, "most of the write never left the writer"
+    assert info["snd_mss"] == r.data["first_snd_wnd"] // 2, "segments capped at half the largest window"
 
 
 @pytest.mark.parametrize("sndbuf,rcvbuf", [(4096, 4096), (65536, 65536), (None, 16384), (262144, 4096)])
@@ -62,18 +63,35 @@ def test_invariant_catches_a_wrong_result():
     bad.data["written"] = bad.data["ss"]["writer"]["send_q"] + bad.data["ss"]["reader"]["recv_q"]
     with pytest.raises(AssertionError, match="64 KB"):
         queue_capacity.check(bad)
+    bad = copy.deepcopy(r)
+    bad.data["writer_info"]["bytes_sent"] += 1
+    with pytest.raises(AssertionError, match="transmitted once"):
+        queue_capacity.check(bad)
 
 
 def test_rcvbuf_must_be_set_before_listen():
     r = rcvbuf_before_listen()
     rcvbuf_before_listen.check(r)
-    assert r.data["before"]["rcv_wscale"] == 0
+    d = r.data
+    assert d["before"]["rcv_wscale"] == 0
+    # the trap: enlarging the buffer after accept() cannot undo scale 0
+    assert d["small_then_big"]["rcvbuf"] == 2 * (1 << 20) and d["small_then_big"]["max_snd_wnd"] <= 65535
+    assert d["default_then_big"]["max_snd_wnd"] > 4 * 65535
+    table = window_table(r)
+    assert list(table.index) == ["before", "after", "small_then_big", "default_then_big"]
+    assert table.loc["before", "after_accept"] == "—"
+    bad = copy.deepcopy(r)
+    bad.data["small_then_big"]["max_snd_wnd"] = 65536
+    with pytest.raises(AssertionError, match="65,535"):
+        rcvbuf_before_listen.check(bad)
 
 
 def test_sweep_plot_and_render():
     sweep = capacity_sweep(sndbufs=(16384, 65536), rcvbufs=(16384,), fixed=16384)
     assert list(sweep["varied"]) == ["sndbuf", "sndbuf", "rcvbuf"]
     assert (sweep["written"] == sweep["send_q"] + sweep["recv_q"]).all()
+    assert (sweep["snd_wnd"] < sweep["snd_mss"]).all()
+    assert {"bytes_retrans", "reader_drops"} <= set(sweep.columns)
     fig = plot_sweep(sweep)
     assert len(fig.axes) == 2
     r = queue_capacity(sndbuf=16384, rcvbuf=65536)

@@ -14,7 +14,10 @@ corpus entries).
   never reads: how many bytes sit in the two kernel buffers (the writer's send queue and
   the reader's receive queue), as a function of both settings. The panel's experiment.
 - :func:`rcvbuf_before_listen` -- SO_RCVBUF set on the listener before ``listen()``
-  shapes the window scale of accepted connections; set after ``accept()`` it cannot.
+  shapes the window scale of accepted connections; set after ``accept()`` it cannot. The
+  trap: a small SO_RCVBUF before ``listen()`` gives scale 0, and the window the peer sees
+  stays <= 65,535 bytes even after the buffer is enlarged on the accepted socket (tcp(7):
+  buffer sizes "must be set prior to the listen(2) or connect(2) calls").
 - :func:`capacity_sweep` / :func:`plot_sweep` -- bytes queued against each setting.
 """
 from __future__ import annotations
@@ -202,8 +205,10 @@ def write_returns(run, size: int = 65536, reader_rcvbuf: int = 4096) -> dict:
     """One blocking send() of *size* bytes to a reader with a small receive buffer that
     never reads. Returns how long send() took, what it returned, and where the bytes are
     (ss Send-Q/Recv-Q, TCP_INFO bytes_sent and notsent_bytes of the writer)."""
+    from ..kernel import tcp_info
     payload = b"x" * size
     with _Pair(None, reader_rcvbuf) as p:
+        first_wnd = tcp_info(p.writer).snd_wnd   # the window the reader offered before any data
         t0 = time.perf_counter()
         n = p.writer.send(payload)
         took = time.perf_counter() - t0
@@ -214,7 +219,7 @@ def write_returns(run, size: int = 65536, reader_rcvbuf: int = 4096) -> dict:
         sndbuf = p.writer.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     return {"size": size, "returned": n, "send_seconds": took, "read_by_peer": 0,
             "reader_rcvbuf_set": reader_rcvbuf, "writer_sndbuf": sndbuf, "ss": view,
-            "writer_info": winfo, "reader_info": rinfo}
+            "first_snd_wnd": first_wnd, "writer_info": winfo, "reader_info": rinfo}
 
 
 # ----------------------------------------------------------------------------- capacity
@@ -268,6 +273,10 @@ def check_queue_capacity(result: Result) -> None:
     assert w["send_q"] >= 0.4 * d["writer_sndbuf"], "the writer's queue holds a good part of its buffer"
     assert d["writer_info"]["snd_wnd"] < d["writer_info"]["snd_mss"], \
         "the window the writer sees is too small for one more full segment (TCP_INFO snd_wnd < snd_mss)"
+    wi, ri = d["writer_info"], d["reader_info"]
+    assert wi["bytes_sent"] - wi["bytes_retrans"] == ri["bytes_received"], \
+        "every byte transmitted once is in the reader's queue (bytes_sent counts retransmissions twice)"
+    assert r["skmem_d"] == 0 or wi["bytes_retrans"] > 0, "a packet the reader dropped was retransmitted"
 
 
 @experiment(
@@ -326,7 +335,9 @@ def capacity_sweep(sndbufs=(4096, 16384, 65536, 262144, 1048576), rcvbufs=(4096,
         rows.append({"varied": knob, "setting": v, "sndbuf": kw["sndbuf"], "rcvbuf": kw["rcvbuf"],
                      "writer_sndbuf": d["writer_sndbuf"], "reader_rcvbuf": d["reader_rcvbuf"],
                      "written": d["written"], "send_q": d["ss"]["writer"]["send_q"],
-                     "recv_q": d["ss"]["reader"]["recv_q"]})
+                     "recv_q": d["ss"]["reader"]["recv_q"], "snd_mss": d["writer_info"]["snd_mss"],
+                     "snd_wnd": d["writer_info"]["snd_wnd"], "bytes_retrans": d["writer_info"]["bytes_retrans"],
+                     "reader_drops": d["ss"]["reader"]["skmem_d"], "reader_mem": d["ss"]["reader"]["skmem_r"]})
     progress.report(1.0, "done")
     return pd.DataFrame(rows)
 
@@ -406,33 +417,89 @@ def render(result: Result) -> list:
             f"+ reader Recv-Q {d['ss']['reader']['recv_q']:,}. Kernel limits: writer SO_SNDBUF "
             f"{d['writer_sndbuf']:,}, reader SO_RCVBUF {d['reader_rcvbuf']:,}.")
     return [result, note, plot_capacity(result), where_bytes_are(result),
-            info.loc[["snd_wnd", "rcv_wnd", "notsent_bytes", "unacked", "bytes_sent", "bytes_received",
-                      "rcv_wscale"]]]
+            info.loc[["snd_wnd", "snd_mss", "rcv_wnd", "notsent_bytes", "unacked", "bytes_sent",
+                      "bytes_retrans", "bytes_received", "rcv_wscale"]]]
 
 
 # ----------------------------------------------------------------------------- window scale
 
+#: The largest window a 16-bit window field can carry without scaling.
+MAX_UNSCALED = 65535
+
+#: (case, SO_RCVBUF on the listener before listen(), SO_RCVBUF on the accepted socket);
+#: "small" and "big" are replaced by the experiment's parameters.
+CASES = (("before", "small", None), ("after", None, "small"),
+         ("small_then_big", "small", "big"), ("default_then_big", None, "big"))
+
+
+def _fill_watching_window(p: _Pair, seconds: float = 3.0) -> tuple[int, int]:
+    """fill() the pair's writer, sampling after every send() the window it sees (TCP_INFO
+    snd_wnd, the reader's advertised window after scaling). Returns (written, max snd_wnd)."""
+    from ..kernel import tcp_info
+    w = p.writer
+    w.setblocking(False)
+    buf = memoryview(b"x" * CHUNK)
+    total, top = 0, tcp_info(w).snd_wnd
+    deadline = time.monotonic() + seconds
+    while total < WRITE_LIMIT and time.monotonic() < deadline:
+        try:
+            total += w.send(buf[:min(CHUNK, WRITE_LIMIT - total)])
+        except BlockingIOError:
+            if not select.select([], [w], [], SETTLE)[1]:
+                break
+        top = max(top, tcp_info(w).snd_wnd)
+    return total, top
+
+
 def check_rcvbuf_before_listen(result: Result) -> None:
     d = result.data
-    assert d["before"]["rcvbuf"] == d["after"]["rcvbuf"] == 2 * d["rcvbuf"], "both read back doubled"
+    small, big = d["rcvbuf"], d["big_rcvbuf"]
+    assert d["before"]["rcvbuf"] == d["after"]["rcvbuf"] == 2 * small, "both read back doubled"
     assert d["before"]["rcv_wscale"] < d["after"]["rcv_wscale"], \
         "only SO_RCVBUF set before listen() lowers the window scale of accepted connections"
     assert d["after"]["rcv_wscale"] == d["default_wscale"], "after accept() the scale is already the default one"
+    trap, ok = d["small_then_big"], d["default_then_big"]
+    assert trap["rcvbuf"] == ok["rcvbuf"] == 2 * min(big, d["rmem_max"]), "the buffer was enlarged after accept()"
+    assert trap["rcv_wscale"] == 0, "a small SO_RCVBUF before listen() announces window scale 0"
+    assert trap["max_snd_wnd"] <= MAX_UNSCALED, \
+        "with scale 0 the window the writer sees never exceeds 65,535 bytes, whatever the buffer"
+    assert ok["max_snd_wnd"] > MAX_UNSCALED, "with the default scale the same buffer opens a larger window"
+    assert trap["snd_mss"] <= MAX_UNSCALED // 2 + 1, "segments are capped at half the largest window"
 
 
 @experiment("rcvbuf_before_listen", chapter="02_01", invariant=check_rcvbuf_before_listen,
-            claim="SO_RCVBUF must be set on the listener before listen() to change the window scale")
-def rcvbuf_before_listen(run, rcvbuf: int = 4096) -> dict:
-    """Two listeners: one with SO_RCVBUF set before listen(), one whose accepted socket
-    gets the same SO_RCVBUF after accept(). TCP_INFO rcv_wscale of each accepted socket."""
-    out = {}
-    for when in ("before", "after"):
-        with _Pair(None, rcvbuf if when == "before" else None) as p:
-            if when == "after":
-                p.reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            info = _info(p.reader)
-            out[when] = {"rcvbuf": p.reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-                         "rcv_wscale": info["rcv_wscale"]}
+            claim="SO_RCVBUF set before listen() fixes the window scale: a small one caps the window "
+                  "at 64 KiB even after the buffer is enlarged")
+def rcvbuf_before_listen(run, rcvbuf: int = 4096, big_rcvbuf: int = 1 << 20) -> dict:
+    """Four connections to a reader that never reads (writer autotuned): SO_RCVBUF *rcvbuf*
+    on the listener before listen(); *rcvbuf* on the accepted socket after accept();
+    *rcvbuf* before listen() then *big_rcvbuf* after accept(); the default listener then
+    *big_rcvbuf* after accept(). For each: SO_RCVBUF read back, the window scale the
+    reader announced (TCP_INFO rcv_wscale), and the largest window the writer saw while
+    filling the connection (TCP_INFO snd_wnd, sampled after every send())."""
     from .handshake import default_wscale
+    from ..kernel import tcp_info
+    sizes = {"small": rcvbuf, "big": big_rcvbuf, None: None}
+    out = {}
+    for case, on_listener, on_accepted in CASES:
+        with _Pair(None, sizes[on_listener]) as p:
+            if on_accepted is not None:
+                p.reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sizes[on_accepted])
+            written, top = _fill_watching_window(p)
+            out[case] = {"before_listen": sizes[on_listener], "after_accept": sizes[on_accepted],
+                         "rcvbuf": p.reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                         "rcv_wscale": tcp_info(p.reader).rcv_wscale, "max_snd_wnd": top,
+                         "snd_mss": tcp_info(p.writer).snd_mss, "written": written}
     rmem = _int("net.ipv4.tcp_rmem")
-    return {"rcvbuf": rcvbuf, **out, "default_wscale": default_wscale(rmem[2], _int("net.core.rmem_max"))}
+    rmem_max = _int("net.core.rmem_max")
+    return {"rcvbuf": rcvbuf, "big_rcvbuf": big_rcvbuf, **out, "rmem_max": rmem_max,
+            "default_wscale": default_wscale(rmem[2], rmem_max)}
+
+
+def window_table(result: Result):
+    """The four cases of :func:`rcvbuf_before_listen` as one table."""
+    import pandas as pd
+    cols = ["before_listen", "after_accept", "rcvbuf", "rcv_wscale", "max_snd_wnd", "snd_mss"]
+    rows = [{c: ("—" if result.data[case][c] is None else result.data[case][c]) for c in cols}
+            for case, _, _ in CASES]
+    return pd.DataFrame(rows, index=[case for case, _, _ in CASES])
