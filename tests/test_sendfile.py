@@ -5,12 +5,15 @@ import socket
 import tempfile
 import threading
 
+import pandas as pd
 import pytest
 
 from helpers import caps
 from helpers.errors import ParameterError
-from helpers.experiments.sendfile import (MARK_BEGIN, MARK_END, METHODS, _send, grouped_bars, render,
-                                          sendfile_methods, strace_counts, table)
+from helpers.experiments.sendfile import MB
+from helpers.experiments.sendfile import (MARK_BEGIN, MARK_END, METHODS, _send, buffer_table, compare_buffers,
+                                          grouped_bars, metric, render, sendfile_methods, strace_counts,
+                                          strace_extra_calls, strace_table, table)
 
 
 def test_registered_without_needs():
@@ -84,15 +87,43 @@ def test_experiment_live_in_replay_mode_and_cleans_up(replay_mode):
     assert list(t.index) == list(METHODS)
     assert t.loc["sendfile", "system calls (program)"] == 1
     assert t.loc["read/write", "system calls (program)"] == 2 * 16
+    assert (t["system calls (strace)"] == "not counted").all(), "no strace pass by default: no literal None"
+    assert not any("user" in c or "sys ms" in c for c in t.columns), "getrusage's user/sys split is not shown"
+    assert isinstance(strace_table(r), str) and strace_extra_calls(r) == set()
+    for m in r.data["methods"]:                      # the sink's own record of each transfer
+        assert m["sink_cpu_s"] > 0 and 0 < m["sink_busy"] <= 1.5
+        assert len(m["received"]) == r.data["repeats"]
+    assert metric(r, "sendfile", "syscalls") == metric(r.data, "sendfile", "syscalls") == 1
     items = render(r)
     assert items[0] is r and len(items) == 4
+
+
+def test_compare_buffers_interleaves_sizes_in_one_child():
+    d = compare_buffers(size_mb=4, bufsizes=(4096, 65536), repeats=3)
+    assert d["bufsizes"] == [4096, 65536] and set(d["by_buffer"]) == {"4096", "65536"}
+    for b in d["bufsizes"]:
+        for m in d["by_buffer"][str(b)]:
+            assert m["received"] == [4 * MB] * 3, f"{m['method']} @ {b}: every byte of every transfer"
+            assert len(m["runs"]) == 3
+    assert metric(d["by_buffer"]["4096"], "read/write", "syscalls") == 2 * 1024
+    assert metric(d["by_buffer"]["65536"], "read/write", "syscalls") == 2 * 64
+    assert metric(d["by_buffer"]["4096"], "sendfile", "syscalls") == 1
+    t = buffer_table(d)
+    assert len(t) == 6 and t.loc[("4,096", "read/write"), "system calls"] == 2048
+    with pytest.raises(ParameterError):
+        compare_buffers(bufsizes=(100,))
 
 
 def test_cpu_claim_on_a_large_file():
     r = sendfile_methods(size_mb=16, bufsize=65536, trace=True)
     sendfile_methods.check(r)             # includes: sendfile's CPU < 0.8 × read/write's
+    assert isinstance(strace_table(r), pd.DataFrame) if caps.capabilities().strace.available else True
+    # the notebook's section 2 claims, with the same margins
+    assert metric(r, "sendfile", "mb_per_s") < 1.5 * metric(r, "read/write", "mb_per_s"), "no speed-up"
+    assert metric(r, "sendfile", "sink_cpu_s") > 0.8 * metric(r, "read/write", "sink_cpu_s"), \
+        "the receiver's work is not reduced"
     fig = grouped_bars([r])
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 3 and len(fig.legends) == 1
 
 
 def test_without_strace_the_program_count_is_used(monkeypatch):

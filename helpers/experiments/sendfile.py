@@ -14,6 +14,12 @@ System calls are counted twice:
   between the two marks is counted. Without strace the notebook says so and uses the first
   count.
 
+The sender's CPU time is getrusage's user + system time: only the sum is exact (the kernel
+splits it between user and system from timer ticks), so only the sum is reported. The sink
+(a thread of the parent) records its own CPU time per connection (``time.thread_time``).
+``compare_buffers`` runs several buffer sizes interleaved in one child, so every size sees
+the same machine state.
+
 The large test file lives in a temporary directory that is removed on exit.
 
 Run as ``python -m helpers.experiments.sendfile --child ...``, this module is the sender.
@@ -131,40 +137,42 @@ def _peak_rss_kb() -> int:
     return 0
 
 
-def child_main(methods: list[str], path: str, port: int, bufsize: int, repeats: int) -> dict:
-    """The sender: *repeats* rounds; each round sends the whole file once per method
-    (interleaved, so a busy moment of the machine hits every method alike), each transfer
-    on a new connection."""
+def child_main(methods: list[str], path: str, port: int, bufsizes: list[int], repeats: int) -> dict:
+    """The sender: *repeats* rounds; each round sends the whole file once per buffer size and
+    method (interleaved, so a busy moment of the machine hits every method and size alike),
+    each transfer on a new connection. CPU time is ``getrusage``'s user + system: the sum is
+    exact, the split between the two is estimated from timer ticks, so only the sum is used."""
     import resource
 
     size = os.path.getsize(path)
-    runs: dict[str, list] = {m: [] for m in methods}
+    runs: dict[str, dict[str, list]] = {str(b): {m: [] for m in methods} for b in bufsizes}
     for _ in range(repeats):
-        for method in methods:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=CHILD_TIMEOUT)
-            sock.settimeout(None)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                _reset_peak_rss()
-                r0 = resource.getrusage(resource.RUSAGE_SELF)
-                t0 = time.perf_counter()
-                _mark(f"{MARK_BEGIN}-{_slug(method)}")
-                calls = _send(method, sock, fd, size, bufsize)
-                sock.shutdown(socket.SHUT_WR)
-                sock.settimeout(CHILD_TIMEOUT)
-                ack = sock.recv(16)                  # the sink answers once it has every byte
-                _mark(f"{MARK_END}-{_slug(method)}")
-                wall = time.perf_counter() - t0
-                r1 = resource.getrusage(resource.RUSAGE_SELF)
-            finally:
-                os.close(fd)
-                sock.close()
-            pipe = calls.pop("pipe_capacity", None)
-            runs[method].append({"wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime,
-                                 "sys_s": r1.ru_stime - r0.ru_stime, "calls": calls,
-                                 "ack": ack.decode(errors="replace"), "pipe_capacity": pipe,
-                                 "peak_rss_kb": _peak_rss_kb()})
-    return {"size": size, "bufsize": bufsize, "runs": runs}
+        for bufsize in bufsizes:
+            for method in methods:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=CHILD_TIMEOUT)
+                sock.settimeout(None)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    _reset_peak_rss()
+                    r0 = resource.getrusage(resource.RUSAGE_SELF)
+                    t0 = time.perf_counter()
+                    _mark(f"{MARK_BEGIN}-{_slug(method)}")
+                    calls = _send(method, sock, fd, size, bufsize)
+                    sock.shutdown(socket.SHUT_WR)
+                    sock.settimeout(CHILD_TIMEOUT)
+                    ack = sock.recv(16)                  # the sink answers once it has every byte
+                    _mark(f"{MARK_END}-{_slug(method)}")
+                    wall = time.perf_counter() - t0
+                    r1 = resource.getrusage(resource.RUSAGE_SELF)
+                finally:
+                    os.close(fd)
+                    sock.close()
+                pipe = calls.pop("pipe_capacity", None)
+                cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+                runs[str(bufsize)][method].append({"wall_s": wall, "cpu_s": cpu, "calls": calls,
+                                                   "ack": ack.decode(errors="replace"), "pipe_capacity": pipe,
+                                                   "peak_rss_kb": _peak_rss_kb()})
+    return {"size": size, "bufsizes": list(bufsizes), "runs": runs}
 
 
 # ----------------------------------------------------------------------------- strace
@@ -207,23 +215,31 @@ def _make_file(path: str, size: int) -> None:
 
 class _Sink:
     """A loopback listener that reads every connection to EOF, counts the bytes, answers
-    "ok <bytes>" and closes. Runs in the parent (not measured)."""
+    "ok <bytes>" and closes. It runs in the parent, one thread per connection, and records
+    for each connection the bytes, its thread's CPU time (``time.thread_time``: the
+    receiver's copy out of the socket and its share of TCP's work) and the time from the
+    first byte to the end of the stream."""
 
     def __init__(self):
         from ..servers import Server
-        self.received: list[int] = []
+        self.received: list[dict] = []
         self.server = Server(self._handle)
 
     def _handle(self, conn: socket.socket, addr) -> None:
         buf = bytearray(MB)
         n = 0
         conn.settimeout(CHILD_TIMEOUT)
+        c0 = time.thread_time()
+        first = None
         while True:
             k = conn.recv_into(buf)
+            if first is None:
+                first = time.perf_counter()
             if not k:
                 break
             n += k
-        self.received.append(n)
+        wall = time.perf_counter() - first
+        self.received.append({"bytes": n, "cpu_s": time.thread_time() - c0, "wall_s": wall})
         conn.sendall(f"ok {n}".encode())
 
     def __enter__(self):
@@ -238,10 +254,10 @@ class _Sink:
         return self.server.port
 
 
-def _run_child(path: str, port: int, bufsize: int, repeats: int, trace_to: str | None = None) -> dict:
+def _run_child(path: str, port: int, bufsizes: list[int], repeats: int, trace_to: str | None = None) -> dict:
     from ..errors import CourseError
     argv = [sys.executable, "-m", "helpers.experiments.sendfile", "--child", ",".join(METHODS), path,
-            str(port), str(bufsize), str(repeats)]
+            str(port), ",".join(str(b) for b in bufsizes), str(repeats)]
     if trace_to:
         argv = ["strace", "-f", "-qq", "-o", trace_to] + argv
     try:
@@ -254,6 +270,75 @@ def _run_child(path: str, port: int, bufsize: int, repeats: int, trace_to: str |
                           "run `python -m helpers.experiments.sendfile --child sendfile FILE PORT 65536 1` "
                           "by hand against a listener to see why.")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _summarise(runs: dict[str, list], sink: list[dict]) -> list[dict]:
+    """One summary per method. *sink* holds the sink's records for these transfers in
+    connection order (round by round, METHODS order within a round)."""
+    methods = []
+    for i, method in enumerate(METHODS):
+        rs = runs[method]
+        got = sink[i::len(METHODS)]
+        wall = statistics.median(r["wall_s"] for r in rs)
+        methods.append({
+            "method": method, "wall_s": wall, "mb_per_s": None,   # set by the caller (knows the size)
+            "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+            "cpu_best_s": min(r["cpu_s"] for r in rs),
+            "sink_cpu_s": statistics.median(g["cpu_s"] for g in got) if got else None,
+            # the share of its receiving time the sink spent on the CPU (1.0 = never waited)
+            "sink_busy": statistics.median(g["cpu_s"] / g["wall_s"] for g in got if g["wall_s"] > 0)
+            if got else None,
+            "calls": rs[0]["calls"], "syscalls": sum(rs[0]["calls"].values()),
+            "pipe_capacity": rs[0]["pipe_capacity"],
+            "peak_rss_kb": max(r["peak_rss_kb"] for r in rs),
+            "runs": rs, "received": [g["bytes"] for g in got],
+        })
+    return methods
+
+
+def _measure(size_mb: float, bufsizes: list[int], repeats: int, trace: bool = False) -> dict:
+    """Write the file, run the sender child against a sink (once more under strace when
+    *trace*); return per-buffer-size method summaries."""
+    from .. import progress
+    size = int(size_mb * MB)
+    nb, nm = len(bufsizes), len(METHODS)
+    with tempfile.TemporaryDirectory(prefix="tcpcourse-sendfile-") as tmp:
+        path = os.path.join(tmp, "payload.bin")
+        progress.report(0.05, f"writing a {size_mb} MB file")
+        _make_file(path, size)
+        with _Sink() as sink:
+            progress.report(0.2, f"sending it {repeats} times per method")
+            child = _run_child(path, sink.port, bufsizes, repeats)
+            received = list(sink.received)
+            trace_text = None
+            if trace:
+                progress.report(0.7, "once more under strace")
+                log = os.path.join(tmp, "strace.txt")
+                _run_child(path, sink.port, bufsizes[:1], 1, trace_to=log)
+                with open(log) as fh:
+                    trace_text = fh.read()
+            received_traced = sink.received[len(received):]
+    by_buffer = {}
+    for j, b in enumerate(bufsizes):
+        # connection order: round, then buffer size, then method
+        sink_j = [rec for k in range(repeats) for rec in received[(k * nb + j) * nm:(k * nb + j + 1) * nm]]
+        methods = _summarise(child["runs"][str(b)], sink_j)
+        for i, m in enumerate(methods):
+            m["mb_per_s"] = size / MB / m["wall_s"]
+            if trace and j == 0:
+                m["received"] += [g["bytes"] for g in received_traced[i::nm]]
+                m["strace"] = strace_counts(trace_text, m["method"])
+            else:
+                m["strace"] = None
+        by_buffer[str(b)] = methods
+    return {"size": size, "by_buffer": by_buffer}
+
+
+def metric(result, method: str, key: str):
+    """One number of one method from a :class:`Result`, its data, or a list of methods."""
+    data = getattr(result, "data", result)
+    methods = data["methods"] if isinstance(data, dict) else data
+    return next(m for m in methods if m["method"] == method)[key]
 
 
 def check_sendfile(result: Result) -> None:
@@ -305,82 +390,102 @@ def sendfile_methods(run, size_mb: int = 16, bufsize: int = 65536, trace: bool =
                      repeats: int = 5) -> dict:
     """Serve one cached file with read/write, sendfile and splice to a loopback sink.
 
-    A fresh child process sends the file *repeats* times per method (interleaved); wall
-    time, CPU time (user and system) and peak memory are the child's own, medians over the
-    repeats. With *trace* and strace installed, a second child runs under ``strace -f`` and
-    every system call between the marks of each transfer is counted.
+    A fresh child process sends the file *repeats* times per method (interleaved). Wall
+    time and throughput are medians over the repeats; the sender's CPU time (user + system,
+    the child's own) is the best of the repeats, because other processes' network work can
+    be charged to a transfer; the receiver's CPU time is the sink thread's, median. With
+    *trace* and strace installed, a second child runs under ``strace -f`` and every system
+    call between the marks of each transfer is counted.
     """
     from .. import progress
     from ..caps import capabilities
 
-    size = int(size_mb * MB)
     traced = bool(trace) and capabilities().strace.available
-    with tempfile.TemporaryDirectory(prefix="tcpcourse-sendfile-") as tmp:
-        path = os.path.join(tmp, "payload.bin")
-        progress.report(0.05, f"writing a {size_mb} MB file")
-        _make_file(path, size)
-        with _Sink() as sink:
-            progress.report(0.2, f"sending it {repeats} times per method")
-            child = _run_child(path, sink.port, bufsize, repeats)
-            received = list(sink.received)
-            log = None
-            if traced:
-                progress.report(0.7, "once more under strace")
-                log = os.path.join(tmp, "strace.txt")
-                _run_child(path, sink.port, bufsize, 1, trace_to=log)
-                with open(log) as fh:
-                    trace_text = fh.read()
-            received_traced = sink.received[len(received):]
-    methods = []
-    for i, method in enumerate(METHODS):
-        runs = child["runs"][method]
-        wall = statistics.median(r["wall_s"] for r in runs)
-        methods.append({
-            "method": method, "wall_s": wall,
-            "cpu_s": statistics.median(r["user_s"] + r["sys_s"] for r in runs),
-            "cpu_best_s": min(r["user_s"] + r["sys_s"] for r in runs),
-            "user_s": statistics.median(r["user_s"] for r in runs),
-            "sys_s": statistics.median(r["sys_s"] for r in runs),
-            "mb_per_s": size / MB / wall, "calls": runs[0]["calls"],
-            "syscalls": sum(runs[0]["calls"].values()),
-            "pipe_capacity": runs[0]["pipe_capacity"],
-            "peak_rss_kb": max(r["peak_rss_kb"] for r in runs),
-            "runs": runs,
-            # transfers are interleaved: method i got connections i, i+n, i+2n, ...
-            "received": received[i::len(METHODS)] + received_traced[i::len(METHODS)],
-            "strace": strace_counts(trace_text, method) if traced else None,
-        })
+    m = _measure(size_mb, [bufsize], repeats, trace=traced)
     progress.report(1.0, "done")
-    return {"size": size, "size_mb": size_mb, "bufsize": bufsize, "repeats": repeats,
-            "strace": traced, "strace_asked": bool(trace), "methods": methods}
+    return {"size": m["size"], "size_mb": size_mb, "bufsize": bufsize, "repeats": repeats,
+            "strace": traced, "strace_asked": bool(trace), "methods": m["by_buffer"][str(bufsize)]}
+
+
+def compare_buffers(size_mb: int = 16, bufsizes: tuple[int, ...] = (4096, 65536), repeats: int = 5) -> dict:
+    """Section 3 of 02_06: every method with each buffer size, interleaved in one child
+    (round by round: each size, each method), so both sizes see the same machine state.
+    Always live (no privileges). Returns ``{"size", "size_mb", "repeats", "bufsizes",
+    "by_buffer": {str(bufsize): [method summaries as in sendfile_methods]}}``."""
+    from .. import progress
+    from ..errors import ParameterError
+    if not 1 <= size_mb <= 256 or not all(4096 <= b <= 4 * MB for b in bufsizes) or not 1 <= repeats <= 20:
+        raise ParameterError("size_mb must be 1-256, each buffer 4096-4194304 bytes, repeats 1-20",
+                             "use values in those ranges")
+    m = _measure(size_mb, list(bufsizes), repeats)
+    progress.report(1.0, "done")
+    return {"size": m["size"], "size_mb": size_mb, "repeats": repeats, "bufsizes": list(bufsizes),
+            "by_buffer": m["by_buffer"]}
+
+
+def buffer_table(d: dict):
+    """One row per (buffer size, method): system calls and the sender's CPU (best of the repeats)."""
+    import pandas as pd
+    rows = []
+    for b in d["bufsizes"]:
+        for m in d["by_buffer"][str(b)]:
+            rows.append({"buffer": f"{b:,}", "method": m["method"], "system calls": m["syscalls"],
+                         f"sender CPU ms (best of {d['repeats']})": round(m["cpu_best_s"] * 1e3, 1),
+                         "MB/s (median)": round(m["mb_per_s"])})
+    return pd.DataFrame(rows).set_index(["buffer", "method"])
+
+
+def strace_table(result: Result):
+    """strace's count of every system call per method, or a sentence when strace was not used."""
+    import pandas as pd
+    d = result.data
+    if not d["strace"]:
+        return ("strace did not run (not installed, or not asked for): the program's own count "
+                "above is exact for its loop (each os.readv / sock.send / os.sendfile / os.splice "
+                "is one system call).")
+    return pd.DataFrame({m["method"]: m["strace"] for m in d["methods"]}).fillna(0).astype(int)
+
+
+def strace_extra_calls(result: Result) -> set[str]:
+    """System calls strace saw during the transfers that the program's loop did not count
+    (empty when strace did not run)."""
+    extra: set[str] = set()
+    for m in result.data["methods"]:
+        if m["strace"]:
+            extra |= set(m["strace"]) - set(m["calls"])
+    return extra
 
 
 def table(result: Result):
-    """One row per method: throughput, CPU, system calls (program's count and strace's)."""
+    """One row per method: throughput, CPU (sender and receiver), system calls."""
     import pandas as pd
+    d = result.data
     rows = []
-    for m in result.data["methods"]:
-        rows.append({"method": m["method"], "MB/s": round(m["mb_per_s"]), "wall ms": round(m["wall_s"] * 1e3, 1),
-                     "CPU ms (median)": round(m["cpu_s"] * 1e3, 1),
-                     "CPU ms (best)": round(m["cpu_best_s"] * 1e3, 1), "user ms": round(m["user_s"] * 1e3, 1),
-                     "sys ms": round(m["sys_s"] * 1e3, 1),
+    for m in d["methods"]:
+        rows.append({"method": m["method"], "MB/s (median)": round(m["mb_per_s"]),
+                     "wall ms (median)": round(m["wall_s"] * 1e3, 1),
+                     f"sender CPU ms (best of {d['repeats']})": round(m["cpu_best_s"] * 1e3, 1),
+                     "receiver CPU ms (median)": round(m["sink_cpu_s"] * 1e3, 1),
                      "system calls (program)": m["syscalls"],
-                     "system calls (strace)": sum(m["strace"].values()) if m["strace"] else None})
+                     "system calls (strace)": sum(m["strace"].values()) if m["strace"] else "not counted"})
     return pd.DataFrame(rows).set_index("method")
 
 
 def grouped_bars(results: list[Result]):
-    """Bars per method and file size: throughput, CPU time per GB, system calls (log scale)."""
+    """Bars per method and file size: throughput (median), sender CPU per GB (best of the
+    repeats, as asserted), system calls (log scale)."""
     import matplotlib.pyplot as plt
     import numpy as np
     from .. import plots
     plots.use_style()
     sizes = [r.data["size_mb"] for r in results]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    reps = results[0].data["repeats"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
     width = 0.8 / len(METHODS)
     x = np.arange(len(sizes))
-    metrics = [("throughput (MB/s)", lambda m, r: m["mb_per_s"], False),
-               ("sender CPU per GB (ms, median)", lambda m, r: m["cpu_s"] * 1e3 * 1024 / r.data["size_mb"], False),
+    metrics = [("throughput (MB/s, median)", lambda m, r: m["mb_per_s"], False),
+               (f"sender CPU per GB (ms, best of {reps})",
+                lambda m, r: m["cpu_best_s"] * 1e3 * 1024 / r.data["size_mb"], False),
                ("system calls per transfer", lambda m, r: m["syscalls"], True)]
     for ax, (label, get, log) in zip(axes, metrics):
         for i, method in enumerate(METHODS):
@@ -393,17 +498,18 @@ def grouped_bars(results: list[Result]):
         if log:
             ax.set_yscale("log")
         ax.margins(y=0.15)
-    axes[0].legend(loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(METHODS), frameon=False)
     fig.suptitle(f"serving a cached file over loopback (buffer {results[0].data['bufsize']:,} bytes)",
                  x=0.01, ha="left", fontweight="bold")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
 
 def render(result: Result) -> list:
     """What the 02_06 panel shows: the table and the bars for this one size."""
     d = result.data
-    note = (f"{d['size_mb']} MB file, buffer {d['bufsize']:,} bytes, median of {d['repeats']} transfers per method; "
+    note = (f"{d['size_mb']} MB file, buffer {d['bufsize']:,} bytes, {d['repeats']} transfers per method; "
             + ("system calls also counted by strace." if d["strace"] else
                "strace is not installed here: system calls are the program's own count."
                if d.get("strace_asked", True) else
@@ -412,5 +518,5 @@ def render(result: Result) -> list:
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--child":
-    _m, _path, _port, _buf, _rep = sys.argv[2:7]
-    print(json.dumps(child_main(_m.split(","), _path, int(_port), int(_buf), int(_rep))))
+    _m, _path, _port, _bufs, _rep = sys.argv[2:7]
+    print(json.dumps(child_main(_m.split(","), _path, int(_port), [int(b) for b in _bufs.split(",")], int(_rep))))
