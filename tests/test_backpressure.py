@@ -5,8 +5,9 @@ import time
 import pytest
 
 from helpers.errors import ParameterError
-from helpers.experiments.backpressure import (MB, PRODUCERS, inq, occupancy, occupancy_plot, outq,
-                                              producer_memory, render, send_blocks, summary)
+from helpers.experiments.backpressure import (CHUNK, MB, PRODUCERS, gso_max_size, inq, occupancy,
+                                              occupancy_plot, outq, peak_moment, producer_memory, render,
+                                              send_blocks, sndbuf_after_connect, summary)
 
 
 def test_registered_without_needs():
@@ -85,3 +86,34 @@ def test_rejects_bad_values():
         producer_memory(total_mb=1000)
     with pytest.raises(ParameterError, match="out of range"):
         send_blocks(pause=10)
+
+
+def test_sndbuf_is_sized_at_connect():
+    lo = sndbuf_after_connect()
+    small = sndbuf_after_connect(mss=1460)
+    assert lo["after_connect"] == lo["accepted_side"] > lo["before_connect"]
+    assert lo["before_connect"] < small["after_connect"] < lo["after_connect"]
+    assert small["mss"] <= 1460
+
+
+def test_send_queue_exceeds_sndbuf_by_less_than_one_packet_buffer():
+    r = send_blocks(sndbuf=16384, pause=0.1)
+    d = r.data
+    assert d["sndbuf_got"] == 32768 == d["sndbuf_when_full"], "read back with getsockopt"
+    assert d["sndbuf_got"] < d["outq"] <= d["sndbuf_got"] + gso_max_size()
+    assert d["send_sizes"][-1] < CHUNK
+    d["sndbuf_got"] = d["outq"] - d["gso_max_size"] - 1
+    with pytest.raises(AssertionError, match="packet buffer"):
+        send_blocks.check(r)
+
+
+def test_peak_moment_and_single_column_plot():
+    r = producer_memory(producer="asyncio, no drain", total_mb=8, rate_mb_s=64)
+    pm = peak_moment(r)
+    assert pm is not None and pm["hwm_growth"] > pm["rss_growth_sampled"] + MB
+    assert pm["app_at"] < 0.6 * pm["peak_app_buffer"] < 1.2 * pm["app_before"]
+    fig = occupancy_plot([r])
+    assert "each column" not in fig._suptitle.get_text()
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert legend.width <= fig.bbox.width, "the legend fits in the figure"

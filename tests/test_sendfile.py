@@ -114,16 +114,21 @@ def test_compare_buffers_interleaves_sizes_in_one_child():
         compare_buffers(bufsizes=(100,))
 
 
-def test_cpu_claim_on_a_large_file():
+def test_large_file_with_strace_and_the_plot():
     r = sendfile_methods(size_mb=16, bufsize=65536, trace=True)
-    sendfile_methods.check(r)             # includes: sendfile's CPU < 0.8 × read/write's
+    sendfile_methods.check(r)             # system calls: program and strace agree
     assert isinstance(strace_table(r), pd.DataFrame) if caps.capabilities().strace.available else True
-    # the notebook's section 2 claims, with the same margins
-    assert metric(r, "sendfile", "mb_per_s") < 1.5 * metric(r, "read/write", "mb_per_s"), "no speed-up"
-    assert metric(r, "sendfile", "sink_cpu_s") > 0.8 * metric(r, "read/write", "sink_cpu_s"), \
-        "the receiver's work is not reduced"
     fig = grouped_bars([r])
     assert len(fig.axes) == 3 and len(fig.legends) == 1
+
+
+def test_small_buffers_cost_read_write_cpu():
+    """The notebook's section 3 claims (the only CPU claims it asserts), same margins."""
+    bufs = compare_buffers(size_mb=16, bufsizes=(4096, 65536))
+    b4k, b64k = bufs["by_buffer"]["4096"], bufs["by_buffer"]["65536"]
+    rw4k, rw64k = metric(b4k, "read/write", "cpu_best_s"), metric(b64k, "read/write", "cpu_best_s")
+    assert rw4k > 1.2 * rw64k
+    assert metric(b4k, "sendfile", "cpu_best_s") < 0.5 * rw4k
 
 
 def test_without_strace_the_program_count_is_used(monkeypatch):

@@ -364,12 +364,10 @@ def check_sendfile(result: Result) -> None:
             for call, n in m["calls"].items():
                 assert seen.get(call, 0) == n, \
                     f"{m['method']}: strace saw {seen.get(call, 0)} {call}, the program counted {n}"
-    if size >= 16 * MB:
-        # the copy into user space and back costs CPU that sendfile does not spend; best of
-        # the repeats, because other processes' network work can be charged to a transfer
-        assert sf["cpu_best_s"] < 0.8 * rw["cpu_best_s"], \
-            f"sendfile used {sf['cpu_best_s'] * 1e3:.1f} ms CPU, read/write {rw['cpu_best_s'] * 1e3:.1f} ms: " \
-            f"expected clearly less"
+    # No CPU claim here: on loopback the receiving side's TCP work runs in softirq context and
+    # is charged to whichever process is on the CPU (often the sender), so a single run's CPU
+    # times swing by more than the copy sendfile saves at large buffers. The notebook asserts
+    # CPU only where the gap is wide (read/write with 4 KB buffers, section 3).
 
 
 @experiment(
@@ -384,7 +382,7 @@ def check_sendfile(result: Result) -> None:
               doc="run the sender once more under strace -f to count every system call (slower)"),
     ],
     invariant=check_sendfile,
-    claim="sendfile serves a file in one system call and less CPU than read/write",
+    claim="sendfile serves a whole cached file in one system call; read/write and splice need two per buffer",
 )
 def sendfile_methods(run, size_mb: int = 16, bufsize: int = 65536, trace: bool = False,
                      repeats: int = 5) -> dict:

@@ -117,33 +117,24 @@ for r in results:
           f"{snd['sendfile'] * 1e3:.1f} ms ({snd['sendfile'] / snd['read/write']:.0%}); receiver CPU "
           f"{rcv['read/write'] * 1e3:.1f} ms, {rcv['sendfile'] * 1e3:.1f} ms ({rcv['sendfile'] / rcv['read/write']:.0%}); "
           f"throughput sendfile/read-write {ratio:.2f}")
-    assert snd["sendfile"] < 0.8 * snd["read/write"], "sendfile saves the sender's CPU"
-# the receiver and the throughput: on the 16 MB file, whose transfers last longer
-rcv16 = metric(r16, "sendfile", "sink_cpu_s") / metric(r16, "read/write", "sink_cpu_s")
-thr16 = metric(r16, "sendfile", "mb_per_s") / metric(r16, "read/write", "mb_per_s")
-assert rcv16 > 0.8, f"the receiver's work is not reduced, got {rcv16:.2f}×"
-assert thr16 < 1.5, f"no speed-up from sendfile on loopback at 16 MB, got {thr16:.2f}×"
 
 # %% [markdown]
-# **Observe.** `sendfile` spends a fraction of read/write's CPU in the *sender*, at both
-# sizes: the copy into the process and back is gone, and so are the system calls. The
-# *receiver* is another story: for the 16 MB file it spent at least about as much CPU
-# with sendfile as with read/write (asserted: more than 80 %). And the **throughput** did
-# not follow the sender's CPU: at 16 MB sendfile was not faster than read/write
-# (asserted: less than 1.5 times read/write's). The 4 MB transfers last a few
-# milliseconds each, so their throughput depends on when the sink thread gets to run; no
-# claim is made for it.
+# **Observe.** With 64 KB buffers the CPU times are printed but not asserted: `sendfile`
+# usually spends less CPU in the sender (the copy into the process and back is gone, and so
+# are 511 system calls), but each transfer lasts only milliseconds, and on loopback the
+# *receiving* side's TCP work is done in the kernel's softirq context and charged to
+# whichever process happens to be on the CPU, often the sender. On a shared 2-core machine
+# that swings a single run's CPU and throughput by a factor of two or more (run the cell
+# again and compare); one run cannot rank the methods on them. Section 3 shows a case where
+# the gap is wide enough to assert.
 #
 # **Explain.** Zero-copy removes work from the *sender*: fewer copies, fewer system calls,
 # no user-space buffer. The receiver still copies every byte from the socket into its own
-# buffer, whatever the sender did, so that copy remains. Why the receiver's CPU can even
-# *rise* with sendfile (compare the receiver column of the table in section 1) is beyond
-# what we measured here; one likely reason is that on
-# loopback a packet is processed by whichever process is on the CPU when it is sent, and
-# a sender asleep inside one long `sendfile` call leaves more of TCP's work to the
-# receiver. The 1 MB file is left to the panel: the shorter the transfer, the more the
-# sink's wake-ups weigh against the method. Try 64 MB in the panel too: how much do the
-# CPU times change from one run to the next?
+# buffer, whatever the sender did (`recv()` always copies), so that copy remains, and on
+# loopback the receiver runs on the same two CPUs as the sender. The 1 MB file is left to
+# the panel: the shorter the transfer, the more the sink's wake-ups weigh against the
+# method. Try 64 MB in the panel too: how much do the CPU times change from one run to
+# the next?
 #
 # Beyond this chapter (not measured here): with a real network card that supports
 # scatter-gather DMA, the card reads the page-cache pages itself, and the receiver is
@@ -151,10 +142,11 @@ assert thr16 < 1.5, f"no speed-up from sendfile on loopback at 16 MB, got {thr16
 #
 # > **Myth vs measurement.** The source notes present `sendfile()` as the way to make
 # > static file serving fast ("the kernel can transfer data directly from the page cache
-# > … to the NIC"). Measured here: `sendfile` cut the sender's CPU time to a fraction and
-# > its system calls to one, but did not make the 16 MB transfer faster on loopback
-# > (asserted above: less than 1.5 times read/write's throughput). Zero-copy saves the sender's CPU;
-# > it is a speed-up only where the sender's CPU was the bottleneck.
+# > … to the NIC"). Measured here: `sendfile` cut the system calls to one (asserted) and,
+# > against a read/write loop with small buffers, the sender's CPU to less than half
+# > (section 3, asserted), while the transfer time on loopback stayed in the noise of a
+# > shared machine. Zero-copy saves the sender's CPU; it is a speed-up only
+# > where the sender's CPU was the bottleneck.
 #
 # ## 3 · The buffer size matters for read/write
 #
@@ -179,13 +171,13 @@ print(f"sendfile:   {metric(b4k, 'sendfile', 'syscalls')} system call and {sf4k 
 assert metric(b4k, "read/write", "syscalls") == 16 * metric(b64k, "read/write", "syscalls") == 8192
 assert rw4k > 1.2 * rw64k, "sixteen times the system calls cost read/write CPU"
 assert metric(b4k, "sendfile", "syscalls") == metric(b64k, "sendfile", "syscalls") == 1
-assert 0.4 < sf4k / sf64k < 2.5, "sendfile's CPU does not depend on the buffer size"
+assert sf4k < 0.5 * rw4k, "against 8192 small system calls, sendfile's one call costs far less CPU"
 
 # %% [markdown]
 # **Explain.** Each system call costs a kernel entry and exit and the bookkeeping around
-# it, so read/write's CPU rose with the smaller buffer. `sendfile` does not use the buffer
-# at all: the same one call, and about the same CPU, with either size (asserted: within a
-# factor of 2.5, on one machine state).
+# it, so read/write's CPU rose with the smaller buffer (asserted: more than 1.2 times).
+# `sendfile` does not use the buffer at all: the same one call with either size, and with
+# 4 KB buffers read/write spent more than twice its CPU (asserted).
 #
 # ## 4 · Your turn
 #
