@@ -19,7 +19,7 @@ import math
 import numbers
 from typing import Any, Callable, Iterable
 
-__all__ = ["check", "check_value", "not_answered", "Exercise"]
+__all__ = ["check", "check_value", "not_answered", "todo", "Exercise"]
 
 OK_MARK = "✓"
 BAD_MARK = "✗"
@@ -64,7 +64,8 @@ def not_answered(value: Any) -> bool:
     return value is None or value is Ellipsis
 
 
-def _todo(what: str) -> bool:
+def todo(what: str) -> bool:
+    """Print "… not answered yet: *what*" and return False (for custom checkers)."""
     _emit(f"{TODO_MARK} not answered yet: {what}")
     return False
 
@@ -83,7 +84,7 @@ def check(condition: Any, ok: str, hint: str) -> bool:
             _emit(f"{BAD_MARK} {hint} (your code raised {type(e).__name__}: {e})")
             return False
     if not_answered(condition):   # no hint yet: it only helps after a first attempt
-        return _todo("replace the ... with your answer, then run this cell again.")
+        return todo("replace the ... with your answer, then run this cell again.")
     try:
         verdict = bool(condition)
     except Exception as e:  # e.g. an ambiguous numpy array
@@ -224,7 +225,7 @@ def check_value(
     expected value, unless ``reveal=True``. Never raises for a wrong answer.
     """
     if not_answered(answer):   # no hint yet: it only helps after a first attempt
-        return _todo(f"set `{name}` to your answer (it is still {'...' if answer is Ellipsis else 'None'})")
+        return todo(f"set `{name}` to your answer (it is still {'...' if answer is Ellipsis else 'None'})")
     try:
         good, why = _compare(answer, expected, tol, rel)
     except Exception as e:  # a checker must never stop the notebook

@@ -251,7 +251,6 @@ def _connection(df: pd.DataFrame, client: Any = None, stream: int | None = None,
         row = syn.iloc[0] if len(syn) else d.iloc[0]
         cl = _src(row)
     sv = _dst(row) if _src(row) == cl else _src(row)
-    pair = {cl, sv}
     def _is(ip_col, port_col, ep):
         return (d[ip_col].astype(str) == ep[0]) & (d[port_col] == ep[1])
 

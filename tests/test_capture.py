@@ -1,9 +1,6 @@
 """Capture: real tcpdump, complete files, clean stops, clear errors."""
-import os
-import signal
 import socket
 import subprocess
-import threading
 import time
 
 import pytest

@@ -88,3 +88,13 @@ def test_kernel_answers_live():
     r = kernel_answers(clients=4)
     kernel_answers.check(r)
     assert r.data["listen_recv_q"] == 4
+
+
+def test_replayed_banner_names_the_data_file_when_there_is_no_pcap(replay_mode):
+    """An experiment that records measurements only: the banner names its JSON file."""
+    from helpers.experiments.reuseport import reuseport_close
+    r = reuseport_close(migrate=0)
+    assert r.pcap is None
+    text = r.banner_text()
+    assert "measurements come from the corpus file reuseport_close/migrate-0.json" in text
+    assert "packets" not in text and "live run" in text

@@ -55,3 +55,13 @@ def test_exercises_have_checkers():
     for src in SOURCES:
         text = src.read_text()
         assert text.count("check_value(") + text.count("check(") >= 2, f"{src.stem}: at least two checked exercises"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_prose_is_not_hidden_in_code_cells(src):
+    """A missing `# %% [markdown]` marker turns a section into comments of a code cell."""
+    import re
+    for i, cell in enumerate(jupytext.read(src).cells):
+        if cell.cell_type == "code":
+            stray = re.findall(r"^# (?:#+ |\*\*Predict|> \*\*Myth).*", cell.source, re.M)
+            assert not stray, f"{src.stem} cell {i}: prose in a code cell, add `# %% [markdown]`: {stray[0]}"

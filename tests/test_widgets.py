@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from helpers.errors import CourseError, ParameterError, PrivilegeError
+from helpers.errors import ParameterError, PrivilegeError
 from helpers.params import Param
 from helpers.widgets import KERNEL_DEFAULT, Panel, make_control, to_output
 

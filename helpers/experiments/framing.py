@@ -444,7 +444,7 @@ def check_frames_in(fn) -> bool:
     cuts inside headers and payloads), then a stream cut off inside a message, which must
     raise TruncatedFrame. A function that still raises NotImplementedError is "not
     answered yet"; one that returns None is told it forgot ``return``."""
-    from ..checks import _todo, check
+    from ..checks import check, todo
     from ..framing import TruncatedFrame, split
     hint = ("feed every chunk, keep everything feed() returns (zero, one or several messages "
             "per chunk), and think about what must happen when the stream ends.")
@@ -474,7 +474,7 @@ def check_frames_in(fn) -> bool:
     try:
         why = verdict()
     except _Stub:
-        return _todo("replace the `raise NotImplementedError` line of frames_in with your code, "
+        return todo("replace the `raise NotImplementedError` line of frames_in with your code, "
                      "then run both cells again.")
     except Exception as exc:
         return check(False, "", f"your function raised {type(exc).__name__}: {exc}. Hint: {hint}")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import socket
 import statistics
 import struct
-import threading
 import time
 
 from ..errors import CourseError

@@ -910,23 +910,6 @@ def reuseport_close(run, migrate: int = 0, n: int = 3, clients: int = 30) -> dic
                                "TcpActiveOpens", "TcpPassiveOpens", "TcpOutRsts")}}
 
 
-def shown(result: Result):
-    """The result's banner, naming the recorded measurements file when it was replayed.
-
-    (The generic banner names the *pcap* of a replayed result; this experiment records
-    measurements only, so the banner names its JSON file instead.)
-    """
-    if result.live or result.pcap is not None:
-        return result
-    from ..notebook import Banner
-    src = result.source or {}
-    how = ("Unset TCPCOURSE_MODE to run it live." if "TCPCOURSE_MODE" in result.reason
-           else "Run as root to run it live (it needs a network namespace).")
-    return Banner(f"REPLAY: {result.experiment} {result._ptext()}: the measurements come from the corpus "
-                  f"file {src.get('data', {}).get('path', '?')} recorded {str(src.get('date', '?'))[:10]} "
-                  f"on Linux {src.get('kernel', '?')}, because {result.reason}. {how}", False)
-
-
 def close_table(result: Result):
     import pandas as pd
     d = result.data

@@ -18,7 +18,7 @@
 # %%
 from helpers import caps
 from helpers.notebook import mode_banner
-from helpers.checks import check, check_value
+from helpers.checks import check_value
 
 mode_banner()
 

@@ -15,7 +15,7 @@
 import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind
 from helpers.experiments.fds import fds, ss_table
-from helpers.checks import check, check_value
+from helpers.checks import check_value
 
 mode_banner(needs=())
 

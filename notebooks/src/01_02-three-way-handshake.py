@@ -19,7 +19,7 @@ from helpers.notebook import mode_banner, nothing_left_behind
 from helpers.experiments.handshake import (handshake, kernel_answers, syn_options, render, handshakes,
                                            default_wscale)
 from helpers import dissect, plots
-from helpers.checks import check, check_value
+from helpers.checks import check_value
 from helpers.widgets import Panel
 
 mode_banner()

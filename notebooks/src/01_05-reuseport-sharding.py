@@ -28,7 +28,7 @@ from helpers.notebook import mode_banner, nothing_left_behind
 from helpers.experiments.reuseport import (reuseport_spread, reuseport_hash, reuseport_join, accept_sharing,
                                            reuseport_close, chi_square, chi2_sf, spread_table, spread_text,
                                            hash_table, join_table, sharing_table, sharing_plot, slow_wait_band,
-                                           close_table, shown, render, P_MIN, OTHER_USER_CASE, SAME_USER_CASE)
+                                           close_table, render, P_MIN, OTHER_USER_CASE, SAME_USER_CASE)
 from helpers import plots
 from helpers.checks import check_value
 from helpers.widgets import Panel
@@ -312,7 +312,7 @@ print(f"SO_REUSEPORT: the slow worker took {rp['counts'][0]} of 200; its clients
 
 # %%
 closed0 = reuseport_close(migrate=0)
-display(shown(closed0))
+display(closed0)
 close_table(closed0)
 
 # %%
@@ -336,7 +336,7 @@ print(f"listener {d0['victim']} closed with {q0} connections queued: {d0['outcom
 
 # %%
 closed1 = reuseport_close(migrate=1)
-display(shown(closed1))
+display(closed1)
 close_table(closed1)
 
 # %%

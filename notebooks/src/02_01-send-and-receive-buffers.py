@@ -24,7 +24,7 @@ from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.experiments.buffers import (buffer_sizes, write_returns, queue_capacity, rcvbuf_before_listen,
                                          capacity_sweep, plot_sweep, where_bytes_are, render, readback, SKMEM,
                                          SKB_MAX, window_table, MAX_UNSCALED)
-from helpers.checks import check, check_value
+from helpers.checks import check_value
 from helpers.widgets import Panel
 
 mode_banner(needs=())
@@ -266,7 +266,8 @@ for knob, col in (("sndbuf", "writer_sndbuf"), ("rcvbuf", "reader_rcvbuf")):
     s = sweep[sweep.varied == knob]
     assert (s[col] == 2 * s["setting"]).all(), f"SO_{knob.upper()} set: never grown, still 2 × the setting"
 print("read back after the fill, every SO_SNDBUF/SO_RCVBUF you set is still 2 × the setting")
-#
+
+# %% [markdown]
 # ## 5 · Set `SO_RCVBUF` before `listen()`
 #
 # The window scale is agreed in the SYN and SYN-ACK (chapter 01_02) and can never change
@@ -382,6 +383,7 @@ check_value(answer_3, bool(c["written"] >= 1 << 20), name="send() returns?",
             hint="compare 1 MiB with what section 3's writer could queue; what does a blocking send() do "
                  "when the buffers are full?");
 
+# %% [markdown]
 # ## Summary
 # * `SO_SNDBUF`/`SO_RCVBUF` are doubled by the kernel (a fixed rule), capped at
 #   `wmem_max`/`rmem_max` and raised to a floor; the buffer is charged with packet memory,

@@ -16,7 +16,7 @@ import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind
 from helpers.experiments.flowcontrol import zero_window, analyse, probe_table, samples_frame, plot, render, shown
 from helpers import dissect
-from helpers.checks import check, check_value, not_answered
+from helpers.checks import check_value, Exercise
 from helpers.widgets import Panel
 
 mode_banner()
@@ -372,10 +372,10 @@ check_value(answer_2, analyse(long)["zero_ack"] - 1, name="bytes held",
 answer_3 = ...  # a string, e.g. "net.ipv4.tcp_..."
 
 # %%
-check(answer_3 if not_answered(answer_3)
-      else str(answer_3).strip().lower().removeprefix("net.ipv4.") == "tcp_invalid_ratelimit",
-      "right: out-of-window segments are answered at most once per tcp_invalid_ratelimit ms",
-      "section 4 printed it next to the unanswered probes");
+Exercise("the sysctl", hint="section 4 printed it next to the unanswered probes",
+         test=lambda a: str(a).strip().lower().removeprefix("net.ipv4.") == "tcp_invalid_ratelimit",
+         ok="right: out-of-window segments are answered at most once per tcp_invalid_ratelimit ms",
+         ).check(answer_3);
 
 # %% [markdown]
 # ## Summary

@@ -19,7 +19,7 @@ from helpers.notebook import mode_banner, nothing_left_behind
 from helpers.experiments.framing import (streams, partial_writes, framed_exchange, three_views,
                                          boundaries_figure, render_streams, acks_between_sends,
                                          message_cuts, check_frames_in)
-from helpers.framing import (FrameParser, FramingError, OversizeFrame, BadMagic, TruncatedFrame,
+from helpers.framing import (FrameParser, OversizeFrame, BadMagic, TruncatedFrame,
                              HEADER, MAGIC, encode, encode_all, split)
 from helpers.checks import check_value
 from helpers.widgets import Panel

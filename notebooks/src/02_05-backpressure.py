@@ -23,7 +23,7 @@ from helpers.notebook import mode_banner, nothing_left_behind
 from helpers.experiments.backpressure import (send_blocks, producer_memory, occupancy_plot, summary,
                                               render, peak_moment, sndbuf_after_connect,
                                               PRODUCERS, MB, CHUNK, KERNEL_BUF)
-from helpers.checks import check, check_value
+from helpers.checks import check_value
 from helpers.widgets import Panel
 
 mode_banner(needs=())

@@ -20,7 +20,7 @@
 from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.caps import capabilities
 from helpers.experiments.sendfile import (sendfile_methods, compare_buffers, table, buffer_table, strace_table,
-                                          strace_extra_calls, grouped_bars, render, metric, METHODS, MB)
+                                          strace_extra_calls, grouped_bars, render, metric, MB)
 from helpers.checks import check_value
 from helpers.widgets import Panel
 
