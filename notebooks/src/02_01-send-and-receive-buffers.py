@@ -208,19 +208,23 @@ print("bytes queued / (2 × SO_SNDBUF + 2 × SO_RCVBUF):", ratio.round(2).tolist
 # * That is why rows 0 and 1 (8 KiB and 32 KiB of send buffer) come out alike: both limits
 #   are smaller than one packet buffer of one segment (`snd_mss`), so in both the writer
 #   stops with one buffer queued, while the reader's side, with the same `SO_RCVBUF`,
-#   holds about the same.
+#   holds about the same. (That buffer was exactly one segment on the machine this was
+#   written on; the assert allows two, a margin for machines whose timing differs.)
 
 # %%
 rows = sweep.reset_index(drop=True)
-assert rows.loc[5, "recv_q"] <= 0.6 * rows.loc[5, "reader_rcvbuf"], "8 KiB of buffer, about 4 KiB of data"
-assert rows.loc[9, "recv_q"] >= 0.85 * rows.loc[9, "reader_rcvbuf"], "2 MiB of buffer, nearly 2 MiB of data"
-assert rows.loc[9, "reader_mem"] < 1.1 * rows.loc[9, "recv_q"], "64 KiB packets cost little more than their payload"
+r5, r9 = rows.loc[5], rows.loc[9]
+assert r5.recv_q <= 0.6 * r5.reader_rcvbuf, f"8 KiB of buffer, about 4 KiB of data (got {r5.recv_q:,} B)"
+assert r9.recv_q >= 0.85 * r9.reader_rcvbuf, f"2 MiB of buffer, nearly 2 MiB of data (got {r9.recv_q:,} B)"
+assert r9.reader_mem < 1.1 * r9.recv_q, \
+    f"64 KiB packets cost little more than their payload ({r9.reader_mem:,} B for {r9.recv_q:,} B)"
 small = sweep[(sweep.varied == "sndbuf") & (sweep.setting <= 16384)]
-assert (small["send_q"] > small["writer_sndbuf"]).all(), "a small send buffer overshoots…"
-assert (small["send_q"] < small["writer_sndbuf"] + SKB_MAX).all(), "…by less than one 64 KiB buffer"
-assert (small["send_q"] <= small["snd_mss"]).all(), "…and here by at most one segment"
+shown = small[["setting", "writer_sndbuf", "send_q", "snd_mss", "recv_q"]].to_dict("records")
+assert (small["send_q"] > small["writer_sndbuf"]).all(), f"a small send buffer overshoots… {shown}"
+assert (small["send_q"] < small["writer_sndbuf"] + SKB_MAX).all(), f"…by less than one 64 KiB buffer {shown}"
+assert (small["send_q"] <= 2 * small["snd_mss"]).all(), f"…and here by a segment or two {shown}"
 r0, r1 = small["recv_q"].iloc[0], small["recv_q"].iloc[1]
-assert 0.7 < r0 / r1 < 1.4, "the same SO_RCVBUF, about the same bytes at the reader"
+assert 0.7 < r0 / r1 < 1.4, f"the same SO_RCVBUF, about the same bytes at the reader {shown}"
 small[["setting", "writer_sndbuf", "send_q", "snd_mss", "recv_q"]]
 
 # %% [markdown]
