@@ -32,6 +32,7 @@ import time
 
 from ..params import Param
 from .base import Result, experiment
+from .buffers import window_closed
 
 CHUNK = 65536
 KERNEL_BUF = 65536        # SO_SNDBUF / SO_RCVBUF asked for in producer_memory (doubled by the kernel)
@@ -164,7 +165,8 @@ def send_blocks(run, sndbuf: int | None = None, pause: float = 0.3, extra: int =
         queued, calls, sizes, eagain, first_eagain, waits = 0, 0, [], 0, None, 0
         t0 = time.monotonic()
         # send until EAGAIN; wait up to 0.3 s for writability (the consumer's delayed ACK can
-        # free send-buffer space); stop when the socket stays unwritable: both queues are full
+        # free send-buffer space); stop when the socket stays unwritable and the consumer's
+        # window is closed: both queues are full
         while calls < 8192 and time.monotonic() - t0 < 5:     # bounded: at most 512 MB or 5 s
             try:
                 n = prod.send(chunk)
@@ -172,7 +174,7 @@ def send_blocks(run, sndbuf: int | None = None, pause: float = 0.3, extra: int =
                 eagain += 1
                 if first_eagain is None:
                     first_eagain = queued
-                if not select.select([], [prod], [], 0.3)[1]:
+                if not select.select([], [prod], [], 0.3)[1] and window_closed(prod):
                     break
                 waits += 1
                 continue

@@ -225,8 +225,9 @@ def write_returns(run, size: int = 65536, reader_rcvbuf: int = 4096) -> dict:
 # ----------------------------------------------------------------------------- capacity
 
 def fill(sock: socket.socket, limit: int = WRITE_LIMIT, seconds: float = 3.0) -> tuple[int, int]:
-    """Write non-blocking until the socket stays unwritable for SETTLE s (bounded by
-    *limit* bytes and *seconds*). Returns (bytes written, EAGAIN count)."""
+    """Write non-blocking until the socket stays unwritable for SETTLE s with the peer's
+    window closed (bounded by *limit* bytes and *seconds*). Returns (bytes written, EAGAIN
+    count)."""
     sock.setblocking(False)
     buf = memoryview(b"x" * CHUNK)
     total = eagain = 0
@@ -237,9 +238,20 @@ def fill(sock: socket.socket, limit: int = WRITE_LIMIT, seconds: float = 3.0) ->
         except BlockingIOError as exc:
             assert exc.errno == errno.EAGAIN
             eagain += 1
-            if not select.select([], [sock], [], SETTLE)[1]:
+            if not select.select([], [sock], [], SETTLE)[1] and window_closed(sock):
                 break
     return total, eagain
+
+
+def window_closed(sock: socket.socket) -> bool:
+    """True when the writer holds bytes it may not send because the peer's window has no
+    room for them (TCP_INFO: the window left after the bytes in flight is smaller than the
+    next segment). A socket that is merely waiting for an ACK (a delayed ACK can take
+    40 ms or more, longer on a busy machine) is not full yet: that wait ends by itself."""
+    from ..kernel import tcp_info
+    i = tcp_info(sock)
+    in_flight = i.bytes_sent - i.bytes_retrans - (i.bytes_acked - 1)   # bytes_acked counts the SYN
+    return i.notsent_bytes > 0 and i.snd_wnd - in_flight < min(i.snd_mss, i.notsent_bytes)
 
 
 def settle(writer: socket.socket, reader: socket.socket, seconds: float = 1.5) -> float:
@@ -445,7 +457,7 @@ def _fill_watching_window(p: _Pair, seconds: float = 3.0) -> tuple[int, int]:
         try:
             total += w.send(buf[:min(CHUNK, WRITE_LIMIT - total)])
         except BlockingIOError:
-            if not select.select([], [w], [], SETTLE)[1]:
+            if not select.select([], [w], [], SETTLE)[1] and window_closed(w):
                 break
         top = max(top, tcp_info(w).snd_wnd)
     return total, top
