@@ -107,3 +107,16 @@ def test_parameters_are_checked():
         queue_capacity(sndbuf=10)
     with pytest.raises(ParameterError):
         write_returns(size="big")
+
+
+def test_window_closed_only_when_the_peer_has_no_room():
+    """fill()'s stop test: an idle connection and one whose reader still has room are not
+    'full'; one filled against a reader that never reads is."""
+    from helpers.experiments.buffers import _Pair, fill, window_closed
+    with _Pair(65536, 1048576) as p:
+        assert not window_closed(p.writer), "nothing queued: not full"
+        p.writer.send(b"x" * 1000)
+        assert not window_closed(p.writer), "a little data and a wide window: not full"
+        written, eagain = fill(p.writer)
+        assert eagain >= 1 and window_closed(p.writer), "filled against a reader that never reads"
+        assert written > 1_500_000, f"a 2 MiB receive buffer takes most of the bytes (wrote {written:,})"
