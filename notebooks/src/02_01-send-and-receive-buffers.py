@@ -130,6 +130,10 @@ print(f"reader: {where.loc['reader', 'recv_q']:,} bytes of payload cost {where.l
 # Now the writer is non-blocking and writes 64 KiB chunks until `send()` raises `EAGAIN`
 # (where a blocking `send()` would block) to a reader that never reads. `SO_SNDBUF` is set
 # on the writer before `connect()`, `SO_RCVBUF` on the listener before `listen()`.
+# One `EAGAIN` is not yet "full": the send buffer may only be waiting for an ACK (a delayed
+# ACK takes 40 ms or more). The writer stops when the socket stays unwritable *and*
+# TCP_INFO shows the reader's window has no room for the next segment
+# (`buffers.window_closed`).
 #
 # **Predict:** with both set to 64 KiB, roughly how many bytes fit? 64 KiB? 128 KiB? 256 KiB?
 
