@@ -39,6 +39,7 @@ __all__ = [
     "NstatDelta",
     "tcp_info",
     "tcp_info_table",
+    "window_closed",
     "TcpInfo",
     "sockstat",
     "sysctl",
@@ -706,6 +707,16 @@ def tcp_info(sock: _socket.socket) -> "TcpInfo":
     except OSError:
         cc = None
     return decode_tcp_info(buf, cc)
+
+
+def window_closed(sock: _socket.socket) -> bool:
+    """True when the writer holds bytes it may not send because the peer's window has no
+    room for them (TCP_INFO: the window left after the bytes in flight is smaller than the
+    next segment). A socket that is merely waiting for an ACK (a delayed ACK can take
+    40 ms or more, longer on a busy machine) is not full yet: that wait ends by itself."""
+    i = tcp_info(sock)
+    in_flight = i.bytes_sent - i.bytes_retrans - (i.bytes_acked - 1)   # bytes_acked counts the SYN
+    return i.notsent_bytes > 0 and i.snd_wnd - in_flight < min(i.snd_mss, i.notsent_bytes)
 
 
 def _info_table(info: "TcpInfo") -> pd.DataFrame:

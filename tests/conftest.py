@@ -42,3 +42,20 @@ def no_capture(monkeypatch):
     import helpers.capture
     monkeypatch.setattr(helpers.capture, "capabilities", lambda: fake)
     return fake
+
+
+@pytest.fixture
+def replay_each(replay_mode):
+    """``replay_each(exp, points=None)``: run *exp* at every point of its grid in replay
+    mode; each run must come from the corpus and pass the experiment's invariant. Yields
+    (params, result) for the test's own asserts. *points*: the grid size the test expects."""
+    def run(exp, points: int | None = None):
+        grid = exp.grid()
+        if points is not None:
+            assert len(grid) == points, f"{exp.name}: {len(grid)} grid points, expected {points}"
+        for params in grid:
+            r = exp(**params)
+            assert r.mode == "replay" and "TCPCOURSE_MODE=replay" in r.reason, (exp.name, params, r.reason)
+            exp.check(r)
+            yield params, r
+    return run

@@ -112,7 +112,8 @@ def test_parameters_are_checked():
 def test_window_closed_only_when_the_peer_has_no_room():
     """fill()'s stop test: an idle connection and one whose reader still has room are not
     'full'; one filled against a reader that never reads is."""
-    from helpers.experiments.buffers import _Pair, fill, window_closed
+    from helpers.experiments.buffers import _Pair, fill
+    from helpers.kernel import window_closed
     with _Pair(65536, 1048576) as p:
         assert not window_closed(p.writer), "nothing queued: not full"
         p.writer.send(b"x" * 1000)

@@ -56,11 +56,8 @@ def test_handshake_live_accepts_unrecorded_values(live_mode):
     handshake.check(r)
 
 
-def test_handshake_replay_every_grid_point(replay_mode):
-    for params in handshake.grid():
-        r = handshake(**params)
-        assert r.mode == "replay" and "TCPCOURSE_MODE=replay" in r.reason
-        handshake.check(r)
+def test_handshake_replay_every_grid_point(replay_each):
+    for _, r in replay_each(handshake):
         assert "REPLAY" in r._repr_html_()
 
 

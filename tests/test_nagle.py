@@ -59,12 +59,9 @@ def test_bad_values_are_refused():
         nagle(requests=1000)
 
 
-def test_trace_replay_every_setting(replay_mode):
+def test_trace_replay_every_setting(replay_each):
     assert set(TRACE_SETTINGS) <= set(SETTINGS)
-    for params in nagle_trace.grid():
-        r = nagle_trace(**params)
-        assert r.mode == "replay"
-        nagle_trace.check(r)
+    for _, r in replay_each(nagle_trace):
         tl = request_timeline(r)
         assert len(tl) == 5
 

@@ -31,13 +31,8 @@ def test_live_no_overflow_ends_without_waiting(live_mode):
     assert r.data["t_accept"] is None and r.data["counters"].get("TcpExtListenOverflows", 0) == 0
 
 
-def test_replay_every_grid_point_shows_the_claims(replay_mode):
-    grid = accept_queue.grid()
-    assert len(grid) == 12
-    for params in grid:
-        r = accept_queue(**params)
-        assert r.mode == "replay"
-        accept_queue.check(r)
+def test_replay_every_grid_point_shows_the_claims(replay_each):
+    for params, r in replay_each(accept_queue, points=12):
         src = overflow_sources(r)
         over = r.data["counters"].get("TcpExtListenOverflows", 0)
         assert abs(over - src["total"]) <= 2, (params, over, src)

@@ -238,19 +238,14 @@ def test_half_open_lifetime_live(live_mode):
 
 
 # ------------------------------------------------------------------ replay
-def test_syn_flood_replay_every_grid_point(replay_mode):
-    grid = syn_flood.grid()
-    assert len(grid) == 8
-    for params in grid:
-        r = syn_flood(**params)
-        assert r.mode == "replay" and "TCPCOURSE_MODE=replay" in r.reason
-        syn_flood.check(r)
+def test_syn_flood_replay_every_grid_point(replay_each):
+    for _, r in replay_each(syn_flood, points=8):
         items = synflood.render(r)
         assert len(items) == 4 and isinstance(items[1], str)
         rows = dict(zip(*synflood.outcome_table(r).T.values))
         assert rows["TcpExtTCPReqQFullDrop (legitimate)"] == str(r.data["counters_legit"]["TcpExtTCPReqQFullDrop"])
     import matplotlib.pyplot as plt
-    fig = synflood.flood_plot([syn_flood(**p) for p in grid[:3]])
+    fig = synflood.flood_plot([syn_flood(**p) for p in syn_flood.grid()[:3]])
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 3
     plt.close("all")
 

@@ -30,9 +30,9 @@ import termios
 import threading
 import time
 
+from ..kernel import window_closed
 from ..params import Param
 from .base import Result, experiment
-from .buffers import window_closed
 
 CHUNK = 65536
 KERNEL_BUF = 65536        # SO_SNDBUF / SO_RCVBUF asked for in producer_memory (doubled by the kernel)

@@ -27,6 +27,7 @@ import select
 import socket
 import time
 
+from ..kernel import window_closed
 from ..params import Param
 from .base import Result, experiment
 
@@ -241,17 +242,6 @@ def fill(sock: socket.socket, limit: int = WRITE_LIMIT, seconds: float = 3.0) ->
             if not select.select([], [sock], [], SETTLE)[1] and window_closed(sock):
                 break
     return total, eagain
-
-
-def window_closed(sock: socket.socket) -> bool:
-    """True when the writer holds bytes it may not send because the peer's window has no
-    room for them (TCP_INFO: the window left after the bytes in flight is smaller than the
-    next segment). A socket that is merely waiting for an ACK (a delayed ACK can take
-    40 ms or more, longer on a busy machine) is not full yet: that wait ends by itself."""
-    from ..kernel import tcp_info
-    i = tcp_info(sock)
-    in_flight = i.bytes_sent - i.bytes_retrans - (i.bytes_acked - 1)   # bytes_acked counts the SYN
-    return i.notsent_bytes > 0 and i.snd_wnd - in_flight < min(i.snd_mss, i.notsent_bytes)
 
 
 def settle(writer: socket.socket, reader: socket.socket, seconds: float = 1.5) -> float:

