@@ -42,6 +42,8 @@ SYSCTLS = [
     "net.ipv4.tcp_timestamps",
     "net.ipv4.tcp_window_scaling",
     "net.ipv4.tcp_wmem",
+    "net.core.rmem_max",
+    "net.core.wmem_max",
 ]
 
 
@@ -117,7 +119,8 @@ def load(exp, params: dict[str, Any], reason: str):
                               f"(file {digest[:12]}…, manifest {entry[item]['sha256'][:12]}…).",
                               "restore it with `git checkout pcaps/`; never edit recorded files.")
     data = json.loads(data_path.read_text())
-    return Result(exp.name, dict(params), "replay", data, pcap=pcap, reason=reason, source=entry)
+    return Result(exp.name, dict(params), "replay", data, pcap=pcap, reason=reason, source=entry,
+                  machine=entry.get("machine"))
 
 
 def _tool_versions() -> dict[str, str]:
@@ -184,7 +187,7 @@ def record(names: list[str] | None = None, *, progress=print) -> list[dict]:
                     entry["pcap"] = _file_entry(root, pcap_path)
                 json_path.write_text(json.dumps(result.data, indent=1, sort_keys=True) + "\n")
                 entry["data"] = _file_entry(root, json_path)
-            entry.update(kernel=platform.release(), sysctls=sysctls, tools=tools,
+            entry.update(kernel=platform.release(), sysctls=sysctls, tools=tools, machine=result.machine,
                          date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          invariant=exp.claim)
             new.append(entry)

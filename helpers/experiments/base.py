@@ -51,6 +51,7 @@ class Result:
     reason: str = ""                # why replayed (empty when live)
     source: dict[str, Any] | None = None  # manifest entry when replayed
     seconds: float = 0.0
+    machine: dict[str, Any] | None = None  # rules.Machine snapshot taken before the run
     _segments: Any = field(default=None, repr=False)
 
     @property
@@ -59,6 +60,34 @@ class Result:
 
     def __getitem__(self, key):
         return self.data[key]
+
+    def machine_snapshot(self):
+        """The :class:`helpers.rules.Machine` this result was produced on: the experiment's
+        own namespace snapshot when it took one (``data["machine"]``), else the host's taken
+        just before a live run, else (replay) the corpus entry's."""
+        from ..rules import Machine
+        if isinstance(self.data, dict) and self.data.get("machine"):
+            return Machine.from_dict(self.data["machine"])
+        if self.machine:
+            return Machine.from_dict(self.machine)
+        if self.source:
+            return Machine.from_manifest(self.source)
+        from ..rules import machine
+        return machine()
+
+    def reference(self) -> str | None:
+        """The corpus file recorded on the reference kernel for this experiment and these
+        parameters, to compare with when a rule check fails (None if none is recorded)."""
+        if self.source:
+            f = self.source.get("pcap") or self.source.get("data") or {}
+            return f"pcaps/{f.get('path')}" if f.get("path") else None
+        try:
+            from ..corpus import find
+            e = find(self.experiment, self.params)
+        except Exception:
+            return None
+        f = e.get("pcap") or e.get("data") or {}
+        return f"pcaps/{f.get('path')}" if f.get("path") else None
 
     def segments(self):
         """The capture as a DataFrame of TCP segments (cached)."""
@@ -172,11 +201,13 @@ class Experiment:
             from ..corpus import load
             return load(self, params, reason)
         run = LiveRun(self, params, _outdir)
+        from ..rules import machine
+        snapshot = machine().as_dict()   # before the run: the state the kernel starts from
         t0 = time.perf_counter()
         data = self.func(run, **params)
         seconds = time.perf_counter() - t0
         data = json.loads(json.dumps(data, default=_jsonable))  # same shape live and replayed
-        return Result(self.name, params, "live", data, pcap=run.pcap, seconds=seconds)
+        return Result(self.name, params, "live", data, pcap=run.pcap, seconds=seconds, machine=snapshot)
 
     def check(self, result: Result) -> None:
         """Assert this experiment's invariant on *result* (AssertionError names the claim)."""

@@ -1,0 +1,628 @@
+"""The kernel's rules, evaluated on the machine the notebook runs on (principle 5).
+
+A claim such as "the accept queue holds backlog + 1" or "the send buffer jumps to 4 MB at
+connect" is not a number from the machine the course was written on: it is a rule the
+kernel applies to *this* machine's parameters. This module holds both halves:
+
+- :class:`Machine` -- one snapshot of the parameters the rules read: kernel release, HZ,
+  the congestion control, ``tcp_rmem``/``tcp_wmem``, ``rmem_max``/``wmem_max``,
+  ``somaxconn``, the SYN backlog and retries, SACK/timestamps, lo's MTU and GSO size,
+  and the per-destination metrics cache (``ip tcp_metrics``) for the addresses an
+  experiment uses. ``Machine.read()`` reads the host (or a namespace); every live
+  :class:`~helpers.experiments.base.Result` and every corpus entry carries one, so a
+  replay is predicted from the machine it was recorded on.
+- one function per rule, named after the kernel function it mirrors
+  (:func:`tcp_select_initial_window`, :func:`tcp_sndbuf_expand`,
+  :func:`sk_acceptq_is_full`, :func:`syn_retry_schedule`, :func:`tcp_delack_min`, ...).
+  Each returns a :class:`Prediction`: the rule, its inputs and the value (or band).
+
+A notebook or an invariant then says ``prediction.check(measured)``: it prints rule,
+inputs, prediction and measurement, and on a mismatch raises :class:`RuleMismatch`, an
+AssertionError whose message a learner can read: what the rule says, what this machine
+did, and which corpus file (recorded on the reference kernel) to compare with.
+
+Tolerance bands live here too, one name each (:func:`delack_band`), so the notebook, the
+invariant and the tests cannot disagree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+__all__ = [
+    "Machine", "Prediction", "RuleMismatch", "machine",
+    "sock_setsockopt_buf", "tcp_win_from_space", "tcp_select_initial_window", "default_wscale",
+    "tcp_mss_default", "skb_truesize_per_mss", "sndbuf_expand_factor", "tcp_sndbuf_expand",
+    "sk_acceptq_is_full", "accept_queue_limit", "syn_retry_schedule", "synack_retry_schedule",
+    "tcp_delack_min", "delack_band", "half_open_cap", "tcp_timewait_len",
+    "keepalive_deadline", "compare_to_reference",
+]
+
+# --------------------------------------------------------------------------------------
+# Kernel constants (include/net/tcp.h, include/linux/skbuff.h). They are compile-time
+# constants, not settings: a rule that uses one names it.
+# --------------------------------------------------------------------------------------
+TCP_INIT_CWND = 10                 # RFC 6928 initial window, segments
+TCP_TIMEOUT_INIT_S = 1.0           # initial RTO for SYN and SYN-ACK (RFC 6298)
+TCP_RTO_MAX_S = 120.0              # cap of the exponential backoff (tcp_rto_max_ms where present)
+TCP_TIMEWAIT_LEN_S = 60.0          # how long TIME_WAIT lasts: a #define, not a sysctl
+TCP_MAX_WSCALE = 14
+U16_MAX = 65535
+# x86_64 sizes on 6.x (sizeof(struct sk_buff) aligned, skb_shared_info aligned, the
+# worst-case header room MAX_TCP_HEADER). The truesize rule rounds up to a power of two,
+# so the exact values barely matter: any overhead between 40 and 65,576 bytes gives the
+# same 131,328 on lo and 4,352 at MSS 1460.
+SKB_STRUCT = 256
+SKB_SHINFO = 320
+MAX_TCP_HEADER = 320
+SOCK_MIN_BUF = 2 * (2048 + SKB_STRUCT)   # SOCK_MIN_RCVBUF / SOCK_MIN_SNDBUF = 4608
+TCP_DEFAULT_SCALING_RATIO = 128          # of 256: a fresh socket assumes half its buffer is payload
+
+_SYSCTLS = {
+    "tcp_rmem": "net.ipv4.tcp_rmem", "tcp_wmem": "net.ipv4.tcp_wmem",
+    "rmem_max": "net.core.rmem_max", "wmem_max": "net.core.wmem_max",
+    "somaxconn": "net.core.somaxconn", "tcp_max_syn_backlog": "net.ipv4.tcp_max_syn_backlog",
+    "tcp_syn_retries": "net.ipv4.tcp_syn_retries", "tcp_synack_retries": "net.ipv4.tcp_synack_retries",
+    "tcp_syn_linear_timeouts": "net.ipv4.tcp_syn_linear_timeouts",
+    "tcp_sack": "net.ipv4.tcp_sack", "tcp_timestamps": "net.ipv4.tcp_timestamps",
+    "tcp_window_scaling": "net.ipv4.tcp_window_scaling", "tcp_syncookies": "net.ipv4.tcp_syncookies",
+    "tcp_abort_on_overflow": "net.ipv4.tcp_abort_on_overflow",
+    "tcp_congestion_control": "net.ipv4.tcp_congestion_control",
+    "tcp_allowed_congestion_control": "net.ipv4.tcp_allowed_congestion_control",
+    "tcp_available_congestion_control": "net.ipv4.tcp_available_congestion_control",
+    "tcp_fin_timeout": "net.ipv4.tcp_fin_timeout", "tcp_tw_reuse": "net.ipv4.tcp_tw_reuse",
+    "tcp_max_tw_buckets": "net.ipv4.tcp_max_tw_buckets",
+    "ip_local_port_range": "net.ipv4.ip_local_port_range",
+    "tcp_keepalive_time": "net.ipv4.tcp_keepalive_time",
+    "tcp_keepalive_intvl": "net.ipv4.tcp_keepalive_intvl",
+    "tcp_keepalive_probes": "net.ipv4.tcp_keepalive_probes",
+    "tcp_retries2": "net.ipv4.tcp_retries2", "tcp_no_metrics_save": "net.ipv4.tcp_no_metrics_save",
+    "tcp_reordering": "net.ipv4.tcp_reordering", "tcp_recovery": "net.ipv4.tcp_recovery",
+    "tcp_rto_max_ms": "net.ipv4.tcp_rto_max_ms", "tcp_rto_min_us": "net.ipv4.tcp_rto_min_us",
+    "tcp_adv_win_scale": "net.ipv4.tcp_adv_win_scale", "tcp_moderate_rcvbuf": "net.ipv4.tcp_moderate_rcvbuf",
+}
+_LISTS = {"tcp_rmem", "tcp_wmem", "ip_local_port_range"}
+_WORDS = {"tcp_congestion_control", "tcp_allowed_congestion_control", "tcp_available_congestion_control"}
+
+
+# ======================================================================================
+# The machine
+# ======================================================================================
+@dataclass
+class Machine:
+    """The parameters the kernel's rules read, from one machine (or namespace) at one time.
+
+    A value is None where this kernel has no such setting (``tcp_syn_linear_timeouts``
+    before Linux 6.5, ``tcp_rto_max_ms`` before 6.15): the rules then use what the kernel
+    did before the setting existed.
+    """
+
+    release: str = ""
+    hz: int | None = None
+    hz_source: str = ""
+    lo_mtu: int = 65536
+    lo_gso_max_size: int | None = None
+    sysctls: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # addr -> ip tcp_metrics fields
+    where: str = "host"
+
+    # ---- reading ---------------------------------------------------------------------
+    @classmethod
+    def read(cls, ns: Any = None, addresses: Iterable[str] = ("127.0.0.1",)) -> "Machine":
+        """Snapshot this host (``ns=None``) or a course namespace."""
+        from .kernel import sysctl
+        values: dict[str, Any] = {}
+        for key, name in _SYSCTLS.items():
+            try:
+                values[key] = _coerce(key, sysctl(name, ns))
+            except Exception:   # absent on this kernel, or host-wide and invisible in a namespace
+                values[key] = None
+        hz, how = kernel_hz()
+        mtu, gso = _lo_sizes(ns)
+        m = cls(release=platform.release(), hz=hz, hz_source=how, lo_mtu=mtu, lo_gso_max_size=gso,
+                sysctls=values, where="host" if ns is None else f"namespace {getattr(ns, 'name', ns)}")
+        m.metrics = {a: tcp_metrics(a, ns) for a in addresses}
+        return m
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Machine":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_manifest(cls, entry: Mapping[str, Any]) -> "Machine":
+        """The machine a corpus entry was recorded on: its stored snapshot, or (for
+        entries recorded before snapshots existed) one rebuilt from its sysctls and kernel."""
+        if entry.get("machine"):
+            return cls.from_dict(entry["machine"])
+        values = {}
+        by_name = {v: k for k, v in _SYSCTLS.items()}
+        for name, val in (entry.get("sysctls") or {}).items():
+            if name in by_name:
+                values[by_name[name]] = _coerce(by_name[name], val)
+        return cls(release=str(entry.get("kernel", "")), hz=None, hz_source="not recorded",
+                   sysctls=values, where="corpus")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # m.tcp_rmem, m.somaxconn ... read the snapshot's sysctls
+        sysctls = self.__dict__.get("sysctls", {})
+        if name in _SYSCTLS:
+            return sysctls.get(name)
+        raise AttributeError(name)
+
+    @property
+    def version(self) -> tuple[int, int]:
+        m = re.match(r"(\d+)\.(\d+)", self.release or "")
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+    def reordering(self, addr: str = "127.0.0.1") -> int:
+        """The reordering the next connection to *addr* starts with: the metrics cache's
+        value when it holds one (and saving metrics is on), else ``tcp_reordering``."""
+        base = self.sysctls.get("tcp_reordering") or 3
+        if self.sysctls.get("tcp_no_metrics_save"):
+            return base
+        cached = (self.metrics.get(addr) or {}).get("reordering")
+        return int(cached) if cached else base
+
+    def describe(self) -> str:
+        s = self.sysctls
+        return (f"Linux {self.release} ({self.where}), HZ={self.hz} ({self.hz_source}), "
+                f"cc={s.get('tcp_congestion_control')}, tcp_rmem={s.get('tcp_rmem')}, "
+                f"tcp_wmem={s.get('tcp_wmem')}, rmem_max={s.get('rmem_max')}, "
+                f"wmem_max={s.get('wmem_max')}, somaxconn={s.get('somaxconn')}, lo MTU {self.lo_mtu}")
+
+
+def machine(ns: Any = None, addresses: Iterable[str] = ("127.0.0.1",)) -> Machine:
+    """This machine now (see :meth:`Machine.read`)."""
+    return Machine.read(ns, addresses)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in _LISTS:
+        return [int(x) for x in str(value).split()]
+    if key in _WORDS:
+        return str(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _lo_sizes(ns: Any) -> tuple[int, int | None]:
+    def read() -> tuple[int, int | None]:
+        try:
+            mtu = int(open("/sys/class/net/lo/mtu").read())
+        except (OSError, ValueError):
+            mtu = 65536
+        try:
+            gso = int(open("/sys/class/net/lo/gso_max_size").read())
+        except (OSError, ValueError):
+            gso = None   # absent on some kernels (6.18 here): say so where it matters
+        return mtu, gso
+    if ns is None:
+        return read()
+    # /sys shows the reader's namespace only after a remount: ask ip instead
+    try:
+        from .netns import resolve
+        out = resolve(ns).run(["ip", "-d", "link", "show", "lo"], check=True).stdout
+        mtu = int(re.search(r"mtu (\d+)", out).group(1))
+        g = re.search(r"gso_max_size (\d+)", out)
+        return mtu, int(g.group(1)) if g else None
+    except Exception:
+        return 65536, None
+
+
+_HZ_CACHE: tuple[int | None, str] | None = None
+
+
+def kernel_hz() -> tuple[int | None, str]:
+    """(HZ, how it was found): from the kernel config where readable, else measured from
+    the 1/HZ granularity of TCP_INFO's tcpi_last_data_recv (kept in jiffies)."""
+    global _HZ_CACHE
+    if _HZ_CACHE is not None:
+        return _HZ_CACHE
+    for path in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                for line in f:
+                    if line.startswith("CONFIG_HZ="):
+                        _HZ_CACHE = (int(line.split("=")[1]), f"CONFIG_HZ in {path}")
+                        return _HZ_CACHE
+        except (OSError, ValueError):
+            continue
+    _HZ_CACHE = (measure_hz(), "measured from TCP_INFO's jiffy granularity")
+    return _HZ_CACHE
+
+
+def measure_hz(samples: int = 60, budget_s: float = 1.0) -> int | None:
+    """HZ from the smallest step of ``tcpi_last_data_recv`` (jiffies shown in ms) on an
+    idle loopback connection. No privileges needed. None if it cannot tell."""
+    from .kernel import tcp_info
+    lst = socket.socket()
+    try:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        c = socket.create_connection(lst.getsockname(), timeout=2)
+        s, _ = lst.accept()
+        with c, s:
+            c.sendall(b"x")
+            s.recv(1)
+            seen: set[int] = set()
+            deadline = time.monotonic() + budget_s
+            for _ in range(samples * 20):
+                if time.monotonic() > deadline or len(seen) >= samples:
+                    break
+                seen.add(int(tcp_info(s).as_dict().get("last_data_recv", 0)))
+                time.sleep(0.0007)
+    finally:
+        lst.close()
+    vals = sorted(seen)
+    steps = [b - a for a, b in zip(vals, vals[1:]) if b > a]
+    if not steps:
+        return None
+    step = min(steps)   # ms per jiffy, rounded down by jiffies_to_msecs
+    for hz in (100, 250, 300, 1000):
+        if abs(1000 / hz - step) < 1.0 or int(1000 / hz) == step:
+            return hz
+    return round(1000 / step)
+
+
+def tcp_metrics(addr: str, ns: Any = None) -> dict[str, Any]:
+    """The per-destination metrics cache entry for *addr* (``ip tcp_metrics show ADDR``),
+    as {field: number}; {} when the cache holds nothing for it."""
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    argv = [ip, "tcp_metrics", "show", addr]
+    try:
+        if ns is None:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
+        else:
+            from .netns import resolve
+            out = resolve(ns).run(argv).stdout
+    except Exception:
+        return {}
+    return parse_tcp_metrics(out, addr)
+
+
+def parse_tcp_metrics(text: str, addr: str | None = None) -> dict[str, Any]:
+    for line in text.splitlines():
+        toks = line.split()
+        if not toks or (addr and toks[0] != addr):
+            continue
+        out: dict[str, Any] = {}
+        for k, v in zip(toks[1::2], toks[2::2]):
+            m = re.match(r"^(\d+(?:\.\d+)?)(us|ms|sec)?$", v)
+            if m:
+                num = float(m.group(1))
+                out[k] = int(num) if m.group(2) is None and num.is_integer() else v
+            else:
+                out[k] = v
+        return out
+    return {}
+
+
+# ======================================================================================
+# Predictions and their check
+# ======================================================================================
+class RuleMismatch(AssertionError):
+    """A measurement disagreed with the kernel rule evaluated on this machine."""
+
+
+@dataclass
+class Prediction:
+    """What a rule predicts: *value* exactly, or anything in [*low*, *high*]."""
+
+    rule: str                     # e.g. "tcp_sndbuf_expand()"
+    formula: str                  # the rule in one line
+    inputs: dict[str, Any]
+    value: Any = None
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    note: str = ""
+
+    @property
+    def band(self) -> bool:
+        return self.low is not None or self.high is not None
+
+    def expected_text(self) -> str:
+        u = f" {self.unit}" if self.unit else ""
+        if self.band:
+            lo = "-inf" if self.low is None else _fmt(self.low)
+            hi = "inf" if self.high is None else _fmt(self.high)
+            mid = f" (about {_fmt(self.value)}{u})" if self.value is not None else ""
+            return f"between {lo} and {hi}{u}{mid}"
+        return f"{_fmt(self.value)}{u}"
+
+    def agrees(self, measured: Any) -> bool:
+        if self.band:
+            try:
+                x = float(measured)
+            except (TypeError, ValueError):
+                return False
+            return (self.low is None or x >= self.low) and (self.high is None or x <= self.high)
+        return measured == self.value
+
+    def report(self, measured: Any = None, what: str = "") -> str:
+        ins = ", ".join(f"{k}={_fmt(v)}" for k, v in self.inputs.items())
+        lines = [f"rule:        {self.rule}: {self.formula}",
+                 f"inputs:      {ins}",
+                 f"prediction:  {self.expected_text()}"]
+        if measured is not None or what:
+            u = f" {self.unit}" if self.unit else ""
+            lines.append(f"measured:    {_fmt(measured)}{u}" + (f"  ({what})" if what else ""))
+        if self.note:
+            lines.append(f"note:        {self.note}")
+        return "\n".join(lines)
+
+    def check(self, measured: Any, what: str = "", *, reference: str | None = None,
+              quiet: bool = False) -> Any:
+        """Print rule, inputs, prediction and measurement; raise :class:`RuleMismatch`
+        (readable, with the corpus file to compare with) when they disagree."""
+        text = self.report(measured, what)
+        ok = self.agrees(measured)
+        if not quiet:
+            print(text + f"\nverdict:     {'agree ✓' if ok else 'DISAGREE ✗'}")
+        if not ok:
+            ref = f"\ncompare:     the corpus file {reference}, recorded on the reference kernel" \
+                if reference else ""
+            raise RuleMismatch(
+                f"this machine did not follow the kernel rule the course teaches.\n{text}{ref}\n"
+                "If your kernel or its settings differ from the reference machine, this is worth "
+                "reading about, not a bug in your code: include this message and caps.summary() "
+                "when you report it.")
+        return measured
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.3f}".rstrip("0").rstrip(".") if not v.is_integer() else f"{int(v):,}"
+    return str(v)
+
+
+# ======================================================================================
+# Rules: buffers and windows
+# ======================================================================================
+def sock_setsockopt_buf(requested: int, cap: int, *, which: str = "SO_RCVBUF") -> Prediction:
+    """SO_SNDBUF/SO_RCVBUF (net/core/sock.c sock_setsockopt): the request is capped at
+    ``wmem_max``/``rmem_max``, then doubled (room for the kernel's bookkeeping), and never
+    below SOCK_MIN_{SND,RCV}BUF."""
+    val = min(max(int(requested), 0), int(cap))
+    val = max(val * 2, SOCK_MIN_BUF)
+    return Prediction("sock_setsockopt()", f"max(2 × min(request, {'rmem_max' if which == 'SO_RCVBUF' else 'wmem_max'}), "
+                      f"{SOCK_MIN_BUF})", {"request": int(requested), "cap": int(cap)}, val, unit="B")
+
+
+def tcp_win_from_space(space: int, scaling_ratio: int = TCP_DEFAULT_SCALING_RATIO) -> int:
+    """The window a buffer of *space* bytes can offer (include/net/tcp.h): the payload share
+    of the buffer. A fresh socket assumes half (scaling_ratio 128/256; before 6.5 it was
+    ``space - (space >> tcp_adv_win_scale)`` with adv_win_scale 1: also half)."""
+    return (int(space) * int(scaling_ratio)) >> 8
+
+
+def tcp_select_initial_window(m: Machine, space: int, mss: int, window_clamp: int = 0,
+                              wscale_ok: bool = True) -> Prediction:
+    """tcp_select_initial_window() (net/ipv4/tcp_output.c): the window in the SYN and the
+    shift (window scale) this side announces.
+
+    window = min(rounddown(min(space, clamp), mss), 65535);
+    shift = clamp(ilog2(min(max(space, tcp_rmem[2], rmem_max), clamp)) - 15, 0, 14).
+    *space* is tcp_full_space(): the payload share of the receive buffer (see
+    :func:`tcp_win_from_space`); *window_clamp* is 0 unless SO_RCVBUF was set (then it is
+    that same space).
+    """
+    clamp = window_clamp or (U16_MAX << TCP_MAX_WSCALE)
+    sp = min(clamp, max(int(space), 0))
+    if sp > mss:
+        sp = sp - sp % mss
+    rcv_wnd = min(sp, U16_MAX)
+    shift = 0
+    rmem2 = (m.sysctls.get("tcp_rmem") or [0, 0, 0])[2]
+    rmax = m.sysctls.get("rmem_max") or 0
+    if wscale_ok:
+        top = min(max(sp, rmem2, rmax), clamp)
+        shift = max(0, min(TCP_MAX_WSCALE, top.bit_length() - 1 - 15))
+    return Prediction("tcp_select_initial_window()",
+                      "shift = ilog2(min(max(space, tcp_rmem[2], rmem_max), clamp)) − 15, within 0..14",
+                      {"space": int(space), "mss": int(mss), "tcp_rmem[2]": rmem2, "rmem_max": rmax,
+                       "window_clamp": int(window_clamp)},
+                      {"rcv_wnd": rcv_wnd, "rcv_wscale": shift, "window_clamp": min(U16_MAX << shift, clamp)})
+
+
+def default_wscale(m: Machine, rcvbuf: int | None = None, mss: int | None = None) -> Prediction:
+    """The window scale a socket announces: with SO_RCVBUF unset the largest buffer
+    autotuning may reach decides (tcp_rmem[2], or rmem_max if larger); with SO_RCVBUF set
+    (*rcvbuf*, the doubled value the kernel stores) the clamp is that buffer's window."""
+    mss = mss or tcp_mss_default(m.lo_mtu)
+    if rcvbuf is None:
+        space = tcp_win_from_space((m.sysctls.get("tcp_rmem") or [0, 131072, 0])[1])
+        full = tcp_select_initial_window(m, space, mss)
+    else:
+        space = tcp_win_from_space(rcvbuf)
+        full = tcp_select_initial_window(m, space, mss, window_clamp=space)
+    return Prediction("tcp_select_initial_window()", full.formula,
+                      {**full.inputs, "SO_RCVBUF (stored)": rcvbuf if rcvbuf is not None else "unset"},
+                      full.value["rcv_wscale"])
+
+
+def tcp_mss_default(mtu: int, family: int = 4) -> int:
+    """The MSS announced on a device of this MTU: an IP packet is at most 65,535 bytes,
+    minus the IP and TCP headers (40 for IPv4, 60 for IPv6)."""
+    return min(int(mtu), 65535) - (40 if family == 4 else 60)
+
+
+def skb_truesize_per_mss(mss: int) -> int:
+    """Memory charged per full-sized skb in tcp_sndbuf_expand(): the MSS plus header room
+    and skb_shared_info, rounded up to a power of two (kmalloc), plus the sk_buff itself."""
+    per = int(mss) + MAX_TCP_HEADER + SKB_SHINFO
+    return (1 << (per - 1).bit_length()) + SKB_STRUCT
+
+
+def sndbuf_expand_factor(cc: str) -> int:
+    """ca_ops->sndbuf_expand: bbr asks for 3 packets of room per cwnd segment, every other
+    algorithm gets the default 2 (RFC 5681 fast recovery, 1.7 rounded up)."""
+    return 3 if str(cc).startswith("bbr") else 2
+
+
+def tcp_sndbuf_expand(m: Machine, *, cc: str | None = None, mss: int | None = None, cwnd: int = TCP_INIT_CWND,
+                      addr: str = "127.0.0.1", reordering: int | None = None) -> Prediction:
+    """tcp_sndbuf_expand() (net/ipv4/tcp_input.c), run when a connection is established
+    (unless SO_SNDBUF was set): the send buffer becomes
+
+        factor(cc) × max(10, cwnd, reordering + 1) × truesize(mss), capped at tcp_wmem[2]
+
+    *reordering* comes from the per-destination metrics cache when it holds one for
+    *addr* (``ip tcp_metrics``): a second run can start with a bigger buffer than the first.
+    """
+    cc = cc or m.sysctls.get("tcp_congestion_control") or "cubic"
+    mss = mss or tcp_mss_default(m.lo_mtu)
+    reo = m.reordering(addr) if reordering is None else int(reordering)
+    segs = max(TCP_INIT_CWND, int(cwnd), reo + 1)
+    per = skb_truesize_per_mss(mss)
+    factor = sndbuf_expand_factor(cc)
+    wmem2 = (m.sysctls.get("tcp_wmem") or [0, 0, 4194304])[2]
+    value = min(factor * segs * per, wmem2)
+    return Prediction("tcp_sndbuf_expand()",
+                      "min(factor(cc) × max(10, cwnd, reordering + 1) × truesize(mss), tcp_wmem[2])",
+                      {"cc": cc, "factor": factor, "cwnd": cwnd, "reordering": reo, "mss": mss,
+                       "truesize": per, "tcp_wmem[2]": wmem2}, value, unit="B",
+                      note=(f"reordering {reo} comes from the metrics cache for {addr}"
+                            if reordering is None and (m.metrics.get(addr) or {}).get("reordering") else ""))
+
+
+# ======================================================================================
+# Rules: queues and timers
+# ======================================================================================
+def sk_acceptq_is_full(m: Machine, backlog: int) -> Prediction:
+    """The accept queue (include/net/sock.h sk_acceptq_is_full): listen() stores
+    min(backlog, somaxconn) and the queue counts as full only when it holds *more* than
+    that, so it stops at min(backlog, somaxconn) + 1 (listen(0) still takes one)."""
+    smax = int(m.sysctls.get("somaxconn") or 4096)
+    eff = min(max(int(backlog), 0), smax)
+    return Prediction("sk_acceptq_is_full()", "min(backlog, somaxconn) + 1",
+                      {"backlog": int(backlog), "somaxconn": smax}, eff + 1, unit="connections")
+
+
+accept_queue_limit = sk_acceptq_is_full
+
+
+def syn_retry_schedule(m: Machine, n: int | None = None) -> Prediction:
+    """When a client resends an unanswered SYN (tcp_retransmit_timer): the first gap is
+    TCP_TIMEOUT_INIT (1 s); the RTO stays 1 s while the retry count is at most
+    ``tcp_syn_linear_timeouts`` (Linux 6.5+; absent before, i.e. 0) and doubles after
+    that, up to TCP_RTO_MAX. connect() gives up with ETIMEDOUT one RTO after the last of
+    ``tcp_syn_retries`` retries. Value: the list of gaps in seconds."""
+    lin = m.sysctls.get("tcp_syn_linear_timeouts")
+    retries = int(m.sysctls.get("tcp_syn_retries") or 6)
+    count = (retries + 1) if n is None else n
+    linear = int(lin or 0)
+    gaps, rto = [], TCP_TIMEOUT_INIT_S
+    for k in range(1, count + 1):     # gap before retry k (or, for k = retries + 1, the give-up)
+        gaps.append(rto)
+        if k > linear:                 # backoff k exceeds the linear count: double
+            rto = min(rto * 2, _rto_max(m))
+    return Prediction("tcp_retransmit_timer() for SYN_SENT",
+                      "gap k = 1 s while k ≤ tcp_syn_linear_timeouts + 1, then doubling",
+                      {"tcp_syn_linear_timeouts": "absent (before 6.5)" if lin is None else lin,
+                       "tcp_syn_retries": retries}, gaps, unit="s")
+
+
+def synack_retry_schedule(m: Machine, n: int | None = None) -> Prediction:
+    """When a listener resends a SYN-ACK nobody acknowledged (reqsk_timer_handler):
+    1 s, then doubling, ``tcp_synack_retries`` times; then the half-open entry is dropped."""
+    retries = int(m.sysctls.get("tcp_synack_retries") or 5)
+    count = retries if n is None else n
+    gaps = [TCP_TIMEOUT_INIT_S * (2 ** k) for k in range(count)]
+    return Prediction("reqsk_timer_handler()", "1 s × 2^k for k < tcp_synack_retries",
+                      {"tcp_synack_retries": retries}, gaps, unit="s")
+
+
+def _rto_max(m: Machine) -> float:
+    ms = m.sysctls.get("tcp_rto_max_ms")
+    return ms / 1000 if ms else TCP_RTO_MAX_S
+
+
+def tcp_delack_min(m: Machine) -> Prediction:
+    """The delayed-ACK timer's floor TCP_DELACK_MIN = HZ/25 jiffies (40 ms whenever HZ is a
+    multiple of 25). The timer fires on a tick, so a stall lasts up to one more jiffy."""
+    hz = m.hz or 250
+    jiffies = hz // 25
+    ms = jiffies * 1000 / hz
+    tick = 1000 / hz
+    return Prediction("TCP_DELACK_MIN", "HZ/25 jiffies, + up to one tick",
+                      {"HZ": hz, "tick_ms": tick}, ms, low=ms - 1, high=ms + tick + 1, unit="ms")
+
+
+def delack_band(m: Machine, slack_ms: float = 15.0) -> Prediction:
+    """The band a delayed-ACK stall is asserted in, everywhere in the course: from the floor
+    (minus 1 ms of clock noise) to the floor + two ticks + *slack_ms* of scheduling delay
+    on a busy machine."""
+    base = tcp_delack_min(m)
+    tick = base.inputs["tick_ms"]
+    return Prediction("DELACK_BAND", "[HZ/25 jiffies − 1 ms, HZ/25 jiffies + 2 ticks + slack]",
+                      {**base.inputs, "slack_ms": slack_ms}, base.value,
+                      low=base.value - 1, high=base.value + 2 * tick + slack_ms, unit="ms")
+
+
+def half_open_cap(m: Machine, backlog: int, cookies: int | None = None) -> Prediction:
+    """How many half-open (SYN-RECV) entries a listener keeps (tcp_conn_request): the queue
+    is full above min(backlog, somaxconn), so it stops at that + 1; without cookies a SYN is
+    also dropped once it holds more than max - max/4 of ``tcp_max_syn_backlog`` (the last
+    quarter is kept for peers proven alive)."""
+    cookies = int(m.sysctls.get("tcp_syncookies") or 0) if cookies is None else int(cookies)
+    smax = int(m.sysctls.get("somaxconn") or 4096)
+    msb = int(m.sysctls.get("tcp_max_syn_backlog") or 256)
+    full = min(int(backlog), smax) + 1
+    three_q = msb - (msb >> 2) + 1
+    cap = full if cookies else min(full, three_q)
+    return Prediction("tcp_conn_request()",
+                      "min(backlog, somaxconn) + 1" + ("" if cookies else ", and ≤ max − max/4 + 1 without cookies"),
+                      {"backlog": int(backlog), "somaxconn": smax, "tcp_max_syn_backlog": msb,
+                       "tcp_syncookies": cookies}, cap, unit="entries")
+
+
+def tcp_timewait_len(m: Machine | None = None) -> Prediction:
+    """TIME_WAIT lasts TCP_TIMEWAIT_LEN (60 s), a compile-time constant: no sysctl changes
+    it (tcp_fin_timeout governs an orphaned FIN_WAIT_2)."""
+    return Prediction("TCP_TIMEWAIT_LEN", "60 s (a #define)", {}, TCP_TIMEWAIT_LEN_S, unit="s")
+
+
+def keepalive_deadline(m: Machine, idle: int | None = None, intvl: int | None = None,
+                       probes: int | None = None) -> Prediction:
+    """A silent peer is declared dead after keepalive_time + keepalive_probes ×
+    keepalive_intvl seconds (TCP_KEEPIDLE/KEEPINTVL/KEEPCNT override the sysctls)."""
+    idle = int(idle if idle is not None else m.sysctls.get("tcp_keepalive_time") or 7200)
+    intvl = int(intvl if intvl is not None else m.sysctls.get("tcp_keepalive_intvl") or 75)
+    probes = int(probes if probes is not None else m.sysctls.get("tcp_keepalive_probes") or 9)
+    return Prediction("tcp_keepalive_timer()", "idle + probes × intvl",
+                      {"idle": idle, "intvl": intvl, "probes": probes}, idle + probes * intvl, unit="s")
+
+
+def compare_to_reference(here: Prediction, reference_machine: Machine, rule, *args, **kw) -> str:
+    """A sentence saying whether this machine's rule gives the same value as the reference
+    machine's (for replays: "this machine would give X, the recording shows Y")."""
+    there = rule(reference_machine, *args, **kw)
+    if there.value == here.value:
+        return f"{here.rule}: this machine and the recording's machine give the same value, {here.expected_text()}."
+    return (f"{here.rule}: this machine would give {here.expected_text()}; the recording's machine "
+            f"(Linux {reference_machine.release}) gives {there.expected_text()}.")
