@@ -45,7 +45,7 @@ __all__ = [
     "tcp_mss_default", "skb_truesize_per_mss", "sndbuf_expand_factor", "tcp_sndbuf_expand",
     "sk_acceptq_is_full", "accept_queue_limit", "syn_retry_schedule", "synack_retry_schedule",
     "tcp_delack_min", "delack_band", "half_open_cap", "tcp_timewait_len",
-    "keepalive_deadline", "compare_to_reference",
+    "keepalive_deadline", "compare_to_reference", "assert_rule",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -626,3 +626,43 @@ def compare_to_reference(here: Prediction, reference_machine: Machine, rule, *ar
         return f"{here.rule}: this machine and the recording's machine give the same value, {here.expected_text()}."
     return (f"{here.rule}: this machine would give {here.expected_text()}; the recording's machine "
             f"(Linux {reference_machine.release}) gives {there.expected_text()}.")
+
+
+def assert_rule(result: Any, rule, measured: Any, *args, what: str = "", quiet: bool = False, **kw) -> Prediction:
+    """Evaluate *rule* on the machine *result* was produced on, check *measured* against it
+    (printing rule, inputs, prediction, measurement) and return the prediction.
+
+    Live, that machine is this one (snapshot taken just before the run). Replayed, it is
+    the recording's machine, and a line says what this machine's settings would give::
+
+        rules.assert_rule(r, rules.tcp_sndbuf_expand, r["sndbuf_after_connect"],
+                          what="SO_SNDBUF right after connect()", cc="bbr")
+    """
+    m = result.machine_snapshot()
+    pred = rule(m, *args, **kw)
+    pred.check(measured, what, reference=result.reference(), quiet=quiet)
+    if not getattr(result, "live", True) and not quiet:
+        try:
+            here = rule(machine(), *args, **kw)
+            if here.value != pred.value or (here.low, here.high) != (pred.low, pred.high):
+                print(f"on this machine: the same rule gives {here.expected_text()} "
+                      f"(inputs {', '.join(f'{k}={_fmt(v)}' for k, v in here.inputs.items())}); "
+                      f"the recording shows the reference machine's value.")
+            else:
+                print("on this machine: the same rule gives the same value.")
+        except Exception as exc:   # a replay must never fail because the host cannot be read
+            print(f"on this machine: could not evaluate the rule ({exc}).")
+    return pred
+
+
+# ======================================================================================
+# Rules added by chapters (append below your chapter's marker; keep one rule per kernel
+# function, named after it, returning a Prediction)
+# ======================================================================================
+# --- 01_01 / 01_02 ---
+
+# --- 01_03 / 01_04 ---
+
+# --- 01_05 / 02_01 / 02_05 ---
+
+# --- 02_02 / 02_03 / 02_04 / 02_06 ---
