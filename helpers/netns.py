@@ -618,6 +618,15 @@ class Namespace:
         _cmd(["ip", "-n", self.name, "link", "set", "lo", "up"], what="bringing lo up")
         if not self.offloads:
             self._offloads_off()
+        # Under a kernel profile (course.py test --profile), a course namespace starts from
+        # the profile's settings, as it would on the learner's kernel; the experiment's own
+        # sysctls come after and win.
+        for key, value in profile_sysctls().items():
+            if key not in self.sysctls:
+                try:
+                    self._write_sysctl(key, value)
+                except CourseError:
+                    pass  # e.g. a default congestion control this namespace may not use
         for key, value in self.sysctls.items():
             self._write_sysctl(key, value)
 
@@ -811,6 +820,20 @@ def _kill_netns_pids(name: str) -> None:
 # --------------------------------------------------------------------------------------
 # module-level housekeeping
 # --------------------------------------------------------------------------------------
+def profile_sysctls() -> dict[str, str]:
+    """The sysctls of the kernel profile this process runs under (TCPCOURSE_PROFILE_SYSCTLS,
+    set by ``course.py test --profile``), {} when none."""
+    import json
+    text = os.environ.get("TCPCOURSE_PROFILE_SYSCTLS", "")
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+
+
 def list_course_namespaces() -> list[str]:
     """Names of all ``tcpcourse-*`` namespaces on this machine (any process's)."""
     try:
