@@ -6,7 +6,7 @@
 Needs root (a course namespace and a raw socket). In one run, inside one course namespace whose listener
 answers with SYN cookies (listen(16), tcp_syncookies=1, as in the chapter):
 
-1. the course's flood path (:func:`helpers.experiments.synflood.send_flood`): SYNs built
+1. the course's flood path (:func:`helpers.rawsyn.send_flood`): SYNs built
    once (scapy template, patched), then ``sendto`` on a raw socket in a tight loop;
 2. scapy's own ``send(packets, iface="lo")`` loop for the same kind of SYNs, built by
    scapy, run in a thread that entered the namespace.
@@ -23,6 +23,7 @@ import os
 import sys
 import time
 
+from helpers import rawsyn
 from helpers.experiments import synflood
 
 
@@ -49,14 +50,14 @@ def rates(count: int, scapy_count: int) -> list[dict]:
     rows = []
     with Namespace(sysctls={"net.ipv4.tcp_syncookies": 1,
                             "net.ipv4.tcp_max_syn_backlog": synflood.MAX_SYN_BACKLOG}) as ns:
-        synflood.setup_namespace(ns)
+        rawsyn.setup_namespace(ns)
         lst, port = _listener(ns)
 
         # 1. the course's flood path (build time reported separately)
         t0 = time.perf_counter()
-        pkts = synflood.build_syns(port, count, seed=11)
+        pkts = rawsyn.build_syns(port, count, seed=11)
         build = time.perf_counter() - t0
-        out = synflood.send_flood(ns, port, count, packets=pkts)
+        out = rawsyn.send_flood(ns, port, count, packets=pkts)
         got = handled(ns, port)
         rows.append({"path": "raw socket sendto (course flood)", "packets": out["sent"],
                      "received": got, "seconds": out["send_seconds"],
@@ -67,11 +68,11 @@ def rates(count: int, scapy_count: int) -> list[dict]:
         from scapy.layers.inet import IP, TCP
         from scapy.sendrecv import send
 
-        synflood.check_flood_target(ns, "127.0.0.1", count=scapy_count, seconds=synflood.MAX_SECONDS)
+        rawsyn.check_flood_target(ns, "127.0.0.1", count=scapy_count, seconds=rawsyn.MAX_SECONDS)
         t0 = time.perf_counter()
         scapy_pkts = [IP(src=src, dst="127.0.0.1") / TCP(sport=sport, dport=port2, flags="S", seq=seq,
                                                          options=[("MSS", 1460)])
-                      for src, sport, seq in synflood.syn_sources(scapy_count, seed=12)]
+                      for src, sport, seq in rawsyn.syn_sources(scapy_count, seed=12)]
         build = time.perf_counter() - t0
         cookies_before = counters(ns).get("TcpExtSyncookiesSent", 0)
 
@@ -88,7 +89,7 @@ def rates(count: int, scapy_count: int) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--count", type=int, default=synflood.MAX_FLOOD, help="SYNs for the raw-socket path")
+    ap.add_argument("--count", type=int, default=rawsyn.MAX_FLOOD, help="SYNs for the raw-socket path")
     ap.add_argument("--scapy-count", type=int, default=2000, help="SYNs for scapy's send() (slow)")
     args = ap.parse_args()
     root = os.geteuid() == 0

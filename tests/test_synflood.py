@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import netns
+from helpers import netns, rawsyn
 from helpers.errors import ParameterError, UnsafeTargetError
 from helpers.experiments import synflood
 from helpers.experiments.synflood import (MAX_FLOOD, MAX_SECONDS, build_syns, check_flood_target,
@@ -33,8 +33,8 @@ def nothing_may_happen(monkeypatch):
     monkeypatch.setattr(subprocess, "run", forbid("subprocess.run"))
     monkeypatch.setattr(subprocess, "Popen", forbid("subprocess.Popen"))
     monkeypatch.setattr(netns.Namespace, "socket", forbid("Namespace.socket"))
-    monkeypatch.setattr(synflood, "build_syns", forbid("build_syns"))
-    monkeypatch.setattr(synflood, "raw_sender", forbid("raw_sender"))
+    monkeypatch.setattr(rawsyn, "build_syns", forbid("build_syns"))
+    monkeypatch.setattr(rawsyn, "raw_sender", forbid("raw_sender"))
     return touched
 
 
@@ -98,10 +98,10 @@ def test_guard_refuses_other_source_ranges(spoof, monkeypatch, nothing_may_happe
 
 
 def test_crafted_sources_must_be_spoofed_range(monkeypatch):
-    monkeypatch.setattr(synflood, "check_flood_target", lambda *a, **k: None)
-    monkeypatch.setattr(synflood, "raw_sender", lambda *a, **k: pytest.fail("nothing may be sent"))
+    monkeypatch.setattr(rawsyn, "check_flood_target", lambda *a, **k: pytest.fail("sources are checked first"))
+    monkeypatch.setattr(rawsyn, "raw_sender", lambda *a, **k: pytest.fail("nothing may be sent"))
     with pytest.raises(UnsafeTargetError, match="outside 10.99.0.0/16"):
-        synflood.send_crafted(FakeNamespace(), 80, [{"src": "192.168.1.1", "sport": 1, "seq": 1}])
+        rawsyn.send_crafted(FakeNamespace(), 80, [{"src": "192.168.1.1", "sport": 1, "seq": 1}])
 
 
 # ------------------------------------------------------------------ the packets and the bounded loop
@@ -109,9 +109,9 @@ def test_build_syns_equals_scapy_packet_by_packet():
     from scapy.layers.inet import IP, TCP
 
     pkts = build_syns(4242, 500, seed=7)
-    srcs = synflood.syn_sources(500, 7)
+    srcs = rawsyn.syn_sources(500, 7)
     assert len({(s, p) for s, p, _ in srcs}) == 500, "every SYN its own 4-tuple"
-    assert all(synflood.ipaddress.ip_address(s) in synflood._SPOOF for s, _, _ in srcs)
+    assert all(rawsyn.ipaddress.ip_address(s) in rawsyn._SPOOF for s, _, _ in srcs)
     for i in random.Random(1).sample(range(500), 40):
         src, sport, seq = srcs[i]
         ref = bytes(IP(src=src, dst="127.0.0.1", id=0) /
@@ -164,7 +164,7 @@ def test_guard_accepts_only_its_own_open_namespace():
     with netns.Namespace() as ns:
         with pytest.raises(UnsafeTargetError, match="not routed to lo"):
             check_flood_target(ns, "127.0.0.1", count=10)
-        synflood.setup_namespace(ns)
+        rawsyn.setup_namespace(ns)
         check_flood_target(ns, "127.0.0.1", count=10)     # allowed
         for target in ("8.8.8.8", "192.168.1.1", "10.0.0.1", "10.99.0.1"):
             with pytest.raises(UnsafeTargetError, match="not a loopback"):
@@ -179,7 +179,7 @@ def test_guard_accepts_only_its_own_open_namespace():
 @needs_netns
 def test_flood_stops_at_its_time_bound():
     with netns.Namespace(sysctls={"net.ipv4.tcp_syncookies": 1}) as ns:
-        synflood.setup_namespace(ns)
+        rawsyn.setup_namespace(ns)
         lst = ns.socket()
         lst.bind(("127.0.0.1", 0))
         lst.listen(16)
