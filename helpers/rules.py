@@ -65,7 +65,7 @@ U16_MAX = 65535
 SKB_STRUCT = 256
 SKB_SHINFO = 320
 MAX_TCP_HEADER = 320
-SOCK_MIN_BUF = 2 * (2048 + SKB_STRUCT)   # SOCK_MIN_RCVBUF / SOCK_MIN_SNDBUF = 4608
+SOCK_MIN_BUF = 2048 + SKB_STRUCT   # SOCK_MIN_RCVBUF on 6.18 (2,304); Machine.read measures it
 TCP_DEFAULT_SCALING_RATIO = 128          # of 256: a fresh socket assumes half its buffer is payload
 
 _SYSCTLS = {
@@ -114,6 +114,8 @@ class Machine:
     lo_gso_max_size: int | None = None
     sysctls: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # addr -> ip tcp_metrics fields
+    sock_min_rcvbuf: int | None = None   # SOCK_MIN_RCVBUF / SOCK_MIN_SNDBUF: compile-time floors,
+    sock_min_sndbuf: int | None = None   # measured (SO_*BUF = 1 reads back as the floor)
     where: str = "host"
 
     # ---- reading ---------------------------------------------------------------------
@@ -132,6 +134,7 @@ class Machine:
         m = cls(release=platform.release(), hz=hz, hz_source=how, lo_mtu=mtu, lo_gso_max_size=gso,
                 sysctls=values, where="host" if ns is None else f"namespace {getattr(ns, 'name', ns)}")
         m.metrics = {a: tcp_metrics(a, ns) for a in addresses}
+        m.sock_min_rcvbuf, m.sock_min_sndbuf = _buffer_floors()
         return m
 
     @classmethod
@@ -202,6 +205,17 @@ def _coerce(key: str, value: Any) -> Any:
         return int(value)
     except (TypeError, ValueError):
         return value
+
+
+def _buffer_floors() -> tuple[int | None, int | None]:
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+            return (s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+    except OSError:
+        return None, None
 
 
 def _lo_sizes(ns: Any) -> tuple[int, int | None]:
@@ -403,14 +417,18 @@ def _fmt(v: Any) -> str:
 # ======================================================================================
 # Rules: buffers and windows
 # ======================================================================================
-def sock_setsockopt_buf(requested: int, cap: int, *, which: str = "SO_RCVBUF") -> Prediction:
+def sock_setsockopt_buf(requested: int, cap: int, *, which: str = "SO_RCVBUF",
+                        floor: int | None = None) -> Prediction:
     """SO_SNDBUF/SO_RCVBUF (net/core/sock.c sock_setsockopt): the request is capped at
     ``wmem_max``/``rmem_max``, then doubled (room for the kernel's bookkeeping), and never
-    below SOCK_MIN_{SND,RCV}BUF."""
+    below SOCK_MIN_{SND,RCV}BUF (*floor*; a compile-time constant, measured by
+    :meth:`Machine.read`: 2,304 on 6.18)."""
+    floor = SOCK_MIN_BUF if floor is None else int(floor)
     val = min(max(int(requested), 0), int(cap))
-    val = max(val * 2, SOCK_MIN_BUF)
-    return Prediction("sock_setsockopt()", f"max(2 × min(request, {'rmem_max' if which == 'SO_RCVBUF' else 'wmem_max'}), "
-                      f"{SOCK_MIN_BUF})", {"request": int(requested), "cap": int(cap)}, val, unit="B")
+    val = max(val * 2, floor)
+    capname = "rmem_max" if which == "SO_RCVBUF" else "wmem_max"
+    return Prediction("sock_setsockopt()", f"max(2 × min(request, {capname}), SOCK_MIN)",
+                      {"request": int(requested), capname: int(cap), "SOCK_MIN": floor}, val, unit="B")
 
 
 def tcp_win_from_space(space: int, scaling_ratio: int = TCP_DEFAULT_SCALING_RATIO) -> int:
@@ -660,9 +678,133 @@ def assert_rule(result: Any, rule, measured: Any, *args, what: str = "", quiet: 
 # function, named after it, returning a Prediction)
 # ======================================================================================
 # --- 01_01 / 01_02 ---
+def alloc_fd(open_fds: Iterable[int]) -> Prediction:
+    """The fd a new socket()/accept() gets (fs/file.c alloc_fd, via get_unused_fd_flags):
+    the lowest number not open in this process (POSIX), not the one closed last."""
+    taken = sorted({int(f) for f in open_fds})
+    fd = next(i for i in range(len(taken) + 1) if i not in set(taken))
+    return Prediction("alloc_fd()", "the lowest fd number not open in this process",
+                      {"open fds": ",".join(map(str, taken))}, fd)
+
+
+def sys_listen(m: Machine, backlog: int) -> Prediction:
+    """What listen(fd, backlog) stores as the accept-queue limit (net/socket.c __sys_listen):
+    min(backlog, net.core.somaxconn). `ss` shows it as a LISTEN socket's Send-Q."""
+    smax = int(m.sysctls.get("somaxconn") or 4096)
+    return Prediction("__sys_listen()", "min(backlog, somaxconn)",
+                      {"backlog": int(backlog), "somaxconn": smax}, min(max(int(backlog), 0), smax))
+
+
+def tcp_synack_options(m: Machine, *, syn_sack: bool, syn_ts: bool, syn_wscale: bool,
+                       mtu: int | None = None) -> Prediction:
+    """The options a listener puts in its SYN-ACK (net/ipv4/tcp_output.c tcp_synack_options,
+    from what tcp_parse_options/tcp_openreq_init kept of the SYN): each of SACK permitted,
+    timestamps and window scale only if the SYN offered it AND this machine's
+    tcp_sack / tcp_timestamps / tcp_window_scaling allow it. The MSS is always the
+    listener's own (its device's MTU), whatever the SYN announced."""
+    s = m.sysctls
+    on = lambda k: bool(1 if s.get(k) is None else s.get(k))   # noqa: E731 (absent: the default, on)
+    scale = default_wscale(m).value if (syn_wscale and on("tcp_window_scaling")) else None
+    value = {"mss": tcp_mss_default(mtu or m.lo_mtu),
+             "sack_perm": bool(syn_sack) and on("tcp_sack"),
+             "timestamps": bool(syn_ts) and on("tcp_timestamps"),
+             "wscale": scale}
+    return Prediction("tcp_synack_options()",
+                      "option in SYN-ACK ⇔ offered in the SYN and enabled here; MSS from this side's MTU",
+                      {"SYN offered SACK": bool(syn_sack), "SYN offered timestamps": bool(syn_ts),
+                       "SYN offered wscale": bool(syn_wscale), "tcp_sack": s.get("tcp_sack"),
+                       "tcp_timestamps": s.get("tcp_timestamps"),
+                       "tcp_window_scaling": s.get("tcp_window_scaling"), "MTU": mtu or m.lo_mtu}, value)
+
+
+def tcp_rcv_space_adjust(m: Machine, start: int, *, so_rcvbuf_set: bool) -> Prediction:
+    """Receive-buffer autotuning (net/ipv4/tcp_input.c tcp_rcv_space_adjust): while the
+    application keeps reading, the kernel grows sk_rcvbuf to follow the bytes read per
+    round trip, up to net.ipv4.tcp_rmem[2] (net.core.rmem_max plays no part). It does
+    nothing once SO_RCVBUF was set (SOCK_RCVBUF_LOCK) or with tcp_moderate_rcvbuf=0: the
+    buffer then stays at *start*. Value: the band SO_RCVBUF ends in after a bulk transfer."""
+    rmem2 = int((m.sysctls.get("tcp_rmem") or [0, 0, 6291456])[2])
+    moderate = m.sysctls.get("tcp_moderate_rcvbuf")
+    grows = not so_rcvbuf_set and (moderate is None or int(moderate) != 0)
+    inputs = {"SO_RCVBUF set": bool(so_rcvbuf_set), "tcp_moderate_rcvbuf": moderate,
+              "start": int(start), "tcp_rmem[2]": rmem2}
+    if not grows:
+        return Prediction("tcp_rcv_space_adjust()", "locked (SO_RCVBUF set) or moderation off: stays at start",
+                          inputs, int(start), unit="B")
+    return Prediction("tcp_rcv_space_adjust()", "grows above its start, never above tcp_rmem[2]",
+                      inputs, None, low=int(start) + 1, high=max(rmem2, int(start)), unit="B")
+
 
 # --- 01_03 / 01_04 ---
 
 # --- 01_05 / 02_01 / 02_05 ---
 
 # --- 02_02 / 02_03 / 02_04 / 02_06 ---
+#: Where a delayed-ACK stall is expected, at least this share of the measured waits must
+#: fall inside :func:`delack_band` (the rest: scheduling noise on a busy machine). One name
+#: for the notebooks, the invariants and the tests of 02_02/02_03.
+DELACK_SHARE = 0.7
+
+
+def delack_share(m: Machine) -> Prediction:
+    """The share of delayed-ACK waits inside :func:`delack_band` (TCP_DELACK_MIN, see
+    include/net/tcp.h): at least :data:`DELACK_SHARE`. Measure it with
+    :func:`share_in_band`."""
+    band = delack_band(m)
+    return Prediction("DELACK_BAND share", f"share of waits in [{_fmt(band.low)}, {_fmt(band.high)}] ms "
+                      f"≥ DELACK_SHARE", {**band.inputs, "DELACK_SHARE": DELACK_SHARE}, 1.0,
+                      low=DELACK_SHARE, high=1.0)
+
+
+def share_in_band(band: Prediction, values: Iterable[float]) -> float:
+    """The share of *values* (NaN ignored) inside *band* (0.0 when there is none)."""
+    vals = [float(v) for v in values if v == v]
+    return sum(band.agrees(v) for v in vals) / len(vals) if vals else 0.0
+
+
+def timer_wheel_band(m: Machine, ms: float, slack_ms: float = 15.0) -> tuple[float, float]:
+    """When a kernel timer of *ms* fires (kernel/time/timer.c): not before its expiry
+    rounded down to a jiffy, and at most 1/8 of the timeout late (each level of the timer
+    wheel is 8× coarser: a timer is rounded up to its level's granularity), plus two ticks
+    and *slack_ms* of scheduling delay. Returned as (low, high) in ms."""
+    tick = 1000 / (m.hz or 250)
+    return ms - tick - 1, ms * 1.125 + 2 * tick + slack_ms
+
+
+def tcp_probe0_when(m: Machine, rto_ms: float, backoff: int, rto_max_ms: float | None = None) -> Prediction:
+    """The gap before zero-window probe number *backoff* + 1 (tcp_send_probe0 /
+    tcp_probe0_when in net/ipv4/tcp_output.c, include/net/tcp.h): the RTO doubled once per
+    probe already sent, capped at the maximum RTO (``tcp_rto_max_ms`` or the socket's
+    TCP_RTO_MAX_MS from Linux 6.15, the constant TCP_RTO_MAX, 120 s, before)."""
+    cap = float(rto_max_ms) if rto_max_ms else _rto_max(m) * 1000
+    value = min(float(rto_ms) * (2 ** int(backoff)), cap)
+    low, high = timer_wheel_band(m, value)
+    return Prediction("tcp_probe0_when()", "min(RTO × 2^backoff, rto_max), on the timer wheel",
+                      {"RTO_ms": float(rto_ms), "backoff": int(backoff), "rto_max_ms": cap, "HZ": m.hz or 250},
+                      value, low=low, high=high, unit="ms")
+
+
+def tcp_probe_timer_user_timeout(m: Machine, user_timeout_ms: int) -> Prediction:
+    """TCP_USER_TIMEOUT on a connection probing a zero window (tcp_probe_timer in
+    net/ipv4/tcp_timer.c, and tcp_clamp_probe0_to_user_timeout): answered probes would go on
+    for ever (RFC 1122 4.2.2.17), but once TCP_USER_TIMEOUT has passed since the first probe
+    the connection is aborted with ETIMEDOUT. Value: ms from the first probe to the abort."""
+    low, high = timer_wheel_band(m, float(user_timeout_ms))
+    return Prediction("tcp_probe_timer()", "abort when now − first probe ≥ TCP_USER_TIMEOUT",
+                      {"TCP_USER_TIMEOUT_ms": int(user_timeout_ms), "HZ": m.hz or 250},
+                      float(user_timeout_ms), low=low, high=high, unit="ms")
+
+
+def tcp_oow_rate_limited(m: Machine, times_s: Iterable[float], ratelimit_ms: int | None = None) -> Prediction:
+    """Which zero-window probes get an answer (tcp_oow_rate_limited in net/ipv4/tcp_input.c):
+    a probe is out of window, and out-of-window segments are answered at most once per
+    ``tcp_invalid_ratelimit`` ms. Value: answered or not, per probe, from the probe times."""
+    limit = int(ratelimit_ms if ratelimit_ms is not None else m.sysctls.get("tcp_invalid_ratelimit") or 500)
+    answered, last = [], None
+    for t in times_s:
+        ok = last is None or (float(t) - last) * 1000 >= limit
+        answered.append(ok)
+        if ok:
+            last = float(t)
+    return Prediction("tcp_oow_rate_limited()", "answer a probe only if ≥ tcp_invalid_ratelimit since the last answer",
+                      {"tcp_invalid_ratelimit_ms": limit, "probes": len(answered)}, answered)
