@@ -77,6 +77,7 @@ import pandas as pd
 from .errors import BadPcapError, MissingToolError
 
 __all__ = ["segments", "expert", "with_expert", "pyshark_summary", "scapy_packets",
+           "retransmitted", "retransmissions",
            "LINKTYPES", "EXPERT_LABELS", "COLUMNS"]
 
 COLUMNS = ["frame", "time", "t", "ipv", "src", "dst", "sport", "dport", "stream", "flags",
@@ -1336,3 +1337,53 @@ def scapy_packets(path: str | os.PathLike, limit: int | None = None) -> list:
                 if limit is not None and len(out) >= limit:
                     break
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Retransmissions by sequence space (the one detector the course uses; plots and the
+# chapters call it)
+# --------------------------------------------------------------------------------------
+def _flag(flags: Any, name: str) -> bool:
+    return name in str(flags).upper().replace("|", "+").split("+")
+
+
+def retransmitted(df: pd.DataFrame) -> np.ndarray:
+    """True for each row of *df* (segments()) that re-sends sequence space its sender had
+    already sent: the segment's end (seq + len, SYN and FIN counting one) is not beyond the
+    highest end seen from that endpoint before. Pure ACKs and RSTs never count, nor does a
+    probe at snd_nxt − 1 carrying at most one byte (a zero-window probe or keep-alive).
+    Rows are taken in capture order."""
+    out = np.zeros(len(df), dtype=bool)
+    nxt: dict[tuple[str, int], int] = {}
+    cols = zip(df["src"], df["sport"], df["flags"], df["seq"], df["len"])
+    for k, (src, sport, f, seq, ln) in enumerate(cols):
+        ep = (str(src), int(sport))
+        seq, ln = int(seq), int(ln)
+        used = ln + int(_flag(f, "SYN")) + int(_flag(f, "FIN"))
+        if used == 0 or _flag(f, "RST"):
+            continue
+        end = seq + used
+        probe = ln <= 1 and not _flag(f, "SYN") and ep in nxt and seq == nxt[ep] - 1
+        if ep in nxt and end <= nxt[ep] and not probe:
+            out[k] = True
+        nxt[ep] = max(nxt.get(ep, end), end)
+    return out
+
+
+def retransmissions(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of *df* that :func:`retransmitted` marks, with ``orig_t``: when the segment
+    starting at the same sequence number was first sent by the same endpoint (NaN if the
+    capture never saw it)."""
+    mask = retransmitted(df)
+    first: dict[tuple[str, int, int], float] = {}
+    orig = []
+    for k, (src, sport, seq, t) in enumerate(zip(df["src"], df["sport"], df["seq"], df["t"])):
+        key = (str(src), int(sport), int(seq))
+        if mask[k]:
+            orig.append(first.get(key, float("nan")))
+        else:
+            first.setdefault(key, float(t))
+    out = df[mask].copy()
+    out["orig_t"] = orig
+    return out
+

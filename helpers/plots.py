@@ -269,23 +269,8 @@ def _retransmitted(conn: pd.DataFrame) -> np.ndarray:
         return np.array(
             [any("retransmission" in str(x) for x in _as_labels(v)) for v in conn["labels"]], dtype=bool
         )
-    out = []
-    nxt: dict[Endpoint, int] = {}
-    for src, sport, f, seq, ln in zip(conn["src"], conn["sport"], conn["flags"], conn["seq"], conn["len"]):
-        ep = (str(src), int(sport))
-        seq, ln = int(seq), int(ln)
-        used = ln + int(_has(f, "SYN")) + int(_has(f, "FIN"))
-        if used == 0 or _has(f, "RST"):
-            out.append(False)
-            continue
-        end = seq + used
-        # A one-byte segment just below snd_nxt is a keep-alive / window probe, not data.
-        if ep in nxt and end <= nxt[ep] and not (ln <= 1 and seq == nxt[ep] - 1 and not _has(f, "SYN")):
-            out.append(True)
-        else:
-            out.append(False)
-        nxt[ep] = max(nxt.get(ep, end), end)
-    return np.array(out, dtype=bool)
+    from .dissect import retransmitted
+    return retransmitted(conn)
 
 
 def _category(flags: str, length: int, retrans: bool) -> str:
