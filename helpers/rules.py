@@ -45,7 +45,7 @@ __all__ = [
     "tcp_mss_default", "skb_truesize_per_mss", "sndbuf_expand_factor", "tcp_sndbuf_expand",
     "sk_acceptq_is_full", "accept_queue_limit", "syn_retry_schedule", "synack_retry_schedule",
     "tcp_delack_min", "delack_band", "half_open_cap", "tcp_timewait_len",
-    "keepalive_deadline", "compare_to_reference", "assert_rule",
+    "keepalive_deadline", "compare_to_reference", "assert_rule", "overview",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -356,6 +356,8 @@ class Prediction:
         return self.low is not None or self.high is not None
 
     def expected_text(self) -> str:
+        if self.value is None and not self.band:
+            return "not recorded"
         u = f" {self.unit}" if self.unit else ""
         if self.band:
             lo = "-inf" if self.low is None else _fmt(self.low)
@@ -673,6 +675,37 @@ def assert_rule(result: Any, rule, measured: Any, *args, what: str = "", quiet: 
     return pred
 
 
+def overview(m: Machine, reference: Machine | None = None) -> list[dict[str, Any]]:
+    """The course's main rules evaluated on *m* (and on *reference*, the machine the corpus
+    was recorded on, for comparison): one row per rule, for the index page and bug reports."""
+    def rows(mm: Machine) -> list[tuple[str, Prediction]]:
+        return [
+            ("window scale offered (SO_RCVBUF unset)", default_wscale(mm)),
+            ("send buffer at establishment (lo, default cc, cache as now)", tcp_sndbuf_expand(mm)),
+            ("SO_RCVBUF 1 MiB reads back as",
+             sock_setsockopt_buf(1 << 20, mm.sysctls["rmem_max"], floor=mm.sock_min_rcvbuf)
+             if mm.sysctls.get("rmem_max") else Prediction("sock_setsockopt()", "", {}, None)),
+            ("accept queue of listen(128)", sk_acceptq_is_full(mm, 128)),
+            ("half-open entries of listen(1024), cookies off", half_open_cap(mm, 1024, cookies=0)),
+            ("gaps between a client's SYNs (s)", syn_retry_schedule(mm)),
+            ("gaps between a server's SYN-ACKs (s)", synack_retry_schedule(mm)),
+            ("delayed-ACK floor", tcp_delack_min(mm)),
+            ("TIME_WAIT length", tcp_timewait_len(mm)),
+        ]
+    out = []
+    ref = dict(rows(reference)) if reference is not None else {}
+    for what, p in rows(m):
+        row = {"claim": what, "kernel rule": p.rule,
+               "inputs here": ", ".join(f"{k}={_fmt(v)}" for k, v in p.inputs.items()),
+               "this machine": p.expected_text()}
+        if reference is not None:
+            r = ref[what]
+            row["reference machine"] = r.expected_text()
+            row["same?"] = "yes" if r.expected_text() == p.expected_text() else "differs"
+        out.append(row)
+    return out
+
+
 # ======================================================================================
 # Rules added by chapters (append below your chapter's marker; keep one rule per kernel
 # function, named after it, returning a Prediction)
@@ -736,6 +769,92 @@ def tcp_rcv_space_adjust(m: Machine, start: int, *, so_rcvbuf_set: bool) -> Pred
 
 
 # --- 01_03 / 01_04 ---
+#: How late a kernel timer of a second or more may be seen in a capture on a busy machine
+#: (softirq and scheduling delay, tcpdump's timestamps): the one margin of 01_03/01_04.
+TIMER_SLACK_S = 0.5
+
+
+@dataclass
+class SchedulePrediction(Prediction):
+    """A prediction of timer gaps (a list, in seconds): a measured list agrees when it is
+    not longer than the prediction and each gap lies in [gap − 1 tick − 10 ms, gap + slack]
+    (:func:`timer_band` for one timer)."""
+
+    tick_s: float = 0.004
+    slack_s: float = TIMER_SLACK_S
+
+    def agrees(self, measured: Any) -> bool:
+        try:
+            xs = [float(x) for x in measured]
+        except (TypeError, ValueError):
+            return False
+        return 0 < len(xs) <= len(self.value) and all(
+            w - self.tick_s - 0.01 <= x <= w + self.slack_s for x, w in zip(xs, self.value))
+
+    def expected_text(self) -> str:
+        return (f"gaps {', '.join(_fmt(v) for v in self.value)} {self.unit} (each within −1 tick − 10 ms "
+                f"and +{_fmt(self.slack_s)} s)")
+
+
+def _tick_s(m: Machine) -> float:
+    return 1.0 / (m.hz or 250)
+
+
+def timer_band(m: Machine, seconds: float, *, rule: str = "timer", formula: str = "",
+               inputs: Mapping[str, Any] | None = None, slack_s: float = TIMER_SLACK_S) -> Prediction:
+    """The band in which a kernel timer of *seconds* is seen to fire: it cannot fire more
+    than a tick early (jiffies rounding, plus 10 ms of clock noise), and on a busy machine
+    it may be seen up to TIMER_SLACK_S late."""
+    tick = _tick_s(m)
+    return Prediction(rule, formula or f"{_fmt(seconds)} s, within [−1 tick − 10 ms, +{_fmt(slack_s)} s]",
+                      {**dict(inputs or {}), "HZ": m.hz or 250, "slack_s": slack_s}, float(seconds),
+                      low=float(seconds) - tick - 0.01, high=float(seconds) + slack_s, unit="s")
+
+
+def syn_retry_band(m: Machine, n: int | None = None) -> SchedulePrediction:
+    """:func:`syn_retry_schedule` (tcp_retransmit_timer(), net/ipv4/tcp_timer.c) as gaps a
+    capture can be checked against: the first *n* gaps between a client's SYNs."""
+    p = syn_retry_schedule(m, n)
+    return SchedulePrediction(p.rule, p.formula, {**p.inputs, "HZ": m.hz or 250}, p.value, unit="s",
+                              tick_s=_tick_s(m))
+
+
+def synack_retry_band(m: Machine, n: int | None = None) -> SchedulePrediction:
+    """:func:`synack_retry_schedule` (reqsk_timer_handler(), net/ipv4/inet_connection_sock.c)
+    as gaps a capture can be checked against: the first *n* gaps between a listener's
+    SYN-ACKs to one client."""
+    p = synack_retry_schedule(m, n)
+    return SchedulePrediction(p.rule, p.formula, {**p.inputs, "HZ": m.hz or 250}, p.value, unit="s",
+                              tick_s=_tick_s(m))
+
+
+def syn_ack_recalc(m: Machine, retries: int | None = None) -> Prediction:
+    """When a listener gives up on a half-open entry whose final ACK never counted
+    (syn_ack_recalc() and reqsk_timer_handler(), net/ipv4/inet_connection_sock.c): the
+    entry's timer fires 1, 2, 4 … s apart; at each firing it expires once it has already
+    been resent ``tcp_synack_retries`` times, else it resends. So it is dropped
+    1 + 2 + … + 2^retries = 2^(retries+1) − 1 s after the first SYN-ACK (63 s for the
+    default 5). A queue more than half full of such entries lowers the retry count down to 2
+    (not modelled here; see 01_04's half_open_lifetime)."""
+    r = int(m.sysctls.get("tcp_synack_retries") or 5) if retries is None else int(retries)
+    seconds = TCP_TIMEOUT_INIT_S * (2 ** (r + 1) - 1)
+    return timer_band(m, min(seconds, 10 ** 6), rule="syn_ack_recalc()",
+                      formula="dropped 2^(tcp_synack_retries + 1) − 1 s after the first SYN-ACK",
+                      inputs={"tcp_synack_retries": r})
+
+
+def acceptq_and_cookies(m: Machine, backlog: int, clients: int) -> Prediction:
+    """How many of *clients* simultaneous connects get in when nobody accepts, cookies or
+    not (tcp_conn_request(), net/ipv4/tcp_input.c, and tcp_v4_syn_recv_sock()): a SYN or a
+    cookie ACK that finds the accept queue full (sk_acceptq_is_full) is dropped before any
+    cookie logic, so at most min(backlog, somaxconn) + 1 connect; the rest wait for a SYN
+    retry. Cookies protect the SYN queue, not the accept queue."""
+    q = sk_acceptq_is_full(m, backlog)
+    return Prediction("tcp_conn_request() / sk_acceptq_is_full()", "min(clients, min(backlog, somaxconn) + 1)",
+                      {**q.inputs, "clients": int(clients),
+                       "tcp_syncookies": m.sysctls.get("tcp_syncookies")},
+                      min(int(clients), q.value), unit="connections")
+
 
 # --- 01_05 / 02_01 / 02_05 ---
 
