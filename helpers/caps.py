@@ -232,6 +232,14 @@ def summary() -> str:
     caps = capabilities()
     lines = [f"mode={mode()} uid={os.geteuid()} kernel={os.uname().release}"]
     lines += [f"{c.name}: {'yes' if c else 'no'} ({c.detail})" for c in caps.items()]
+    try:
+        from .rules import machine
+        lines.append("machine: " + machine().describe())
+    except Exception as exc:   # a report must never fail
+        lines.append(f"machine: could not be read ({exc})")
+    profile = os.environ.get("TCPCOURSE_PROFILE")
+    if profile:
+        lines.append(f"kernel profile: {profile}")
     return "\n".join(lines)
 
 

@@ -123,6 +123,18 @@ def load(exp, params: dict[str, Any], reason: str):
                   machine=entry.get("machine"))
 
 
+def reference_machine():
+    """The machine the corpus was recorded on (the newest entry's snapshot; older entries
+    give their sysctls and kernel only)."""
+    from .rules import Machine
+    entries = read_manifest()["entries"]
+    if not entries:
+        return None
+    with_snapshot = [e for e in entries if e.get("machine")]
+    pick = max(with_snapshot or entries, key=lambda e: e.get("date", ""))
+    return Machine.from_manifest(pick)
+
+
 def _tool_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     from .caps import version_lines, find_tool

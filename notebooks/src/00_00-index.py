@@ -3,20 +3,23 @@
 #
 # A hands-on course taught from the wire up. Every chapter starts real servers on
 # loopback, captures their packets with `tcpdump`, dissects them, and asks the kernel
-# itself (`ss`, `nstat`, `TCP_INFO`) what it thinks happened. Nothing in the course is a
-# hard-coded number: each claim is followed by the experiment that shows it and an
-# `assert` on the data you just produced.
+# itself (`ss`, `nstat`, `TCP_INFO`) what it thinks happened. A claim is a *rule* of the
+# kernel, evaluated on the machine you run it on: the notebook reads this machine's
+# settings, predicts the value, measures it, and asserts that the two agree. Numbers from
+# the machine the course was written on appear only as examples in the text.
 #
 # **Objectives of this page**
 # 1. See the course map and how each chapter is built.
 # 2. Find out what this machine lets the course do (live capture or replay).
-# 3. Know how to switch modes and how to report a problem.
+# 3. See the kernel rules the course checks, evaluated on this machine.
+# 4. Know how to switch modes and how to report a problem.
 #
 # **Prerequisites:** Python, and knowing that TCP is a reliable byte stream.
 # **Time:** 10 minutes.
 
 # %%
-from helpers import caps
+import pandas as pd
+from helpers import caps, corpus
 from helpers.notebook import mode_banner
 from helpers.checks import check_value
 
@@ -83,6 +86,54 @@ assert bool(c.namespaces) == (caps.has_cap(caps.CAP_SYS_ADMIN) and caps.has_cap(
 print(f"effective capability mask of this kernel process: {caps.effective_caps():#x}")
 
 # %% [markdown]
+# ## The kernel's rules, on this machine
+#
+# Your kernel may not be the one the course was written on: a different version, other
+# settings (a stock kernel caps socket buffers at 212,992 bytes; older kernels double the
+# SYN retry gaps; the default congestion control differs between distributions), and a
+# different memory of past connections (`ip tcp_metrics`). So each chapter computes its
+# predictions from *this* machine's parameters. The table evaluates the main rules here
+# and on the machine that recorded the corpus.
+#
+# **Predict:** which rows do you expect to differ between your machine and the reference?
+
+# %%
+from helpers import rules
+here = rules.machine()
+print(here.describe())
+overview = pd.DataFrame(rules.overview(here, corpus.reference_machine()))
+overview
+
+# %% [markdown]
+# **Observe.** Where a row says *differs*, a chapter run live here shows this machine's
+# value and a replay shows the reference machine's; both are checked against the same
+# rule. The send buffer row depends on what the kernel remembers about 127.0.0.1 from
+# earlier connections (chapter 02_05 explains it), so it can change between two runs.
+#
+# Two rules checked right now, on real sockets: the kernel doubles a buffer size you ask
+# for (after capping it), and a listener with `listen(2)` that never accepts completes
+# backlog + 1 handshakes.
+
+# %%
+import socket, time
+from helpers import kernel
+with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 100_000)
+    rules.sock_setsockopt_buf(100_000, here.rmem_max, floor=here.sock_min_rcvbuf).check(
+        s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), "SO_RCVBUF read back")
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0)); listener.listen(2)
+clients = [socket.socket() for _ in range(5)]
+for c in clients:
+    c.setblocking(False); c.connect_ex(listener.getsockname())
+time.sleep(0.2)
+queued = int(kernel.ss(state="listening", sport=listener.getsockname()[1]).iloc[0]["recv_q"])
+for c in clients + [listener]:
+    c.close()
+print()
+rules.sk_acceptq_is_full(here, 2).check(queued, "ss Recv-Q of the listener, 5 clients");
+
+# %% [markdown]
 # ## Live or replay: choosing the mode
 #
 # The environment variable `TCPCOURSE_MODE` picks the mode before JupyterLab starts:
@@ -111,9 +162,7 @@ assert caps.mode() in caps.MODES
 # file and re-checks every claim.
 
 # %%
-from helpers import corpus
 manifest = corpus.read_manifest()
-import pandas as pd
 recordings = pd.DataFrame([{"chapter": e["chapter"], "experiment": e["experiment"],
                             "parameters": corpus.slug(e["params"]), "kernel": e["kernel"],
                             "claim": e["invariant"]} for e in manifest["entries"]])
@@ -128,7 +177,7 @@ assert set(recordings["chapter"]) >= {"01_02", "01_03", "01_04", "02_02", "02_03
 # ## Reporting a problem
 #
 # When something does not work, open an issue with the output of the next cell: it names
-# the mode, your kernel and each capability.
+# the mode, your kernel, each capability and the settings the rules read.
 
 # %%
 print(caps.summary())
@@ -165,7 +214,8 @@ check_value(answer_2, "CAP_NET_RAW", name="capability for capture",
 # ## Summary
 # * The course runs live where it can and replays recorded captures where it cannot, and
 #   always says which.
-# * Every claim is asserted on data: if your kernel behaves differently, a cell fails
-#   and tells you what it measured.
+# * Every claim is a kernel rule evaluated on this machine's settings and asserted on data:
+#   if your kernel behaves differently, a cell fails and shows the rule, its inputs, what
+#   your machine did, and the recorded file to compare with.
 #
 # **What's next:** [01_01 Sockets are file descriptors](01_01-sockets-are-file-descriptors.ipynb).
