@@ -1,7 +1,10 @@
 """Small things every notebook does: the run-mode banner and the closing leak check."""
 from __future__ import annotations
 
+import base64
 import html
+import io
+from typing import Any
 
 from . import caps
 
@@ -54,7 +57,6 @@ def show(items) -> None:
     results with their rich views."""
     from IPython.display import display
 
-    from .widgets import to_output
     for item in items:
         display(to_output(item)["data"], raw=True)
 
@@ -70,3 +72,64 @@ def nothing_left_behind() -> list[str]:
     left = [f"capture process {p}" for p in leaks.capture_processes(parent=os.getpid())]
     left += [f"namespace {n}" for n in leaks.namespaces() if n.startswith(f"tcpcourse-{os.getpid()}-")]
     return left
+
+
+_MIME_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("image/jpeg", "_repr_jpeg_"),
+    ("text/latex", "_repr_latex_"),
+    ("application/json", "_repr_json_"),
+)
+
+
+def to_output(item: Any) -> dict:
+    """One item as an nbformat ``display_data`` output (what an Output widget holds).
+
+    Figures become PNGs (and are closed, so they never pile up or show twice);
+    strings are Markdown; DataFrames and other rich objects use their ``_repr_*_``.
+    """
+    data: dict[str, Any] = {}
+    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
+
+    if isinstance(item, Figure):
+        buf = io.BytesIO()
+        item.savefig(buf, format="png", bbox_inches="tight")
+        data["image/png"] = base64.b64encode(buf.getvalue()).decode("ascii")
+        w, h = item.get_size_inches() * item.dpi
+        data["text/plain"] = f"<Figure size {w:.0f}x{h:.0f}>"
+        plt.close(item)
+    elif isinstance(item, str):
+        data = {"text/markdown": item, "text/plain": item}
+    else:
+        bundle = getattr(item, "_repr_mimebundle_", None)
+        if callable(bundle):
+            try:
+                got = bundle()
+            except TypeError:
+                got = bundle(include=None, exclude=None)
+            if isinstance(got, tuple):
+                got = got[0]
+            data.update(got or {})
+        for mime, meth in _MIME_METHODS:
+            if mime in data:
+                continue
+            f = getattr(item, meth, None)
+            if not callable(f):
+                continue
+            try:
+                val = f()
+            except Exception:
+                continue
+            if isinstance(val, tuple):
+                val = val[0]
+            if val is None:
+                continue
+            if isinstance(val, bytes):
+                val = base64.b64encode(val).decode("ascii")
+            data[mime] = val
+        data.setdefault("text/plain", repr(item))
+    return {"output_type": "display_data", "data": data, "metadata": {}}

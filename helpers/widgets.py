@@ -30,19 +30,16 @@ dropdowns, and validation runs with ``replay=True``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import html
-import io
 import time
 import traceback
 from typing import Any, Callable, Iterable, Sequence
 
 import ipywidgets as W
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
 
 from . import progress as _progress
 from .errors import CourseError, ParameterError
+from .notebook import to_output  # noqa: F401  (re-exported: panels and tests use it)
 from .params import Param, validate
 
 __all__ = ["Panel", "make_control", "to_output"]
@@ -212,64 +209,6 @@ def make_control(param: Param, *, replay: bool = False) -> Control:
 
 
 # ----------------------------------------------------------------------------- output
-
-_MIME_METHODS = (
-    ("text/html", "_repr_html_"),
-    ("text/markdown", "_repr_markdown_"),
-    ("image/svg+xml", "_repr_svg_"),
-    ("image/png", "_repr_png_"),
-    ("image/jpeg", "_repr_jpeg_"),
-    ("text/latex", "_repr_latex_"),
-    ("application/json", "_repr_json_"),
-)
-
-
-def to_output(item: Any) -> dict:
-    """One item as an nbformat ``display_data`` output (what an Output widget holds).
-
-    Figures become PNGs (and are closed, so they never pile up or show twice);
-    strings are Markdown; DataFrames and other rich objects use their ``_repr_*_``.
-    """
-    data: dict[str, Any] = {}
-    if isinstance(item, Figure):
-        buf = io.BytesIO()
-        item.savefig(buf, format="png", bbox_inches="tight")
-        data["image/png"] = base64.b64encode(buf.getvalue()).decode("ascii")
-        w, h = item.get_size_inches() * item.dpi
-        data["text/plain"] = f"<Figure size {w:.0f}x{h:.0f}>"
-        plt.close(item)
-    elif isinstance(item, str):
-        data = {"text/markdown": item, "text/plain": item}
-    else:
-        bundle = getattr(item, "_repr_mimebundle_", None)
-        if callable(bundle):
-            try:
-                got = bundle()
-            except TypeError:
-                got = bundle(include=None, exclude=None)
-            if isinstance(got, tuple):
-                got = got[0]
-            data.update(got or {})
-        for mime, meth in _MIME_METHODS:
-            if mime in data:
-                continue
-            f = getattr(item, meth, None)
-            if not callable(f):
-                continue
-            try:
-                val = f()
-            except Exception:
-                continue
-            if isinstance(val, tuple):
-                val = val[0]
-            if val is None:
-                continue
-            if isinstance(val, bytes):
-                val = base64.b64encode(val).decode("ascii")
-            data[mime] = val
-        data.setdefault("text/plain", repr(item))
-    return {"output_type": "display_data", "data": data, "metadata": {}}
-
 
 def _experiment_replays(run: Any) -> bool:
     """True when *run* is a course experiment that would replay the corpus right now."""

@@ -15,7 +15,8 @@ import pytest
 
 from helpers.errors import ParameterError, PrivilegeError
 from helpers.params import Param
-from helpers.widgets import KERNEL_DEFAULT, Panel, make_control, to_output
+from helpers.notebook import to_output
+from helpers.widgets import KERNEL_DEFAULT, Panel, make_control
 
 PARAMS = [
     Param("backlog", "listen backlog", 4, choices=(1, 4, 16), minimum=0, maximum=128, doc="listen(backlog)"),
