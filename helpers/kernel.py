@@ -40,6 +40,8 @@ __all__ = [
     "tcp_info",
     "tcp_info_table",
     "window_closed",
+    "fill_until_full",
+    "Fill",
     "TcpInfo",
     "sockstat",
     "sysctl",
@@ -719,6 +721,70 @@ def window_closed(sock: _socket.socket) -> bool:
     return i.notsent_bytes > 0 and i.snd_wnd - in_flight < min(i.snd_mss, i.notsent_bytes)
 
 
+@dataclasses.dataclass
+class Fill:
+    """What :func:`fill_until_full` did: bytes accepted, ``send()`` calls (and what each
+    took), how many raised EAGAIN (and after how many bytes the first did), how often
+    the socket became writable again, and the largest window the writer saw."""
+
+    written: int = 0
+    calls: int = 0
+    sizes: list = dataclasses.field(default_factory=list)
+    eagain: int = 0
+    first_eagain: int | None = None
+    waits: int = 0
+    seconds: float = 0.0
+    max_snd_wnd: int = 0
+    full: bool = False          # stopped because the socket was full (not a limit or the clock)
+
+
+def fill_until_full(sock: _socket.socket, *, chunk: int = 65536, limit: int = 64 << 20,
+                    seconds: float = 3.0, settle: float = 0.05, watch_window: bool = False) -> Fill:
+    """Write *chunk*-sized non-blocking ``send()`` calls to *sock* until it is full, bounded
+    by *limit* bytes and *seconds*. The one fill loop of the course (02_01, 02_05, ...).
+
+    "Full" is what the kernel means by it: ``send()`` raised EAGAIN although, before that
+    call, the peer's window was already closed (:func:`window_closed`) and nothing was in
+    flight (TCP_INFO ``unacked`` 0). Only then can no ACK arrive that frees memory or grows
+    the send buffer (``tcp_new_space()`` -> ``tcp_sndbuf_expand()`` runs when an ACK frees
+    queue space, and with more segments in flight it may raise ``SO_SNDBUF`` mid-fill).
+    A single EAGAIN is not "full": the writer may only be waiting for a (delayed) ACK, so
+    it waits up to *settle* s for writability and tries again. *watch_window* samples
+    TCP_INFO ``snd_wnd`` after every send into :attr:`Fill.max_snd_wnd`.
+    """
+    import select
+    import time
+    sock.setblocking(False)
+    buf = memoryview(b"x" * chunk)
+    out = Fill(max_snd_wnd=tcp_info(sock).snd_wnd or 0)
+    quiet = False          # window closed and nothing in flight, seen before the last send()
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    while out.written < limit and time.monotonic() < deadline:
+        try:
+            n = sock.send(buf[:min(chunk, limit - out.written)])
+        except BlockingIOError:
+            out.eagain += 1
+            if out.first_eagain is None:
+                out.first_eagain = out.written
+            if quiet:
+                out.full = True
+                break
+            if select.select([], [sock], [], settle)[1]:
+                out.waits += 1
+            else:
+                quiet = window_closed(sock) and not tcp_info(sock).unacked
+            continue
+        quiet = False
+        out.calls += 1
+        out.written += n
+        out.sizes.append(n)
+        if watch_window:
+            out.max_snd_wnd = max(out.max_snd_wnd, tcp_info(sock).snd_wnd or 0)
+    out.seconds = time.monotonic() - t0
+    return out
+
+
 def _info_table(info: "TcpInfo") -> pd.DataFrame:
     rows = []
     for key, val in info.as_dict().items():
@@ -781,3 +847,21 @@ def sysctl(name: str, ns: Any = None) -> int | str:
     which write inside a course namespace only.
     """
     return _netns.read_sysctl(name, _netns.resolve(ns))
+
+
+def count_syn_recv(text: str, port: int) -> int:
+    """Half-open entries (state SYN-RECV) of the listener on *port* in the text of
+    /proc/net/tcp (cheap enough to sample every few milliseconds)."""
+    suffix = f":{port:04X}"
+    n = 0
+    for line in text.splitlines()[1:]:
+        f = line.split(None, 4)
+        if len(f) > 3 and f[3] == "03" and f[1].endswith(suffix):
+            n += 1
+    return n
+
+
+def syn_recv_count(port: int, ns: Any = None) -> int:
+    """Half-open entries (SYN-RECV) of the listener on *port*, on the host or inside *ns*."""
+    from .netns import read_proc
+    return count_syn_recv(read_proc("net/tcp", ns), port)

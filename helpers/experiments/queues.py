@@ -9,8 +9,9 @@ One experiment, :func:`accept_queue`, runs one timeline inside a private network
    not have (and this kernel has no ``netem`` to add one). The server keeps them half-open
    in its SYN queue (SYN-RECV) while the clients already believe they are connected.
 2. ``clients`` ordinary clients connect one after another. The accept queue takes
-   backlog + 1 of them; the SYNs of the others are dropped and retried (1 s, 2 s, 3 s:
-   linear on this kernel).
+   backlog + 1 of them (rules.sk_acceptq_is_full); the SYNs of the others are dropped,
+   although the namespace has SYN cookies on, and retried on the schedule of
+   rules.syn_retry_schedule (tcp_syn_linear_timeouts).
 3. The rule is lifted and the late clients send a request. Their ACK now finds the accept
    queue full: with ``tcp_abort_on_overflow=0`` the server ignores it and resends its
    SYN-ACK later while the client retransmits its data; with ``1`` it answers RST.
@@ -19,7 +20,16 @@ One experiment, :func:`accept_queue`, runs one timeline inside a private network
 
 The listener's queue length is sampled throughout from TCP_INFO (for a listener, tcpi_unacked
 is the accept queue length and tcpi_sacked the backlog: the same numbers ss shows as Recv-Q and
-Send-Q).
+Send-Q), and its half-open entries (SYN-RECV) from /proc/net/tcp.
+
+Two shorter experiments complete the chapter:
+
+- :func:`listen_limits`: what listen() stores and the queue holds, for listen(0) and for a
+  backlog above ``net.core.somaxconn`` (set small in the namespace): min(backlog, somaxconn) + 1.
+- :func:`synack_expiry`: where "delay, not failure" ends. A late client's final ACK keeps
+  finding the accept queue full; the server gives up on the half-open entry after
+  ``tcp_synack_retries`` SYN-ACK retransmissions (set small in the namespace), and the
+  client's next retransmission is answered with RST.
 """
 from __future__ import annotations
 
@@ -27,7 +37,7 @@ import errno
 import socket
 import time
 
-from .. import progress
+from .. import progress, rules
 from ..errors import CourseError
 from ..params import Param
 from .base import Result, experiment
@@ -41,8 +51,9 @@ SAMPLE_EVERY = 0.02      # s between queue samples
 
 def late_count(backlog: int) -> int:
     """How many late clients: at most 2, and never more than the backlog (the SYN queue must
-    keep room for the ordinary clients' SYNs: it counts as full beyond *backlog* entries)."""
-    return min(2, backlog)
+    keep room for the ordinary clients' SYNs: it counts as full beyond *backlog* entries);
+    none for listen(0)."""
+    return max(0, min(2, backlog))
 
 
 def _tcp_state(sock: socket.socket) -> str:
@@ -63,23 +74,24 @@ def _iptables(ns, *args: str) -> None:
 @experiment(
     "accept_queue", chapter="01_03", needs={"live_capture", "namespaces"}, seconds=3.5,
     params=[
-        Param("backlog", "listen() backlog", 2, choices=(1, 2, 4), minimum=1, maximum=16,
-              doc="the backlog passed to listen(); the accept queue holds backlog + 1"),
+        Param("backlog", "listen() backlog", 2, choices=(1, 2, 4), minimum=0, maximum=16,
+              doc="the backlog passed to listen(); the accept queue holds backlog + 1 (listen(0): 1)"),
         Param("clients", "clients", 6, choices=(3, 6), minimum=1, maximum=24,
               doc="ordinary clients that connect one after another"),
         Param("abort_on_overflow", "tcp_abort_on_overflow", 0, choices=(0, 1),
               doc="what the server does with a final ACK that finds the accept queue full: "
                   "0 ignore it, 1 answer RST"),
     ],
-    claim="the accept queue holds backlog+1; further SYNs are dropped and retried after 1, 2, 3 s; "
-          "a final ACK that finds the queue full is ignored (abort_on_overflow=0) or reset (1)",
+    claim="the accept queue holds min(backlog, somaxconn)+1; further SYNs are dropped (cookies on or not) "
+          "and retried on the tcp_syn_linear_timeouts schedule; a final ACK that finds the queue full is "
+          "ignored (abort_on_overflow=0) or reset (1)",
 )
 def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int = 0) -> dict:
     """A listener with *backlog* that accepts nothing until ACCEPT_AT seconds; late clients
     whose final ACK is held back, then *clients* ordinary clients. Returns the queue samples,
     every client's fate, the server's view and the namespace's counters."""
     from ..caps import find_tool
-    from ..kernel import nstat_delta, ss, tcp_info
+    from ..kernel import count_syn_recv, nstat_delta, ss, tcp_info
     from ..netns import Namespace
 
     if find_tool("iptables") is None:
@@ -87,11 +99,14 @@ def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int
                           "final ACK with a firewall rule inside its namespace.",
                           "install it: `apt-get install iptables`.")
     n_late = late_count(backlog)
-    samples: list[list[float]] = []          # [epoch time, queue length]
+    samples: list[list[float]] = []          # [epoch time, accept queue length, SYN-RECV entries]
     events: list[dict] = []
     socks: list[socket.socket] = []
-    with Namespace(sysctls={"net.ipv4.tcp_abort_on_overflow": abort_on_overflow},
+    # cookies on, explicitly: a full accept queue drops SYNs whatever tcp_syncookies says
+    with Namespace(sysctls={"net.ipv4.tcp_abort_on_overflow": abort_on_overflow,
+                            "net.ipv4.tcp_syncookies": 1},
                    name=f"queue{abort_on_overflow}") as ns:
+        machine = rules.Machine.read(ns).as_dict()      # before any traffic: the rules' inputs
         sysctls = {}
         for k in ("net.ipv4.tcp_syn_linear_timeouts", "net.ipv4.tcp_syn_retries", "net.ipv4.tcp_synack_retries",
                   "net.ipv4.tcp_abort_on_overflow", "net.core.somaxconn", "net.ipv4.tcp_syncookies"):
@@ -106,7 +121,7 @@ def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int
 
         def sample(label: str | None = None) -> int:
             depth = int(tcp_info(lsock).as_dict()["unacked"])
-            samples.append([time.time(), depth])
+            samples.append([time.time(), depth, count_syn_recv(ns.read_proc("net/tcp"), port)])
             if label:
                 events.append({"t": time.time(), "event": label, "queue": depth})
             return depth
@@ -131,8 +146,9 @@ def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int
         with run.capture([port], ns=ns), nstat_delta(ns) as counters:
             sample()
             # 1. late clients: everything after their SYN is held back by the firewall
-            _iptables(ns, "-A", "INPUT", "-p", "tcp", "--dport", str(port), "--sport",
-                      f"{LATE_PORT}:{LATE_PORT + n_late - 1}", "!", "--syn", "-j", "DROP")
+            if n_late:
+                _iptables(ns, "-A", "INPUT", "-p", "tcp", "--dport", str(port), "--sport",
+                          f"{LATE_PORT}:{LATE_PORT + n_late - 1}", "!", "--syn", "-j", "DROP")
             t_start = time.time()
             for i in range(n_late):
                 late.append(new_client(LATE_PORT + i))
@@ -150,7 +166,8 @@ def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int
                 sample(f"client {i + 1} connect")
             view_full = ss(port=port, ns=ns)
             # 3. lift the rule; the late clients send their request
-            _iptables(ns, "-F", "INPUT")
+            if n_late:
+                _iptables(ns, "-F", "INPUT")
             for c in late:
                 c.send(REQUEST)
             sample("late clients send")
@@ -232,7 +249,7 @@ def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int
         "late_ports": [LATE_PORT + i for i in range(n_late)], "accept_at": ACCEPT_AT,
         "ordinary_ports": ordinary_ports,
         "t0": t0, "t_accept": None if t_accept is None else t_accept - t0,
-        "samples": [[round(t - t0, 4), d] for t, d in samples],
+        "samples": [[round(t - t0, 4), d, h] for t, d, h in samples],
         "events": [{**e, "t": round(e["t"] - t0, 4)} for e in events],
         "late_state_held": late_state_held, "late_fate": late_fate, "late_errno": late_errno,
         "immediate": immediate, "final_state": final_state,
@@ -240,7 +257,7 @@ def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int
                      for a in accepted],
         "ss_full": rows(view_full), "ss_end": rows(view_end),
         "counters": {k: v for k, v in delta.items() if v and k.startswith(("TcpExt", "Tcp"))},
-        "sysctls": sysctls,
+        "sysctls": sysctls, "machine": machine,
     }
 
 
@@ -312,16 +329,20 @@ def late_timeline(result: Result, i: int = 0) -> dict:
             "segments": mine}
 
 
-def expected_retry_gaps(linear: int | None, n: int = 3) -> list[float] | None:
-    """The first *n* gaps (s) between a client's SYNs on a kernel with this
-    ``tcp_syn_linear_timeouts`` (None: the sysctl does not exist, before Linux 6.5): 1 s each
-    while the retries are linear, else doubling from 1 s. None when it depends on details we
-    do not measure (a sysctl of 1 or 2)."""
-    if not linear:
-        return [float(2 ** k) for k in range(n)]
-    if linear >= n:
-        return [1.0] * n
-    return None
+def retry_prediction(result: Result, n: int | None = None, quiet: bool = True) -> rules.Prediction:
+    """The SYN retry gaps the kernel rule gives on the machine *result* ran on (the
+    namespace's snapshot), as a band the capture's gaps are checked against."""
+    return rules.syn_retry_band(result.machine_snapshot(), n)
+
+
+def check_retry_gaps(result: Result, *, quiet: bool = True) -> list[list[float]]:
+    """Every waiting client's SYN retry gaps against rules.syn_retry_schedule on the machine
+    the run was made on (prints rule, inputs, prediction, measurement unless *quiet*)."""
+    gaps = retry_gaps(result)
+    for g in gaps:
+        rules.assert_rule(result, rules.syn_retry_band, g, len(g), quiet=quiet,
+                          what="gaps between one waiting client's SYNs, from the capture")
+    return gaps
 
 
 def overflow_sources(result: Result) -> dict[str, int]:
@@ -348,18 +369,22 @@ def synack_retransmissions(result: Result) -> dict[int, list[float]]:
     return {int(p): list(g["t"]) for p, g in sa.groupby("dport")}
 
 
-def check_accept_queue(result: Result) -> None:
-    """The 01_03 claims on one run (live or replayed)."""
+def check_accept_queue(result: Result, *, quiet: bool = True) -> None:
+    """The 01_03 claims on one run (live or replayed), each against the kernel rule evaluated
+    on the machine (namespace) the run was made on."""
     d = result.data
     n, k = d["backlog"], d["clients"]
-    n_late = len(d["late_ports"])
-    depth = [q for _, q in d["samples"]]
-    cap = n + 1
+    m = result.machine_snapshot()
+    depth = [s[1] for s in d["samples"]]
     listen = [r for r in d["ss_full"] if r["state"] == "LISTEN"][0]
-    assert listen["send_q"] == n, f"ss Send-Q of the listener must be the backlog {n}, got {listen['send_q']}"
-    assert max(depth) <= cap, f"the accept queue never exceeds backlog + 1 = {cap} (saw {max(depth)})"
+    cap = rules.sk_acceptq_is_full(m, n)
+    rules.assert_rule(result, rules.sk_acceptq_is_full, max(depth), n, quiet=quiet,
+                      what="the longest accept queue sampled (TCP_INFO of the listener)")
+    stored = cap.value - 1     # min(backlog, somaxconn): what listen() stored, ss's Send-Q
+    assert listen["send_q"] == stored, f"ss Send-Q of the listener must be min(backlog, somaxconn) = {stored}, " \
+                                       f"got {listen['send_q']}"
     immediate = d["immediate"]
-    want_ok = min(k, cap)
+    want_ok = min(k, cap.value)
     assert immediate.count("ESTABLISHED") == want_ok, \
         f"{want_ok} of {k} clients should connect at once, got {immediate.count('ESTABLISHED')}"
     assert immediate[want_ok:] == ["SYN_SENT"] * (k - want_ok), \
@@ -367,19 +392,20 @@ def check_accept_queue(result: Result) -> None:
     assert listen["recv_q"] == want_ok, f"ss Recv-Q should be {want_ok} with the queue full"
     assert all(s == "ESTABLISHED" for s in d["late_state_held"]), \
         "a late client is ESTABLISHED as soon as it has the SYN-ACK, whatever the server does"
+    if d["late_ports"] and len(d["samples"][0]) > 2:
+        held = [s[2] for s in d["samples"] if s[0] <= next(e["t"] for e in d["events"]
+                                                            if e["event"] == "late clients send")]
+        assert max(held) == len(d["late_ports"]), \
+            f"while their ACK is held, the late clients wait half-open in SYN-RECV ({max(held)} sampled)"
     c = d["counters"]
     dropped_syns = sum(len(t) for p, t in syn_attempts(result).items() if p in d["ordinary_ports"]) - k
-    overflow_expected = k >= cap
-    if k > cap:
-        assert dropped_syns >= k - cap, "every waiting client retried its SYN at least once"
-        want = expected_retry_gaps(d["sysctls"].get("net.ipv4.tcp_syn_linear_timeouts"))
-        for gaps in retry_gaps(result):
-            if want is not None:
-                for g, w in zip(gaps, want):
-                    assert 0.8 * w <= g <= w + 0.5, \
-                        f"SYN retry gaps {gaps}, expected about {want} with tcp_syn_linear_timeouts=" \
-                        f"{d['sysctls'].get('net.ipv4.tcp_syn_linear_timeouts')}"
-    if overflow_expected or k > cap:
+    overflow_expected = k >= cap.value
+    if k > cap.value:
+        assert dropped_syns >= k - cap.value, "every waiting client retried its SYN at least once"
+        assert m.sysctls.get("tcp_syncookies") == 1 and d["sysctls"].get("net.ipv4.tcp_syncookies") in (1, "1"), \
+            "the namespace had SYN cookies on: the drops above happened anyway"
+        check_retry_gaps(result, quiet=quiet)
+    if overflow_expected or k > cap.value:
         assert c.get("TcpExtListenOverflows", 0) >= dropped_syns, "each dropped SYN counts as a ListenOverflow"
         assert c.get("TcpExtListenDrops", 0) >= c.get("TcpExtListenOverflows", 0)
     df = result.segments()
@@ -398,13 +424,18 @@ def check_accept_queue(result: Result) -> None:
         else:
             assert rst.empty, "abort_on_overflow=0: the server never resets the late client"
             assert len(data) >= 3, "the late client retransmits its request while the server ignores it"
-            assert len(synack_retransmissions(result).get(p, [])) >= 2, \
-                "the server resends its SYN-ACK to a late client whose ACK it dropped"
+            synacks = synack_retransmissions(result).get(p, [])
+            assert len(synacks) >= 2, "the server resends its SYN-ACK to a late client whose ACK it dropped"
+            rules.assert_rule(result, rules.synack_retry_band, [b - a for a, b in zip(synacks, synacks[1:])],
+                              len(synacks) - 1, quiet=quiet, what="gaps between the SYN-ACKs to one late client")
             assert fate == "delivered", "once the server accepts, the retransmitted request lands"
-    if k > cap:
+    if d["late_ports"] and overflow_expected and d["abort_on_overflow"] == 0:
+        assert c.get("TcpExtTCPLossProbes", 0) >= len(d["late_ports"]), \
+            "each late client's first resend of its request is a tail-loss probe (TcpExtTCPLossProbes, " \
+            f"the namespace's counter): {c.get('TcpExtTCPLossProbes', 0)}"
+    if k > cap.value:
         assert d["t_accept"] is not None and all(s == "ESTABLISHED" for s in d["final_state"]), \
             "after the server starts accepting, every waiting client gets in with a later SYN retry"
-    assert n_late == late_count(n)
 
 
 accept_queue.invariant = check_accept_queue
@@ -426,12 +457,249 @@ def render(result: Result) -> list:
         events["SYN-ACK resent"] = synacks
     if d["t_accept"] is not None:
         events["server starts accepting"] = [d["t_accept"]]
-    fig = plots.queue_depth([t for t, _ in d["samples"]], [q for _, q in d["samples"]],
-                            backlog=d["backlog"], events=events,
-                            title=f"accept queue: backlog {d['backlog']}, {d['clients']} clients, "
+    times = [s[0] for s in d["samples"]]
+    limit = rules.sk_acceptq_is_full(result.machine_snapshot(), d["backlog"]).value
+    fig = plots.queue_depth(times, [s[1] for s in d["samples"]], backlog=limit - 1, events=events,
+                            ylabel="connections",
+                            title=f"accept queue and SYN queue: backlog {d['backlog']}, {d['clients']} clients, "
                                   f"abort_on_overflow={d['abort_on_overflow']}")
+    if len(d["samples"][0]) > 2:
+        ax = fig.axes[0]
+        ax.lines[0].set_label("accept queue (completed, waiting for accept())")
+        ax.step(times, [s[2] for s in d["samples"]], where="post", color=plots.PALETTE[1], ls="--", lw=2,
+                label="SYN queue (half-open, SYN-RECV)", zorder=4)
+        ax.legend(loc="upper left")
     c = d["counters"]
     note = (f"ListenOverflows {c.get('TcpExtListenOverflows', 0)}, ListenDrops {c.get('TcpExtListenDrops', 0)}, "
             f"SYN retransmissions {c.get('TcpExtTCPSynRetrans', 0)}, resets sent "
             f"{c.get('TcpOutRsts', 0)}")
     return [result, table, note, fig]
+
+
+# ======================================================================================
+# listen(0) and the somaxconn clamp
+# ======================================================================================
+#: (somaxconn set in the namespace, or None for the namespace's default; backlog passed to listen())
+LIMIT_CASES = ((None, 0), (4, 100), (4, 4))
+LIMIT_EXTRA = 3          # clients beyond what the rule predicts, to show the queue stops
+
+
+def _fill(ns, port: int, n: int) -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        c = ns.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        out.append(c)
+        time.sleep(0.003)
+    return out
+
+
+def check_listen_limits(result: Result, *, quiet: bool = True) -> None:
+    """listen(0) holds one connection; a backlog above somaxconn is lowered to it: each case
+    against rules.sk_acceptq_is_full on the namespace's own machine."""
+    for case in result.data["cases"]:
+        m = rules.Machine.from_dict(case["machine"])
+        pred = rules.sk_acceptq_is_full(m, case["backlog"])
+        pred.check(case["queue"], f"listen({case['backlog']}) with somaxconn {case['somaxconn']}: accept "
+                   "queue length (TCP_INFO of the listener)", reference=result.reference(), quiet=quiet)
+        pred.check(case["established"], f"clients ESTABLISHED of {case['clients']}",
+                   reference=result.reference(), quiet=quiet)
+        assert case["send_q"] == pred.value - 1, \
+            f"ss Send-Q (what listen() stored) is min(backlog, somaxconn) = {pred.value - 1}, got {case['send_q']}"
+        assert case["clients"] > pred.value, "the run offered more clients than the queue can take"
+
+
+@experiment(
+    "listen_limits", chapter="01_03", needs={"namespaces"}, seconds=1,
+    invariant=check_listen_limits,
+    claim="the accept queue holds min(backlog, somaxconn) + 1: listen(0) takes one connection, and "
+          "a backlog above net.core.somaxconn is silently lowered to it",
+)
+def listen_limits(run) -> dict:
+    """For each of :data:`LIMIT_CASES`, in a fresh namespace (somaxconn set there when given):
+    a listener that never accepts and rule + :data:`LIMIT_EXTRA` clients; returns, per case,
+    the namespace's machine (read before any traffic), how many clients got in, the accept
+    queue length and what ss shows as Send-Q."""
+    from ..kernel import ss, tcp_info
+    from ..netns import Namespace
+
+    cases = []
+    for i, (somaxconn, backlog) in enumerate(LIMIT_CASES):
+        progress.report(i / len(LIMIT_CASES), f"listen({backlog}), somaxconn {somaxconn or 'default'}")
+        sysctls = {} if somaxconn is None else {"net.core.somaxconn": somaxconn}
+        with Namespace(sysctls=sysctls, name=f"limits{i}") as ns:
+            m = rules.Machine.read(ns)
+            want = rules.sk_acceptq_is_full(m, backlog).value
+            lst = ns.socket()
+            lst.bind(("127.0.0.1", 0))
+            lst.listen(backlog)
+            port = lst.getsockname()[1]
+            clients = _fill(ns, port, want + LIMIT_EXTRA)
+            time.sleep(0.05)
+            info = tcp_info(lst).as_dict()
+            row = ss(ns=ns, state="LISTEN", sport=port)
+            established = sum(_tcp_state(c) == "ESTABLISHED" for c in clients)
+            cases.append({"somaxconn": m.sysctls.get("somaxconn"), "somaxconn_set": somaxconn,
+                          "backlog": backlog, "clients": len(clients), "established": established,
+                          "queue": int(info["unacked"]), "send_q": int(row["send_q"].iloc[0]),
+                          "machine": m.as_dict()})
+            for c in clients:
+                c.close()
+            lst.close()
+    progress.report(1.0, "done")
+    return {"cases": cases}
+
+
+def limits_table(result: Result):
+    """One row per listen() call: the inputs of the rule, its prediction and what was measured."""
+    import pandas as pd
+
+    rows = []
+    for c in result.data["cases"]:
+        pred = rules.sk_acceptq_is_full(rules.Machine.from_dict(c["machine"]), c["backlog"])
+        rows.append({"listen()": f"listen({c['backlog']})",
+                     "net.core.somaxconn": f"{c['somaxconn']}" + (" (set)" if c["somaxconn_set"] else " (default)"),
+                     "rule: min(backlog, somaxconn) + 1": pred.value, "clients": c["clients"],
+                     "ESTABLISHED": c["established"], "accept queue": c["queue"], "ss Send-Q": c["send_q"]})
+    return pd.DataFrame(rows)
+
+
+# ======================================================================================
+# where "delay, not failure" ends: tcp_synack_retries
+# ======================================================================================
+#: When the late client of :func:`synack_expiry` sends its request (s after its SYN): late
+#: enough that its retransmission timer (0.2 s, doubling) fires well after the server's
+#: drop time, so the reset is not left to a race.
+EXPIRY_SEND_AT = 0.5
+EXPIRY_AFTER = 2.5       # s the run watches past the predicted drop, at most
+
+
+def expiry_events(result: Result) -> dict:
+    """From the capture: the late client's SYN, the server's SYN-ACKs (s after the SYN), the
+    request's copies, and the RST."""
+    d = result.data
+    df = result.segments()
+    p = d["late_port"]
+    mine = df[(df["sport"] == p) | (df["dport"] == p)]
+    syn = float(mine[(mine["sport"] == p) & (mine["flags"] == "SYN")]["t"].iloc[0])
+    sa = [round(float(t) - syn, 3) for t in mine[(mine["dport"] == p) & (mine["flags"] == "SYN+ACK")]["t"]]
+    req = [round(float(t) - syn, 3) for t in mine[(mine["sport"] == p) & (mine["len"] > 0)]["t"]]
+    rst = mine[(mine["dport"] == p) & mine["flags"].str.contains("RST")]
+    return {"syn_at": syn, "synack_at": sa, "request_at": req,
+            "rst_at": round(float(rst["t"].iloc[0]) - syn, 3) if len(rst) else None, "segments": mine}
+
+
+def check_synack_expiry(result: Result, *, quiet: bool = True) -> None:
+    """The server gives up on the half-open entry when syn_ack_recalc says, after
+    tcp_synack_retries SYN-ACK retransmissions; the client learns it from a RST."""
+    d = result.data
+    ev = expiry_events(result)
+    m = result.machine_snapshot()
+    retries = m.sysctls.get("tcp_synack_retries")
+    assert d["late_state_held"] == "ESTABLISHED" and d["queue_full"] == rules.sk_acceptq_is_full(m, d["backlog"]).value, \
+        "the late client believes it is connected while the accept queue is full"
+    sa = ev["synack_at"]
+    assert len(sa) == retries + 1, f"the first SYN-ACK and tcp_synack_retries = {retries} copies, got {len(sa)}"
+    rules.assert_rule(result, rules.synack_retry_band, [b - a for a, b in zip(sa, sa[1:])], retries, quiet=quiet,
+                      what="gaps between the server's SYN-ACKs, from the capture")
+    assert d["dropped_at"] is not None, "the half-open entry disappeared within the run"
+    rules.assert_rule(result, rules.syn_ack_recalc, d["dropped_at"] - d["syn_sent_at"], quiet=quiet,
+                      what="when SYN-RECV emptied (s after the SYN, sampled every 20 ms)")
+    assert d["fate"] == "reset" and d["errno"] == "ECONNRESET", \
+        f"the client's next retransmission after the drop is answered with RST ({d['fate']}, {d['errno']})"
+    assert ev["rst_at"] is not None and ev["rst_at"] >= d["dropped_at"] - d["syn_sent_at"] - 0.05, \
+        "the RST comes only after the server dropped the entry"
+    before = [t for t in ev["request_at"] if t < ev["rst_at"]]
+    assert len(before) >= 3, "before that, the client's request was retransmitted and ignored"
+    assert d["counters"].get("TcpExtListenOverflows", 0) >= len(before), \
+        "each ignored copy (and each ACK of a resent SYN-ACK) counts as a ListenOverflow"
+
+
+@experiment(
+    "synack_expiry", chapter="01_03", needs={"live_capture", "namespaces"}, seconds=4,
+    params=[Param("synack_retries", "tcp_synack_retries", 1, choices=(1,), minimum=1, maximum=2,
+                  doc="SYN-ACK retransmissions before the server drops a half-open entry "
+                      "(set in the namespace; 1 ends after 3 s, 2 after 7 s)")],
+    invariant=check_synack_expiry,
+    claim="a late client whose ACK keeps finding the accept queue full is dropped by the server "
+          "2^(tcp_synack_retries+1) - 1 s after its SYN, and its next retransmission gets a RST",
+)
+def synack_expiry(run, synack_retries: int = 1) -> dict:
+    """listen(1), never accepting; a late client whose packets after the SYN are held back
+    while two ordinary clients fill the accept queue; then the late client sends a request
+    (at :data:`EXPIRY_SEND_AT` s) into the full queue. The namespace has
+    tcp_synack_retries = *synack_retries* and abort_on_overflow 0. Samples SYN-RECV until the
+    client is reset or the predicted drop time + :data:`EXPIRY_AFTER` s has passed."""
+    from ..caps import find_tool
+    from ..kernel import count_syn_recv, nstat_delta, tcp_info
+    from ..netns import Namespace
+
+    if find_tool("iptables") is None:
+        raise CourseError("iptables is not installed: the experiment holds back the late client's "
+                          "final ACK with a firewall rule inside its namespace.",
+                          "install it: `apt-get install iptables`.")
+    backlog = 1
+    with Namespace(sysctls={"net.ipv4.tcp_synack_retries": synack_retries,
+                            "net.ipv4.tcp_abort_on_overflow": 0}, name="expiry") as ns:
+        machine = rules.Machine.read(ns)
+        deadline_s = rules.syn_ack_recalc(machine).value + EXPIRY_AFTER
+        lst = ns.socket()
+        lst.bind(("127.0.0.1", 0))
+        port = lst.getsockname()[1]
+        lst.listen(backlog)
+        socks: list[socket.socket] = []
+        samples: list[list[float]] = []
+        fate, err = None, None
+        with run.capture([port], ns=ns), nstat_delta(ns) as counters:
+            _iptables(ns, "-A", "INPUT", "-p", "tcp", "--dport", str(port), "--sport", str(LATE_PORT),
+                      "!", "--syn", "-j", "DROP")
+            late = ns.socket()
+            late.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            late.bind(("127.0.0.1", LATE_PORT))
+            late.setblocking(False)
+            socks.append(late)
+            t_syn = time.time()
+            late.connect_ex(("127.0.0.1", port))
+            time.sleep(0.02)
+            held = _tcp_state(late)
+            socks += _fill(ns, port, rules.sk_acceptq_is_full(machine, backlog).value)
+            time.sleep(0.02)
+            full = int(tcp_info(lst).as_dict()["unacked"])
+            _iptables(ns, "-F", "INPUT")
+            time.sleep(max(0.0, t_syn + EXPIRY_SEND_AT - time.time()))
+            late.send(REQUEST)
+            dropped = None
+            for _ in range(int(deadline_s / SAMPLE_EVERY) + 10):      # bounded
+                now = time.time()
+                n = count_syn_recv(ns.read_proc("net/tcp"), port)
+                samples.append([round(now - t_syn, 3), n])
+                if dropped is None and n == 0:
+                    dropped = now
+                try:
+                    late.recv(1)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    fate, err = "reset", errno.errorcode.get(exc.errno, str(exc.errno))
+                    break
+                if now - t_syn > deadline_s:
+                    break
+                progress.report(min(0.99, (now - t_syn) / deadline_s), "waiting for the server to give up")
+                time.sleep(SAMPLE_EVERY)
+            time.sleep(0.02)
+        for s in socks:
+            s.close()
+        lst.close()
+    progress.report(1.0, "done")
+    from ..dissect import segments
+    captured = segments(run.pcap)
+    t0 = float(captured["time"].iloc[0])
+    return {"port": port, "backlog": backlog, "late_port": LATE_PORT, "synack_retries": synack_retries,
+            "late_state_held": held, "queue_full": full, "send_at": EXPIRY_SEND_AT,
+            "syn_sent_at": round(t_syn - t0, 4),
+            "dropped_at": None if dropped is None else round(dropped - t0, 4),
+            "samples": [[round(t + t_syn - t0, 4), n] for t, n in samples],
+            "fate": fate, "errno": err,
+            "counters": {k: v for k, v in counters.delta.items() if v and k.startswith(("TcpExt", "Tcp"))},
+            "machine": machine.as_dict()}

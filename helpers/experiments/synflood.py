@@ -41,6 +41,7 @@ from .. import progress
 from ..rawsyn import (MAX_FLOOD, MAX_SECONDS, SPOOF_NET, _SPOOF, build_syns,  # noqa: F401 (re-exported)
                       check_flood_target, raw_sender, send_bounded, send_crafted, send_flood,
                       setup_namespace, syn_sources, syn_template)
+from ..kernel import count_syn_recv
 from ..params import Param
 from .base import Result, experiment
 
@@ -79,14 +80,7 @@ def snapshot(ns: Any, port: int) -> tuple[int, dict[str, int]]:
     return _count_syn_recv(tcp, port), out
 
 
-def _count_syn_recv(text: str, port: int) -> int:
-    suffix = f":{port:04X}"
-    n = 0
-    for line in text.splitlines()[1:]:
-        f = line.split(None, 4)
-        if len(f) > 3 and f[3] == "03" and f[1].endswith(suffix):
-            n += 1
-    return n
+_count_syn_recv = count_syn_recv
 
 
 def queue_caps(cookies: int, backlog: int, max_syn_backlog: int = MAX_SYN_BACKLOG,
