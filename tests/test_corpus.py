@@ -4,13 +4,13 @@ import shutil
 
 import pytest
 
-from helpers import corpus
+from helpers import corpus, recorder
 from helpers.errors import CorpusError
 from helpers.experiments import all_experiments
 
 
 def test_verify_the_committed_corpus():
-    problems = corpus.verify()
+    problems = recorder.verify()
     assert problems == [], "\n".join(problems)
 
 
@@ -39,18 +39,18 @@ def test_tampered_file_is_caught(corpus_copy):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    problems = corpus.verify()
+    problems = recorder.verify()
     assert any("sha256" in p for p in problems)
     exp = all_experiments()[entry["experiment"]]
     with pytest.raises(CorpusError, match="git checkout pcaps"):
-        corpus.load(exp, entry["params"], "test")
+        exp.replay(entry["params"], "test")
 
 
 def test_missing_file_and_stray_file_are_caught(corpus_copy):
     entry = corpus.read_manifest()["entries"][0]
     (corpus_copy / entry["data"]["path"]).unlink()
     (corpus_copy / "stray.pcap").write_bytes(b"x")
-    problems = corpus.verify()
+    problems = recorder.verify()
     assert any("missing" in p for p in problems)
     assert any("stray.pcap" in p and "not in the manifest" in p for p in problems)
 
@@ -59,7 +59,7 @@ def test_missing_grid_point_is_caught(corpus_copy):
     m = corpus.read_manifest()
     m["entries"] = m["entries"][1:]
     corpus.manifest_path().write_text(json.dumps(m))
-    assert any("grid point not recorded" in p for p in corpus.verify())
+    assert any("grid point not recorded" in p for p in recorder.verify())
 
 
 def test_invariant_is_rechecked(corpus_copy, monkeypatch):
@@ -68,7 +68,7 @@ def test_invariant_is_rechecked(corpus_copy, monkeypatch):
     def failing(result):
         raise AssertionError("claim does not hold")
     monkeypatch.setattr(exp, "invariant", failing)
-    assert any("invariant fails" in p for p in corpus.verify())
+    assert any("invariant fails" in p for p in recorder.verify())
 
 
 def test_unknown_recording_names_the_choices():
@@ -81,7 +81,6 @@ def test_unknown_recording_names_the_choices():
 
 def test_record_keeps_dotted_parameter_values_apart(tmp_path, monkeypatch):
     """A slug like "pause-1.5" has a dot: files must not be named by with_suffix()."""
-    from helpers import corpus
     from helpers.experiments import base
     from helpers.params import Param
 
@@ -96,10 +95,10 @@ def test_record_keeps_dotted_parameter_values_apart(tmp_path, monkeypatch):
         return {"pause": pause}
 
     try:
-        new = corpus.record(["dotted_test"], progress=lambda *_: None)
+        new = recorder.record(["dotted_test"], progress=lambda *_: None)
         paths = sorted(e["data"]["path"] for e in new)
         assert paths == ["dotted_test/pause-1.0.json", "dotted_test/pause-1.5.json"]
         for pause in (1.0, 1.5):
-            assert corpus.load(dotted, {"pause": pause}, "test").data == {"pause": pause}
+            assert dotted.replay({"pause": pause}, "test").data == {"pause": pause}
     finally:
         base.REGISTRY.pop("dotted_test", None)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import caps as _caps
+from .. import corpus as _corpus
 from ..errors import CorpusError, PrivilegeError
 from ..params import Param, validate
 
@@ -82,8 +83,7 @@ class Result:
             f = self.source.get("pcap") or self.source.get("data") or {}
             return f"pcaps/{f.get('path')}" if f.get("path") else None
         try:
-            from ..corpus import find
-            e = find(self.experiment, self.params)
+            e = _corpus.find(self.experiment, self.params)
         except Exception:
             return None
         f = e.get("pcap") or e.get("data") or {}
@@ -198,8 +198,7 @@ class Experiment:
         reason = self.replay_reason(mode) if self.needs else None
         params = validate(self.params, values, replay=reason is not None)
         if reason is not None:
-            from ..corpus import load
-            return load(self, params, reason)
+            return self.replay(params, reason)
         run = LiveRun(self, params, _outdir)
         from ..rules import machine
         snapshot = machine().as_dict()   # before the run: the state the kernel starts from
@@ -208,6 +207,12 @@ class Experiment:
         seconds = time.perf_counter() - t0
         data = json.loads(json.dumps(data, default=_jsonable))  # same shape live and replayed
         return Result(self.name, params, "live", data, pcap=run.pcap, seconds=seconds, machine=snapshot)
+
+    def replay(self, params: dict[str, Any], reason: str) -> Result:
+        """The recorded Result for *params* (validated against the recorded values)."""
+        rec = _corpus.load(self.name, params)
+        return Result(self.name, dict(params), "replay", rec.data, pcap=rec.pcap,
+                      reason=reason, source=rec.entry, machine=rec.entry.get("machine"))
 
     def check(self, result: Result) -> None:
         """Assert this experiment's invariant on *result* (AssertionError names the claim)."""
