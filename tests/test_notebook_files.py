@@ -51,10 +51,25 @@ def test_plots_visible_without_a_kernel():
     assert images, "the ladder diagram must be committed as an image"
 
 
-def test_exercises_have_checkers():
-    for src in SOURCES:
-        text = src.read_text()
-        assert text.count("check_value(") + text.count("check(") >= 2, f"{src.stem}: at least two checked exercises"
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_exercises_have_checkers(src):
+    """At least two exercises after "Check your understanding"; each answer starts blank
+    (``answer_N = ...``) and is handed to a checker call in a later code cell."""
+    import re
+    cells = jupytext.read(src).cells
+    start = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"
+                  and "Check your understanding" in c.source), None)
+    assert start is not None, f"{src.stem}: no 'Check your understanding' section"
+    code = [c.source for c in cells[start:] if c.cell_type == "code"]
+    answers = []
+    for i, text in enumerate(code):
+        for m in re.finditer(r"^(answer_\w+)\s*=\s*\.\.\.", text, re.M):
+            name = m.group(1)
+            answers.append(name)
+            later = "\n".join([text[m.end():]] + code[i + 1:])
+            called = re.search(r"\w+\((?:[^()]|\([^()]*\))*\b" + name + r"\b", later)
+            assert called, f"{src.stem}: {name} is never handed to a checker"
+    assert len(answers) >= 2, f"{src.stem}: at least two checked exercises, found {answers}"
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
