@@ -45,6 +45,10 @@ __all__ = [
     "TcpInfo",
     "sockstat",
     "sysctl",
+    "parse_snmp",
+    "parse_snmp6",
+    "read_counter_files",
+    "require_ss",
     "TCP_STATES",
     "SS_STATES",
 ]
@@ -97,7 +101,7 @@ _MS_KEYS = {"rto": "rto_ms", "ato": "ato_ms", "minrtt": "min_rtt_ms", "rcv_rtt":
             "lastsnd": "lastsnd_ms", "lastrcv": "lastrcv_ms", "lastack": "lastack_ms"}
 
 
-def _require_ss() -> None:
+def require_ss() -> None:
     if not shutil.which("ss"):
         raise MissingToolError("ss", "iproute2", "it lists the kernel's sockets")
 
@@ -345,7 +349,7 @@ def ss(*, state: str | Iterable[str] | None = None, sport: int | None = None,
       without TCP info (TIME-WAIT, SYN-RECV) have <NA>/NaN there. ``ssthresh`` is
       NaN while it is still "infinite" (no loss seen yet).
     """
-    _require_ss()
+    require_ss()
     argv = ["ss", "-tanHOimo"]
     single_state = None
     if state is not None:
@@ -409,7 +413,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 # ======================================================================================
 # counters (nstat names)
 # ======================================================================================
-def _parse_snmp(text: str, out: dict[str, int]) -> None:
+def parse_snmp(text: str, out: dict[str, int]) -> None:
     """/proc/net/snmp and /proc/net/netstat: pairs of 'Prefix: names' / 'Prefix: values'."""
     lines = [l for l in text.splitlines() if l.strip()]
     for head, vals in zip(lines[0::2], lines[1::2]):
@@ -424,7 +428,7 @@ def _parse_snmp(text: str, out: dict[str, int]) -> None:
                 pass
 
 
-def _parse_snmp6(text: str, out: dict[str, int]) -> None:
+def parse_snmp6(text: str, out: dict[str, int]) -> None:
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2:
@@ -434,7 +438,8 @@ def _parse_snmp6(text: str, out: dict[str, int]) -> None:
                 pass
 
 
-def _read_counter_files() -> dict[str, str]:
+def read_counter_files() -> dict[str, str]:
+    """The raw text of /proc/net/snmp, netstat and snmp6 of the calling thread's namespace."""
     texts = {}
     for name in ("snmp", "netstat", "snmp6"):
         try:
@@ -443,6 +448,10 @@ def _read_counter_files() -> dict[str, str]:
         except FileNotFoundError:  # snmp6 is absent when IPv6 is disabled
             pass
     return texts
+
+
+# the old private spellings (chapter modules imported them)
+_parse_snmp, _parse_snmp6, _read_counter_files, _require_ss = parse_snmp, parse_snmp6, read_counter_files, require_ss
 
 
 def _in_ns(ns: Any, fn, *args):
@@ -464,13 +473,13 @@ def counters(ns: Any = None) -> dict[str, int]:
     names ``nstat -a`` shows. Values are totals since the namespace was created, not
     deltas; a few are gauges (``TcpCurrEstab``) or constants (``TcpRtoMin``).
     """
-    texts = _in_ns(ns, _read_counter_files)
+    texts = _in_ns(ns, read_counter_files)
     out: dict[str, int] = {}
     for key in ("snmp", "netstat"):
         if key in texts:
-            _parse_snmp(texts[key], out)
+            parse_snmp(texts[key], out)
     if "snmp6" in texts:
-        _parse_snmp6(texts["snmp6"], out)
+        parse_snmp6(texts["snmp6"], out)
     return out
 
 

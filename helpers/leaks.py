@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .errors import CourseError
+
 from .caps import find_tool
 
 CAPTURE_PROCS = ("tcpdump", "dumpcap", "tshark")
@@ -69,15 +71,17 @@ def iptables_rules() -> list[str]:
 
 
 def sysctls() -> dict[str, str]:
+    """Every net.* sysctl of this namespace (but the volatile ones), as text."""
+    from .netns import read_sysctl
     out = {}
-    base = Path("/proc/sys/net")
-    for path in base.rglob("*"):
+    for path in Path("/proc/sys/net").rglob("*"):
         rel = path.relative_to("/proc/sys").as_posix()
         if VOLATILE.search(rel) or not path.is_file():
             continue
+        name = rel.replace("/", ".")
         try:
-            out[rel.replace("/", ".")] = path.read_text().strip()
-        except OSError:
+            out[name] = str(read_sysctl(name))
+        except (CourseError, OSError):   # write-only or vanished entries
             continue
     return out
 

@@ -40,11 +40,14 @@ def _tool_versions() -> dict[str, str]:
 
 
 def _sysctls() -> dict[str, str]:
+    """The manifest's sysctls (text, as ``sysctl -n`` prints them with one space)."""
+    from .errors import ParameterError
+    from .kernel import sysctl
     out = {}
     for name in SYSCTLS:
         try:
-            out[name] = Path("/proc/sys", *name.split(".")).read_text().strip().replace("\t", " ")
-        except OSError:
+            out[name] = str(sysctl(name))
+        except ParameterError:   # not on this kernel (e.g. tcp_syn_linear_timeouts before 6.5)
             pass
     return out
 
