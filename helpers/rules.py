@@ -857,6 +857,38 @@ def acceptq_and_cookies(m: Machine, backlog: int, clients: int) -> Prediction:
 
 
 # --- 01_05 / 02_01 / 02_05 ---
+def sk_stream_memory_free(m: Machine, sndbuf: int, mss: int | None = None) -> Prediction:
+    """When a writer gets EAGAIN (include/net/sock.h sk_stream_memory_free(), checked in
+    tcp_sendmsg_locked() in net/ipv4/tcp.c): only before it starts a *new* skb, and only
+    once the send queue's memory ``sk_wmem_queued`` (ss ``skmem`` ``w``: payload plus each
+    skb's bookkeeping) has reached ``sk_sndbuf``. Bytes are still appended to the tail skb
+    without a check, so at EAGAIN
+
+        sndbuf <= wmem_queued < sndbuf + truesize(one full skb)
+
+    (the kernel's own worst-case truesize per segment, :func:`skb_truesize_per_mss`). The
+    *payload* bytes (SIOCOUTQ) may end above or below ``sndbuf``: above on lo, where one skb
+    carries up to 64 KB; a little below when many small skbs each add their overhead
+    (Linux 6.1 stopped at 32,741 bytes for a 32,768-byte buffer)."""
+    mss = mss or tcp_mss_default(m.lo_mtu)
+    per = skb_truesize_per_mss(mss)
+    return Prediction("sk_stream_memory_free()", "sndbuf ≤ wmem_queued < sndbuf + truesize(one skb)",
+                      {"sndbuf": int(sndbuf), "mss": mss, "truesize": per}, int(sndbuf),
+                      low=int(sndbuf), high=int(sndbuf) + per - 1, unit="B")
+
+
+def tcp_metrics_reordering(m: Machine, addr: str = "127.0.0.1") -> Prediction:
+    """The reordering a new connection to *addr* starts with (tcp_init_metrics() in
+    net/ipv4/tcp_metrics.c): the per-destination metrics cache's value (``ip tcp_metrics
+    show ADDR``) when it holds one and ``tcp_no_metrics_save`` is 0, else
+    ``net.ipv4.tcp_reordering`` (3). Compare with TCP_INFO ``tcpi_reordering``."""
+    cached = (m.metrics.get(addr) or {}).get("reordering")
+    return Prediction("tcp_init_metrics()", "cached reordering if any, else tcp_reordering",
+                      {"ip tcp_metrics reordering": cached if cached else "none cached",
+                       "tcp_reordering": m.sysctls.get("tcp_reordering") or 3,
+                       "tcp_no_metrics_save": m.sysctls.get("tcp_no_metrics_save") or 0},
+                      m.reordering(addr))
+
 
 # --- 02_02 / 02_03 / 02_04 / 02_06 ---
 #: Where a delayed-ACK stall is expected, at least this share of the measured waits must

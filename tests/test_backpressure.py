@@ -5,9 +5,10 @@ import time
 import pytest
 
 from helpers.errors import ParameterError
-from helpers.experiments.backpressure import (CHUNK, MB, PRODUCERS, gso_max_size, inq, occupancy,
+from helpers import rules
+from helpers.experiments.backpressure import (CHUNK, MB, PRODUCERS, SMALL_MSS, eagain_rule, inq, occupancy,
                                               occupancy_plot, outq, peak_moment, producer_memory, render,
-                                              send_blocks, sndbuf_after_connect, summary)
+                                              send_blocks, sndbuf_after_connect, sndbuf_rule, summary)
 
 
 def test_registered_without_needs():
@@ -88,22 +89,32 @@ def test_rejects_bad_values():
         send_blocks(pause=10)
 
 
-def test_sndbuf_is_sized_at_connect():
+def test_sndbuf_is_sized_at_connect_by_tcp_sndbuf_expand():
+    """Cold or warm metrics cache, bbr or cubic/reno: the send buffer right after connect()
+    is tcp_sndbuf_expand() of the connection's own inputs, and the reordering it started
+    with is the one the metrics cache held (or tcp_reordering)."""
+    m = rules.machine()
     lo = sndbuf_after_connect()
-    small = sndbuf_after_connect(mss=1460)
-    assert lo["after_connect"] == lo["accepted_side"] > lo["before_connect"]
-    assert lo["before_connect"] < small["after_connect"] < lo["after_connect"]
-    assert small["mss"] <= 1460
+    small = sndbuf_after_connect(mss=SMALL_MSS)
+    for d, mss in ((lo, None), (small, SMALL_MSS)):
+        sndbuf_rule(m, d, mss=mss).check(d["after_connect"], "SO_SNDBUF right after connect()")
+        assert d["accepted_side"] == d["after_connect"], "the accepted side is sized by the same rule"
+        cached = rules.tcp_metrics_reordering(rules.Machine(sysctls=m.sysctls,
+                                                            metrics={"127.0.0.1": d["metrics"]}))
+        cached.check(d["reordering"], "TCP_INFO reordering right after connect()")
+    assert lo["before_connect"] == m.tcp_wmem[1]
+    assert small["after_connect"] < lo["after_connect"] and small["mss"] <= SMALL_MSS
 
 
-def test_send_queue_exceeds_sndbuf_by_less_than_one_packet_buffer():
+def test_eagain_comes_when_the_send_queue_memory_reaches_sndbuf():
     r = send_blocks(sndbuf=16384, pause=0.1)
     d = r.data
-    assert d["sndbuf_got"] == 32768 == d["sndbuf_when_full"], "read back with getsockopt"
-    assert d["sndbuf_got"] < d["outq"] <= d["sndbuf_got"] + gso_max_size()
-    assert d["send_sizes"][-1] < CHUNK
-    d["sndbuf_got"] = d["outq"] - d["gso_max_size"] - 1
-    with pytest.raises(AssertionError, match="packet buffer"):
+    assert d["sndbuf_got"] == d["sndbuf_when_full"], "SO_SNDBUF set: never grown"
+    w = next(x for x in d["ss"] if x["side"] == "producer")["skmem_w"]
+    eagain_rule(r).check(w, "ss skmem w at EAGAIN")
+    assert d["outq"] <= w and d["send_sizes"][-1] < CHUNK
+    next(x for x in d["ss"] if x["side"] == "producer")["skmem_w"] = d["sndbuf_when_full"] - 1
+    with pytest.raises(AssertionError, match="sk_stream_memory_free"):
         send_blocks.check(r)
 
 

@@ -30,7 +30,8 @@ import termios
 import threading
 import time
 
-from ..kernel import window_closed
+from .. import rules
+from ..kernel import fill_until_full
 from ..params import Param
 from .base import Result, experiment
 
@@ -43,6 +44,10 @@ MAX_SAMPLES = 5000
 SIOCOUTQ = termios.TIOCOUTQ          # bytes in the send queue: not yet acknowledged
 SIOCINQ = termios.FIONREAD           # bytes in the receive queue: not yet read
 GSO_FALLBACK = 65536                 # lo's gso_max_size when /sys does not say
+#: TCP_MAXSEG for the small-segment comparison: a full skb of 1,200 bytes plus any header room
+#: the kernel reserves (192..320 bytes, by kernel config) rounds up to 2 KiB: one truesize
+#: (2,304) on every x86_64 config, where 1,460 gives 2,304 or 4,352 depending on the config.
+SMALL_MSS = 1200
 
 
 def gso_max_size(dev: str = "lo") -> int:
@@ -57,9 +62,17 @@ def gso_max_size(dev: str = "lo") -> int:
         return GSO_FALLBACK
 
 
+def _cc(sock) -> str:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0")[0].decode()
+
+
 def sndbuf_after_connect(mss: int | None = None) -> dict:
     """SO_SNDBUF of a fresh loopback connection before connect(), and right after it,
-    before a byte is sent (optionally with TCP_MAXSEG *mss*, to shrink the segments)."""
+    before a byte is sent (optionally with TCP_MAXSEG *mss*, to shrink the segments), with
+    the inputs of ``tcp_sndbuf_expand()``: the congestion control, the initial cwnd and
+    the reordering the connection started with (TCP_INFO), and the metrics-cache entry for
+    127.0.0.1 read just before connect() (where that reordering comes from)."""
+    from ..kernel import tcp_info
     lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv = None
@@ -70,18 +83,32 @@ def sndbuf_after_connect(mss: int | None = None) -> dict:
         lst.bind(("127.0.0.1", 0))
         lst.listen(1)
         before = cli.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        cached = rules.tcp_metrics("127.0.0.1")          # what tcp_init_metrics() will find
         cli.settimeout(5)
         cli.connect(lst.getsockname())
         lst.settimeout(5)
         srv, _ = lst.accept()
+        info = tcp_info(cli)
         return {"mss_asked": mss, "mss": cli.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
                 "before_connect": before,
                 "after_connect": cli.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-                "accepted_side": srv.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)}
+                "accepted_side": srv.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                "cc": _cc(cli), "cwnd": info.snd_cwnd, "reordering": info.reordering,
+                "metrics_reordering": cached.get("reordering"), "metrics": cached}
     finally:
         for s in (cli, srv, lst):
             if s is not None:
                 s.close()
+
+
+def sndbuf_rule(result_or_machine, d: dict, mss: int | None = None) -> rules.Prediction:
+    """``tcp_sndbuf_expand()`` for the connection described by *d* (a dict with ``cc``,
+    ``cwnd`` and ``reordering`` as the connection started with them), on the machine the
+    result was produced on (or a :class:`~helpers.rules.Machine`)."""
+    m = (result_or_machine.machine_snapshot() if hasattr(result_or_machine, "machine_snapshot")
+         else result_or_machine)
+    return rules.tcp_sndbuf_expand(m, cc=d["cc"], mss=mss, cwnd=d.get("cwnd") or rules.TCP_INIT_CWND,
+                                   reordering=d["reordering"])
 
 
 def _ioctl_int(sock_or_fd, request: int) -> int:
@@ -105,17 +132,44 @@ def _writable(sock) -> bool:
 
 # ----------------------------------------------------------------------------- send_blocks
 
+def _side(d: dict, side: str) -> dict:
+    return next((r for r in d["ss"] if r["side"] == side), {})
+
+
+def sndbuf_got_rule(result: Result) -> rules.Prediction:
+    """The producer's send buffer right after connect(): ``tcp_sndbuf_expand()`` when
+    SO_SNDBUF was left alone, else what ``setsockopt()`` stores (2 × min(request, wmem_max))."""
+    d = result.data
+    m = result.machine_snapshot()
+    if d["sndbuf"] is None:
+        return sndbuf_rule(m, d["at_connect"])
+    return rules.sock_setsockopt_buf(d["sndbuf"], m.wmem_max or d["sndbuf"], which="SO_SNDBUF",
+                                     floor=m.sock_min_sndbuf)
+
+
+def eagain_rule(result: Result) -> rules.Prediction:
+    """Where EAGAIN stopped the producer: :func:`helpers.rules.sk_stream_memory_free` for
+    the send buffer the socket had when it was full."""
+    d = result.data
+    return rules.sk_stream_memory_free(result.machine_snapshot(), d["sndbuf_when_full"])
+
+
 def check_send_blocks(result: Result) -> None:
     """The 02_05 claims about blocking and non-blocking send, on one run."""
     d = result.data
-    assert d["eagain"] >= 1 and d["queued"] > 0, "a non-blocking send must raise EAGAIN once the queues are full"
+    assert d["eagain"] >= 1 and d["queued"] > 0 and d["full"], \
+        "a non-blocking send must raise EAGAIN once the queues are full"
     assert d["queued"] == d["outq"] + d["inq"], \
         (f"every byte send() accepted is in the sender's send queue ({d['outq']}) or the receiver's "
          f"receive queue ({d['inq']}): {d['queued']}")
     assert not d["writable_when_full"], "select() must not report the full socket writable"
-    assert d["outq"] <= d["sndbuf_got"] + d["gso_max_size"], \
-        (f"the send queue ({d['outq']}) stays within the send buffer ({d['sndbuf_got']}) plus one "
-         f"packet buffer ({d['gso_max_size']})")
+    sndbuf_got_rule(result).check(d["sndbuf_got"], "the producer's SO_SNDBUF right after connect()",
+                                  reference=result.reference(), quiet=True)
+    prod = _side(d, "producer")
+    eagain_rule(result).check(prod.get("skmem_w"), "the send queue's memory at EAGAIN (ss skmem w)",
+                              reference=result.reference(), quiet=True)
+    assert d["outq"] <= prod["skmem_w"], \
+        f"the send queue's payload ({d['outq']}) is part of its memory ({prod['skmem_w']})"
     assert d["inq"] <= d["cons_rcvbuf"], \
         f"the receive queue ({d['inq']}) stays within the receive buffer ({d['cons_rcvbuf']})"
     assert d["tcp_info"]["snd_wnd"] < d["tcp_info"]["snd_mss"], \
@@ -154,34 +208,22 @@ def send_blocks(run, sndbuf: int | None = None, pause: float = 0.3, extra: int =
         if sndbuf is not None:
             prod.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         sndbuf_before = prod.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        cached = rules.tcp_metrics("127.0.0.1")          # what tcp_init_metrics() will find
         prod.settimeout(5)
         prod.connect(lst.getsockname())
         cons, _ = lst.accept()
         sndbuf_got = prod.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)     # read back, before any data
         cons_sndbuf = cons.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         port = lst.getsockname()[1]
-        prod.setblocking(False)
-        chunk = b"x" * CHUNK
-        queued, calls, sizes, eagain, first_eagain, waits = 0, 0, [], 0, None, 0
-        t0 = time.monotonic()
-        # send until EAGAIN; wait up to 0.3 s for writability (the consumer's delayed ACK can
-        # free send-buffer space); stop when the socket stays unwritable and the consumer's
-        # window is closed: both queues are full
-        while calls < 8192 and time.monotonic() - t0 < 5:     # bounded: at most 512 MB or 5 s
-            try:
-                n = prod.send(chunk)
-            except BlockingIOError:
-                eagain += 1
-                if first_eagain is None:
-                    first_eagain = queued
-                if not select.select([], [prod], [], 0.3)[1] and window_closed(prod):
-                    break
-                waits += 1
-                continue
-            calls += 1
-            queued += n
-            sizes.append(n)
-        fill_s = time.monotonic() - t0
+        start = tcp_info(prod)
+        at_connect = {"cc": _cc(prod), "cwnd": start.snd_cwnd, "reordering": start.reordering,
+                      "metrics_reordering": cached.get("reordering")}
+        # send until the socket is full: EAGAIN with the consumer's window closed and nothing
+        # in flight (helpers.kernel.fill_until_full); bounded: at most 512 MB or 5 s
+        f = fill_until_full(prod, chunk=CHUNK, limit=8192 * CHUNK, seconds=5, settle=0.3)
+        queued, calls, sizes, eagain, first_eagain, waits = (f.written, f.calls, f.sizes, f.eagain,
+                                                             f.first_eagain, f.waits)
+        fill_s = f.seconds
         settle = time.monotonic()
         while outq(prod) + inq(cons) != queued and time.monotonic() - settle < 0.5:
             time.sleep(0.01)                               # the last delayed ACK
@@ -238,11 +280,12 @@ def send_blocks(run, sndbuf: int | None = None, pause: float = 0.3, extra: int =
             if s is not None:
                 s.close()
     return {"sndbuf": sndbuf, "sndbuf_before_connect": sndbuf_before, "sndbuf_got": sndbuf_got,
-            "cons_sndbuf": cons_sndbuf, "gso_max_size": gso_max_size(),
-            "pause": pause, "extra": extra, "queued": queued, "send_calls": calls, "eagain": eagain,
+            "cons_sndbuf": cons_sndbuf, "gso_max_size": gso_max_size(), "at_connect": at_connect,
+            "full": f.full, "pause": pause, "extra": extra, "queued": queued, "send_calls": calls, "eagain": eagain,
             "send_sizes": sizes, "fill_s": fill_s, "first_eagain": first_eagain, "writable_again": waits, **view,
             "tcp_info": {k: info.get(k) for k in ("snd_wnd", "notsent_bytes", "unacked", "snd_mss",
-                                                   "sndbuf_limited", "rwnd_limited", "bytes_acked")},
+                                                   "sndbuf_limited", "rwnd_limited", "bytes_acked",
+                                                   "snd_cwnd", "reordering")},
             "ss": ss_rows, "blocked_during_pause": blocked_during_pause,
             "blocked_s": done.get("end", float("nan")) - done.get("start", float("nan")),
             "returned_after_read_s": done.get("end", float("nan")) - t_read,
@@ -298,7 +341,7 @@ def child_main(producer: str, port: int, total: int, chunk: int, sndbuf: int) ->
     sock.settimeout(10)
     sock.connect(("127.0.0.1", port))
     sampler = _Sampler(sock)
-    out: dict = {"producer": producer, "pid": os.getpid(),
+    out: dict = {"producer": producer, "pid": os.getpid(), "python": list(sys.version_info[:3]),
                  "sndbuf_got": sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)}
     n_chunks = total // chunk
     try:
@@ -318,6 +361,7 @@ def child_main(producer: str, port: int, total: int, chunk: int, sndbuf: int) ->
         sock.shutdown(socket.SHUT_WR)
         out["t_flushed"] = time.monotonic()
         out["limits"] = None
+        out["write_buffer"] = None
     else:
         sock.setblocking(False)
 
@@ -325,6 +369,9 @@ def child_main(producer: str, port: int, total: int, chunk: int, sndbuf: int) ->
             reader, writer = await asyncio.open_connection(sock=sock)
             sampler.transport = writer.transport
             out["limits"] = list(writer.transport.get_write_buffer_limits())   # (low, high)
+            # 3.11: one bytearray that copies each write; 3.12+: a deque holding the written
+            # objects themselves (no copy) and sendmsg() of several at once
+            out["write_buffer"] = type(getattr(writer.transport, "_buffer", None)).__name__
             out["rss_before"] = _rss_bytes()
             sampler.start()
             t0 = time.monotonic()
@@ -364,9 +411,10 @@ def check_producer_memory(result: Result) -> None:
     d = result.data
     total, p = d["total"], d["producer"]
     assert d["received"] == total, f"the consumer must receive all {total} bytes, got {d['received']}"
-    assert d["peak_outq"] <= d["sndbuf_got"] + d["gso_max_size"], \
+    top = rules.sk_stream_memory_free(result.machine_snapshot(), d["sndbuf_got"]).high
+    assert d["peak_outq"] <= top, \
         (f"the kernel's send queue (peak {d['peak_outq']}) stays within the send buffer "
-         f"({d['sndbuf_got']}) plus one packet buffer ({d['gso_max_size']})")
+         f"({d['sndbuf_got']}) plus one skb (sk_stream_memory_free(): below {top})")
     assert d["peak_inq"] <= d["rcvbuf_got"], \
         f"the receive queue (peak {d['peak_inq']}) stays within the receive buffer ({d['rcvbuf_got']})"
     growth = d["peak_rss"] - d["rss_before"]
@@ -503,6 +551,23 @@ def occupancy(result: Result):
     s["inq"] = np.where(idx >= 0, c["inq"].to_numpy()[idx.clip(0)], 0)
     s["rss_growth"] = s["rss"] - d["rss_before"]
     return s
+
+
+#: How much the producer that never awaits drain() grows, per unit of data, by how its
+#: Python's asyncio buffers unsent bytes (measured on this machine: 1.54 on 3.11, 0.99 on
+#: 3.12 and 3.13, 16 MB at 32 MB/s):
+#: - "bytearray" (up to 3.11): each write() is *copied* into one bytearray, and what the
+#:   socket took is deleted from its front; when the array falls below half its allocation
+#:   CPython moves the rest to a smaller one and frees the old one only afterwards
+#:   (PyByteArray_Resize): for a moment both exist, about 1.5 times the data.
+#: - "deque" (3.12 and later): write() keeps a reference to the caller's object, no copy,
+#:   and sendmsg() sends several at once; each is freed when sent: about 1 times the data.
+NO_DRAIN_GROWTH = {"bytearray": (1.2, 1.8), "deque": (0.8, 1.25)}
+
+
+def no_drain_growth_band(write_buffer: str | None) -> tuple[float, float]:
+    """(low, high) memory growth / data for the no-drain producer, by asyncio's buffer kind."""
+    return NO_DRAIN_GROWTH.get(write_buffer or "", (0.8, 1.8))
 
 
 def peak_moment(result: Result) -> dict | None:
