@@ -470,8 +470,9 @@ def tcp_select_initial_window(m: Machine, space: int, mss: int, window_clamp: in
 
 
 def default_wscale(m: Machine, rcvbuf: int | None = None, mss: int | None = None) -> Prediction:
-    """The window scale a socket announces: with SO_RCVBUF unset the largest buffer
-    autotuning may reach decides (tcp_rmem[2], or rmem_max if larger); with SO_RCVBUF set
+    """The window scale a socket announces: with SO_RCVBUF unset the largest buffer the
+    socket could ever get decides: tcp_rmem[2] (autotuning's bound) or rmem_max (the bound
+    of a later SO_RCVBUF), whichever is larger; with SO_RCVBUF set
     (*rcvbuf*, the doubled value the kernel stores) the clamp is that buffer's window."""
     mss = mss or tcp_mss_default(m.lo_mtu)
     if rcvbuf is None:
@@ -766,6 +767,21 @@ def tcp_rcv_space_adjust(m: Machine, start: int, *, so_rcvbuf_set: bool) -> Pred
                           inputs, int(start), unit="B")
     return Prediction("tcp_rcv_space_adjust()", "grows above its start, never above tcp_rmem[2]",
                       inputs, None, low=int(start) + 1, high=max(rmem2, int(start)), unit="B")
+
+
+def tcp_bound_to_half_wnd(mss: int, max_window: int, *, options_len: int = 0) -> Prediction:
+    """The send MSS a connection uses, as getsockopt(TCP_MAXSEG) reads it once established
+    (net/ipv4/tcp_output.c tcp_sync_mss → include/net/tcp.h tcp_bound_to_half_wnd): the
+    smaller MSS of the two SYNs minus the options every segment carries (12 bytes of
+    timestamps), but never more than half the largest window the peer has offered
+    (when that window exceeds 536 bytes) -- on lo, where the MSS is 65,483 and the peer's
+    window is about 64 KiB, that half wins."""
+    size = int(mss) - int(options_len)
+    cutoff = int(max_window) >> 1 if int(max_window) > 536 else int(max_window)
+    value = max(cutoff, 68 - 20 - int(options_len)) if cutoff and size > cutoff else size
+    return Prediction("tcp_bound_to_half_wnd()", "min(MSS − options, max(peer's largest window / 2, 68 − TCP header))",
+                      {"MSS": int(mss), "options": int(options_len), "peer's largest window": int(max_window)},
+                      value, unit="B")
 
 
 # --- 01_03 / 01_04 ---
