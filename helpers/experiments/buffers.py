@@ -22,12 +22,11 @@ corpus entries).
 """
 from __future__ import annotations
 
-import errno
-import select
 import socket
 import time
 
-from ..kernel import window_closed
+from .. import rules
+from ..kernel import fill_until_full
 from ..params import Param
 from .base import Result, experiment
 
@@ -140,6 +139,12 @@ class _Pair:
             r, _ = lst.accept()
             self.socks.append(r)
             self.writer, self.reader = w, r
+            from ..kernel import tcp_info
+            i = tcp_info(w)
+            cc = w.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0")[0].decode()
+            # the inputs of tcp_sndbuf_expand() as the connection started, and its result
+            self.at_connect = {"cc": cc, "cwnd": i.snd_cwnd, "reordering": i.reordering,
+                               "sndbuf": w.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)}
             return self
         except BaseException:
             self.close()
@@ -226,22 +231,10 @@ def write_returns(run, size: int = 65536, reader_rcvbuf: int = 4096) -> dict:
 # ----------------------------------------------------------------------------- capacity
 
 def fill(sock: socket.socket, limit: int = WRITE_LIMIT, seconds: float = 3.0) -> tuple[int, int]:
-    """Write non-blocking until the socket stays unwritable for SETTLE s with the peer's
-    window closed (bounded by *limit* bytes and *seconds*). Returns (bytes written, EAGAIN
-    count)."""
-    sock.setblocking(False)
-    buf = memoryview(b"x" * CHUNK)
-    total = eagain = 0
-    deadline = time.monotonic() + seconds
-    while total < limit and time.monotonic() < deadline:
-        try:
-            total += sock.send(buf[:min(CHUNK, limit - total)])
-        except BlockingIOError as exc:
-            assert exc.errno == errno.EAGAIN
-            eagain += 1
-            if not select.select([], [sock], [], SETTLE)[1] and window_closed(sock):
-                break
-    return total, eagain
+    """:func:`helpers.kernel.fill_until_full` (the course's one fill loop) with this
+    chapter's chunk and settle time. Returns (bytes written, EAGAIN count)."""
+    f = fill_until_full(sock, chunk=CHUNK, limit=limit, seconds=seconds, settle=SETTLE)
+    return f.written, f.eagain
 
 
 def settle(writer: socket.socket, reader: socket.socket, seconds: float = 1.5) -> float:
@@ -269,8 +262,10 @@ def check_queue_capacity(result: Result) -> None:
     assert r["recv_q"] <= d["reader_rcvbuf"], "the receive queue never exceeds SO_RCVBUF (as doubled)"
     assert r["skmem_rb"] == d["reader_rcvbuf"] and w["skmem_tb"] == d["writer_sndbuf"], \
         "ss -tm shows the same limits as getsockopt"
-    assert w["send_q"] < d["writer_sndbuf"] + SKB_MAX, \
-        "the send queue stays below SO_SNDBUF (as doubled) plus one 64 KB buffer"
+    rules.sk_stream_memory_free(result.machine_snapshot(), d["writer_sndbuf"]).check(
+        w["skmem_w"], "the writer's send-queue memory (ss skmem w) when send() failed",
+        reference=result.reference(), quiet=True)
+    assert w["send_q"] <= w["skmem_w"], "the send queue's payload is part of its memory"
     assert r["recv_q"] >= 0.4 * d["reader_rcvbuf"], "the reader's queue holds a good part of its buffer"
     assert w["send_q"] >= 0.4 * d["writer_sndbuf"], "the writer's queue holds a good part of its buffer"
     assert d["writer_info"]["snd_wnd"] < d["writer_info"]["snd_mss"], \
@@ -305,6 +300,7 @@ def queue_capacity(run, sndbuf: int | None = 65536, rcvbuf: int | None = 65536) 
         wsnd = p.writer.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         rrcv = p.reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     return {"sndbuf": sndbuf, "rcvbuf": rcvbuf, "written": written, "eagain": eagain, "fill_seconds": took,
+            "at_connect": p.at_connect,
             "settle_seconds": settled,
             "writer_sndbuf": wsnd, "reader_rcvbuf": rrcv, "ss": view, "writer_info": winfo,
             "reader_info": rinfo, "tcp_wmem": _int("net.ipv4.tcp_wmem"), "tcp_rmem": _int("net.ipv4.tcp_rmem")}
@@ -368,7 +364,8 @@ def plot_sweep(sweep):
         ax.plot(x, s["send_q"], "s-", color=COLORS["data"], ms=4, label="… in the writer's send queue")
         ax.plot(x, s["recv_q"], "^-", color=COLORS["acks"], ms=4, label="… in the reader's receive queue")
         side = "writer_sndbuf" if knob == "sndbuf" else "reader_rcvbuf"
-        ax.plot(x, s[side], ls="--", color=COLORS["limit"], lw=1.2, label=f"SO_{knob.upper()} as read back (2× set)")
+        ax.plot(x, s[side], ls="--", color=COLORS["limit"], lw=1.2,
+                label=f"SO_{knob.upper()} as read back (2 × min(set, {'w' if knob == 'sndbuf' else 'r'}mem_max))")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ax.set_xticks(x)
@@ -378,7 +375,8 @@ def plot_sweep(sweep):
         ax.set_xlabel(f"SO_{knob.upper()} set; SO_{other.upper()} fixed at {_kib(s[other].iloc[0])}")
         ax.set_title(f"varying SO_{knob.upper()}")
     axes[0].set_ylabel("bytes")
-    axes[0].legend(loc="upper left", fontsize=8)
+    for ax in axes:       # each panel names its own buffer line
+        ax.legend(loc="upper left", fontsize=8)
     fig.suptitle("How much a writer can queue before send() would block", x=0.01, ha="left",
                  fontweight="bold")
     fig.tight_layout()
@@ -431,41 +429,31 @@ MAX_UNSCALED = 65535
 #: (case, SO_RCVBUF on the listener before listen(), SO_RCVBUF on the accepted socket);
 #: "small" and "big" are replaced by the experiment's parameters.
 CASES = (("before", "small", None), ("after", None, "small"),
-         ("small_then_big", "small", "big"), ("default_then_big", None, "big"))
+         ("small_then_big", "small", "big"), ("default", None, None), ("default_then_big", None, "big"))
 
 
-def _fill_watching_window(p: _Pair, seconds: float = 3.0) -> tuple[int, int]:
-    """fill() the pair's writer, sampling after every send() the window it sees (TCP_INFO
-    snd_wnd, the reader's advertised window after scaling). Returns (written, max snd_wnd)."""
-    from ..kernel import tcp_info
-    w = p.writer
-    w.setblocking(False)
-    buf = memoryview(b"x" * CHUNK)
-    total, top = 0, tcp_info(w).snd_wnd
-    deadline = time.monotonic() + seconds
-    while total < WRITE_LIMIT and time.monotonic() < deadline:
-        try:
-            total += w.send(buf[:min(CHUNK, WRITE_LIMIT - total)])
-        except BlockingIOError:
-            if not select.select([], [w], [], SETTLE)[1] and window_closed(w):
-                break
-        top = max(top, tcp_info(w).snd_wnd)
-    return total, top
+def stored_rcvbuf(result: Result, requested: int) -> int:
+    """What SO_RCVBUF *requested* reads back on the machine *result* ran on
+    (:func:`helpers.rules.sock_setsockopt_buf`: doubled, capped at 2 × rmem_max)."""
+    m = result.machine_snapshot()
+    return rules.sock_setsockopt_buf(requested, m.rmem_max or result.data["rmem_max"],
+                                     floor=m.sock_min_rcvbuf).value
 
 
 def check_rcvbuf_before_listen(result: Result) -> None:
     d = result.data
-    small, big = d["rcvbuf"], d["big_rcvbuf"]
-    assert d["before"]["rcvbuf"] == d["after"]["rcvbuf"] == 2 * small, "both read back doubled"
+    small, big = stored_rcvbuf(result, d["rcvbuf"]), stored_rcvbuf(result, d["big_rcvbuf"])
+    assert d["before"]["rcvbuf"] == d["after"]["rcvbuf"] == small, f"both read back as setsockopt() stores: {small}"
     assert d["before"]["rcv_wscale"] < d["after"]["rcv_wscale"], \
         "only SO_RCVBUF set before listen() lowers the window scale of accepted connections"
     assert d["after"]["rcv_wscale"] == d["default_wscale"], "after accept() the scale is already the default one"
-    trap, ok = d["small_then_big"], d["default_then_big"]
-    assert trap["rcvbuf"] == ok["rcvbuf"] == 2 * min(big, d["rmem_max"]), "the buffer was enlarged after accept()"
+    trap, ok, plain = d["small_then_big"], d["default_then_big"], d["default"]
+    assert trap["rcvbuf"] == ok["rcvbuf"] == big, f"the buffer was enlarged after accept() (stored {big})"
     assert trap["rcv_wscale"] == 0, "a small SO_RCVBUF before listen() announces window scale 0"
     assert trap["max_snd_wnd"] <= MAX_UNSCALED, \
         "with scale 0 the window the writer sees never exceeds 65,535 bytes, whatever the buffer"
-    assert ok["max_snd_wnd"] > MAX_UNSCALED, "with the default scale the same buffer opens a larger window"
+    assert ok["max_snd_wnd"] <= min(big, MAX_UNSCALED << ok["rcv_wscale"]), \
+        "enlarged after accept(): the window stays within the stored buffer and what the scale can express"
     assert trap["snd_mss"] <= MAX_UNSCALED // 2 + 1, "segments are capped at half the largest window"
 
 
@@ -479,7 +467,7 @@ def rcvbuf_before_listen(run, rcvbuf: int = 4096, big_rcvbuf: int = 1 << 20) -> 
     *big_rcvbuf* after accept(). For each: SO_RCVBUF read back, the window scale the
     reader announced (TCP_INFO rcv_wscale), and the largest window the writer saw while
     filling the connection (TCP_INFO snd_wnd, sampled after every send())."""
-    from .handshake import default_wscale
+    from .. import rules
     from ..kernel import tcp_info
     sizes = {"small": rcvbuf, "big": big_rcvbuf, None: None}
     out = {}
@@ -487,15 +475,15 @@ def rcvbuf_before_listen(run, rcvbuf: int = 4096, big_rcvbuf: int = 1 << 20) -> 
         with _Pair(None, sizes[on_listener]) as p:
             if on_accepted is not None:
                 p.reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sizes[on_accepted])
-            written, top = _fill_watching_window(p)
+            f = fill_until_full(p.writer, chunk=CHUNK, limit=WRITE_LIMIT, settle=SETTLE, watch_window=True)
+            written, top = f.written, f.max_snd_wnd
             out[case] = {"before_listen": sizes[on_listener], "after_accept": sizes[on_accepted],
                          "rcvbuf": p.reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                          "rcv_wscale": tcp_info(p.reader).rcv_wscale, "max_snd_wnd": top,
                          "snd_mss": tcp_info(p.writer).snd_mss, "written": written}
-    rmem = _int("net.ipv4.tcp_rmem")
     rmem_max = _int("net.core.rmem_max")
     return {"rcvbuf": rcvbuf, "big_rcvbuf": big_rcvbuf, **out, "rmem_max": rmem_max,
-            "default_wscale": default_wscale(rmem[2], rmem_max)}
+            "default_wscale": rules.default_wscale(rules.machine()).value}
 
 
 def window_table(result: Result):
