@@ -24,9 +24,12 @@ diffed around the run.
 """
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from .. import progress
 from ..params import Param
@@ -56,11 +59,13 @@ COUNTERS = ("TcpExtTCPWinProbe", "TcpExtTCPToZeroWindowAdv", "TcpExtTCPFromZeroW
 )
 def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
     """Capture a writer that fills a paused reader's window; see the module docstring."""
+    from .. import rules
     from ..kernel import nstat_delta, ss, tcp_info
     from ..netns import Namespace
 
     progress.report(0.0, "creating a namespace (MTU 1500, offloads off)")
     with Namespace(mtu=1500, offloads=False, name="zerowin") as ns:
+        snapshot = rules.Machine.read(ns).as_dict()   # this namespace's settings, before any traffic
         ratelimit = int(ns.sysctl("net.ipv4.tcp_invalid_ratelimit"))
         keepalive_time = int(ns.sysctl("net.ipv4.tcp_keepalive_time"))
         early_retrans = int(ns.sysctl("net.ipv4.tcp_early_retrans"))
@@ -81,6 +86,7 @@ def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
                 writer.settimeout(pause + 10)
                 t0 = time.monotonic()
                 writer.connect(("127.0.0.1", port))
+                sndbuf_at_connect = writer.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
                 lst.settimeout(5)
                 reader, _ = lst.accept()
                 got_rcvbuf = reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -146,7 +152,8 @@ def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
             "resume_at": resume_at, "samples": samples, "stall_ss": stall_ss,
             "counters": {k: counters.get(k, 0) for k in COUNTERS}, "tcp_invalid_ratelimit_ms": ratelimit,
             "mtu": 1500, "writer_so_keepalive": keepalive, "tcp_keepalive_time_s": keepalive_time,
-            "tcp_early_retrans": early_retrans, "tcp_rto_max_ms": rto_max_ms}
+            "tcp_early_retrans": early_retrans, "tcp_rto_max_ms": rto_max_ms,
+            "writer_sndbuf_at_connect": sndbuf_at_connect, "machine": snapshot}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -154,12 +161,13 @@ def zero_window(run, rcvbuf: int = 16384, pause: int = 2) -> dict:
 def analyse(result: Result, df=None) -> dict:
     """The zero-window episode in the capture: the zero-window advertisements, the probes,
     which probes were answered, and the window update. Times are seconds since the SYN."""
+    from ..dissect import retransmissions
     df = result.segments() if df is None else df
     port = result.data["port"]
     to_w = df[df["sport"] == port]            # reader -> writer: ACKs with the window
     from_w = df[df["dport"] == port]          # writer -> reader: data and probes
     zeros = to_w[(to_w["win"] == 0) & ~to_w["flags"].str.contains("SYN|RST|FIN")]
-    retrans = _retransmissions(from_w)
+    retrans = retransmissions(from_w)
     if zeros.empty:
         return {"zeros": zeros, "probes": from_w.iloc[0:0], "first_zero": None, "update": None,
                 "answered": [], "to_w": to_w, "from_w": from_w, "retrans": retrans}
@@ -177,22 +185,6 @@ def analyse(result: Result, df=None) -> dict:
         answered.append(bool(len(reply)))
     return {"zeros": zeros, "probes": probes, "first_zero": first_zero, "update": update,
             "answered": answered, "to_w": to_w, "from_w": from_w, "zero_ack": z_ack, "retrans": retrans}
-
-
-def _retransmissions(from_w):
-    """The writer's data segments that carry only bytes it had already sent, each with
-    ``orig_t``: when those bytes were first sent."""
-    rows, top, first_sent = [], None, {}
-    for idx, r in from_w[from_w["len"] > 0].sort_values("t").iterrows():
-        seq, end = int(r["seq"]), int(r["seq"]) + int(r["len"])
-        if top is not None and end <= top:
-            rows.append((idx, first_sent.get(seq, float("nan"))))
-        else:
-            first_sent.setdefault(seq, float(r["t"]))
-            top = end if top is None else max(top, end)
-    out = from_w.loc[[i for i, _ in rows]].copy()
-    out["orig_t"] = [t for _, t in rows]
-    return out
 
 
 def probe_table(result: Result, a: dict | None = None):
@@ -225,65 +217,441 @@ def shown(table):
     return table.astype(object).where(table.notna(), "—")
 
 
-def check_zero_window(result: Result) -> None:
-    """The 02_02 claims on one capture (live or replayed)."""
+def _machine(result: Result):
+    return result.machine_snapshot()
+
+
+def _fin(ss_row: dict) -> int:
+    return 1 if ss_row.get("state") == "FIN-WAIT-1" else 0
+
+
+# --- section 1: sendall() and the writer's send buffer ------------------------------------
+
+@dataclass
+class SendallTiming:
+    """When the writer's ``sendall()`` returned, and why (sk_stream_memory_free in
+    include/net/sock.h): a blocking send returns once every byte is *queued*, which needs the
+    bytes the reader's buffer cannot take to fit in the writer's send buffer. The buffer is
+    charged with packet memory (ss ``skmem_w`` for ``Send-Q`` payload bytes), not payload."""
+    total: int
+    reader_holds: int          # payload the reader's buffer took (the zero-window ACK number − 1)
+    must_queue: int            # total − reader_holds: what the writer's buffer has to hold
+    charge_per_byte: float     # skmem_w / Send-Q at the stall (the writer's own accounting)
+    sndbuf: int                # the writer's send buffer at the stall (skmem_tb)
+    sndbuf_at_connect: int | None
+    predicted_returns: bool
+    done_at: float | None
+    resume_at: float
+    returned_before_resume: bool
+
+    def sentence(self) -> str:
+        when = (f"returned after {self.done_at * 1000:.1f} ms, while the reader was still paused"
+                if self.returned_before_resume else
+                f"returned only after the reader resumed ({self.done_at - self.resume_at:+.3f} s)")
+        return (f"`sendall()` of {self.total:,} bytes {when}. The reader's buffer took "
+                f"{self.reader_holds:,} bytes, so the writer had to queue {self.must_queue:,}; its send "
+                f"buffer charges {self.charge_per_byte:.2f} bytes of memory per payload byte, "
+                f"{self.must_queue * self.charge_per_byte:,.0f} bytes, against a send buffer of "
+                f"{self.sndbuf:,}" + (f" (it was {self.sndbuf_at_connect:,} right after connect(); the kernel "
+                                       f"grows it with the congestion window)" if self.sndbuf_at_connect
+                                      and self.sndbuf_at_connect != self.sndbuf else "") + ".")
+
+    def check(self, result: Result | None = None) -> None:
+        from .. import rules
+        need = self.must_queue * self.charge_per_byte
+        pred = rules.Prediction(
+            "sk_stream_memory_free()", "sendall() returns during the pause iff what the reader cannot "
+            "hold, as charged memory, fits in the send buffer",
+            {"must_queue": self.must_queue, "charge_per_byte": round(self.charge_per_byte, 3),
+             "sndbuf": self.sndbuf, "needed": round(need)}, self.predicted_returns)
+        pred.check(self.returned_before_resume, "sendall() returned before the reader resumed")
+
+
+def sendall_timing(result: Result, a: dict | None = None) -> SendallTiming:
+    a = analyse(result) if a is None else a
     d = result.data
-    a = analyse(result)
-    assert d["writer_error"] is None, f"the writer failed: {d['writer_error']}"
-    assert d["received"] == d["total"], "every byte arrives once the reader reads"
-    assert d["writer_done_at"] is not None and d["writer_done_at"] < d["resume_at"], \
-        "sendall() returned while the reader was still paused (the rest waited in the send buffer)"
-    assert a["first_zero"] is not None, "the reader's advertised window falls to 0"
-    to_w = a["to_w"]
-    before = to_w[(to_w["t"] < a["first_zero"]["t"]) & ~to_w["flags"].str.contains("SYN")]
-    assert len(before) and before["win"].iloc[-1] > 0, "the window is open before it falls to 0"
-    # probes
-    probes = a["probes"]
-    stall = d["resume_at"] - float(a["first_zero"]["t"])
-    if stall > 0.6:
-        assert len(probes) >= 1, f"the writer probes a zero window (stall {stall:.2f} s, no probe)"
-    table = probe_table(result, a)
-    assert 0.18 <= table["interval"].iloc[0] <= 1.5 if len(table) else True, \
-        "the first probe follows the zero window after one retransmission timeout (>= 200 ms)"
-    for r in table["ratio"].dropna():
-        assert 1.6 <= r <= 2.5, f"probe intervals double (ratio {r})"
-    assert (a["from_w"].loc[probes.index, "len"] == 0).all(), "Linux probes carry no data"
-    # rate-limited answers: a probe within tcp_invalid_ratelimit of the last answer gets none
-    limit = d["tcp_invalid_ratelimit_ms"] / 1000
-    for _, row in table.iterrows():
-        since = row["since last answer"]
-        if since is None or since != since:
-            assert row["answered"], "the first probe is answered with the zero window"
-        elif since < limit - 0.02:
-            assert not row["answered"], f"a probe {since:.3f} s after the last answer is not answered"
-        elif since > limit + 0.02:
-            assert row["answered"], f"a probe {since:.3f} s after the last answer is answered"
-    assert d["counters"]["TcpExtTCPACKSkippedSeq"] >= table["answered"].eq(False).sum(), \
-        "each unanswered probe counts as TCPACKSkippedSeq"
-    # window update
+    w = d["stall_ss"]["writer"]
+    holds = a["zero_ack"] - 1
+    must = d["total"] - holds
+    queued = max(w["send_q"] - _fin(w), 1)
+    charge = w["skmem_w"] / queued
+    done = d["writer_done_at"]
+    return SendallTiming(total=d["total"], reader_holds=holds, must_queue=must, charge_per_byte=charge,
+                         sndbuf=w["skmem_tb"], sndbuf_at_connect=d.get("writer_sndbuf_at_connect"),
+                         predicted_returns=must * charge <= w["skmem_tb"], done_at=done,
+                         resume_at=d["resume_at"],
+                         returned_before_resume=done is not None and done < d["resume_at"])
+
+
+# --- section 2: the window closes -----------------------------------------------------------
+
+@dataclass
+class WindowClosing:
+    """The reader's advertised windows from the SYN-ACK to the zero window, and the gaps
+    between its ACKs: at once while its window can move, then delayed-ACK timer waits."""
+    mss: int
+    syn_ack_win: int
+    wins: list[int]              # the reader's windows after the SYN-ACK, up to the first 0
+    first_zero_t: float
+    reader_rcvbuf: int
+    held: int
+    quick: int                   # ACKs sent at once (< 10 ms after the writer's latest segment)
+    delayed_ms: list[float]      # the others: ms from the first data segment they acknowledge
+    delayed_acks: int            # nstat TcpExtDelayedACKs (the namespace's own)
+
+    def sentence(self) -> str:
+        rise = ("rose to" if self.wins[0] > self.syn_ack_win else "started at")
+        return (f"The reader's window was {self.syn_ack_win:,} bytes in the SYN-ACK, {rise} "
+                f"{self.wins[0]:,} with the first ACK of data, and fell to 0 at {self.first_zero_t:.3f} s, "
+                f"when the reader held {self.held:,} bytes of payload in its {self.reader_rcvbuf:,}-byte "
+                f"buffer ({self.held / self.reader_rcvbuf:.0%}). {self.quick} ACKs left at once, "
+                f"{len(self.delayed_ms)} came from the delayed-ACK timer, "
+                f"{', '.join(f'{g:.0f}' for g in self.delayed_ms)} ms after the data they acknowledge "
+                f"(nstat DelayedACKs {self.delayed_acks}).")
+
+    def check(self, result: Result) -> None:
+        from .. import rules
+        space = rules.tcp_win_from_space(self.reader_rcvbuf)
+        pred = rules.tcp_select_initial_window(result.machine_snapshot(), space, self.mss, window_clamp=space)
+        rules.Prediction(pred.rule, "rcv_wnd = min(rounddown(space, mss), 65535), space = tcp_win_from_space(SO_RCVBUF)",
+                         pred.inputs, pred.value["rcv_wnd"], unit="B").check(
+            self.syn_ack_win, "window in the SYN-ACK", reference=result.reference())
+        assert self.wins and self.wins[0] > 0 and self.wins[-1] == 0, "the window is open, then falls to 0"
+        assert 0 < self.held < self.reader_rcvbuf, "the buffer fills before all of it holds payload"
+        assert self.quick >= 1, "the first ACK leaves at once"
+        share = rules.share_in_band(rules.delack_band(result.machine_snapshot()), self.delayed_ms)
+        if self.delayed_ms:
+            rules.assert_rule(result, rules.delack_share, share, what="share of timer-sent ACK waits in DELACK_BAND")
+        assert len(self.delayed_ms) == self.delayed_acks, \
+            f"{len(self.delayed_ms)} timer-paced ACKs in the capture, nstat DelayedACKs {self.delayed_acks}"
+
+
+def window_closing(result: Result, a: dict | None = None) -> WindowClosing:
+    a = analyse(result) if a is None else a
+    to_w, from_w = a["to_w"], a["from_w"]
+    t_zero = float(a["first_zero"]["t"])
+    syn_ack = to_w[to_w["flags"].str.contains("SYN")].iloc[0]
+    opening = to_w[(to_w["t"] <= t_zero) & ~to_w["flags"].str.contains("SYN")]
+    data = from_w[from_w["len"] > 0]
+    first_data_t = float(data["t"].iloc[0])
+    # an ACK within 10 ms of the writer's latest segment answers it (a quick ACK, or a D-SACK
+    # for a duplicate); any other ACK was sent by the delayed-ACK timer, and its wait runs
+    # from the first data segment it acknowledges (the one that armed the timer)
+    events = sorted([(float(t), "w") for t in data["t"] if t >= first_data_t]
+                    + [(float(t), "r") for t in opening["t"] if t >= first_data_t])
+    quick, waits, last_w, pending = 0, [], None, None
+    for t, who in events:
+        if who == "w":
+            last_w = t
+            pending = t if pending is None else pending
+        elif last_w is not None and t - last_w < 0.01:
+            quick += 1
+            pending = None
+        else:
+            waits.append(round((t - (pending if pending is not None else last_w or t)) * 1000, 1))
+            pending = None
+    return WindowClosing(mss=int(data["len"].max()), syn_ack_win=int(syn_ack["win"]),
+                         wins=[int(w) for w in opening["win"]], first_zero_t=t_zero,
+                         reader_rcvbuf=result.data["reader_rcvbuf"], held=a["zero_ack"] - 1,
+                         quick=quick, delayed_ms=waits,
+                         delayed_acks=result.data["counters"]["TcpExtDelayedACKs"])
+
+
+@dataclass
+class LossProbes:
+    """The writer's retransmissions (dissect.retransmissions): tail loss probes, sent
+    before the reader's delayed ACK covered the original, all before the zero window."""
+    rows: Any                    # DataFrame: t, seq, len, first_sent, after_ms
+    covered_after: list[bool]    # the first ACK covering the original came after the re-send
+    first_zero_t: float
+    counters: dict
+    early_retrans: int
+
+    def sentence(self) -> str:
+        c = self.counters
+        return (f"{len(self.rows)} retransmissions, {', '.join(f'{x:.1f}' for x in self.rows['after_ms'])} ms "
+                f"after the original, all before the zero window at {self.first_zero_t:.3f} s; nstat "
+                f"TCPLossProbes {c['TcpExtTCPLossProbes']}, TcpRetransSegs {c['TcpRetransSegs']}, "
+                f"TCPTimeouts {c['TcpExtTCPTimeouts']}; D-SACKs sent by the reader "
+                f"{c['TcpExtTCPDSACKOldSent']}, received by the writer {c['TcpExtTCPDSACKRecv']}; "
+                f"net.ipv4.tcp_early_retrans = {self.early_retrans}.")
+
+    def check(self, result: Result) -> None:
+        from .. import rules
+        c = self.counters
+        assert len(self.rows) == c["TcpRetransSegs"], \
+            f"retransmissions in the capture {len(self.rows)} = nstat TcpRetransSegs {c['TcpRetransSegs']}"
+        assert c["TcpRetransSegs"] <= c["TcpExtTCPLossProbes"] and c["TcpExtTCPTimeouts"] == 0, \
+            "every retransmission is a tail loss probe, none a timeout"
+        assert c["TcpExtTCPDSACKRecv"] == c["TcpExtTCPDSACKOldSent"] == len(self.rows), "each one was a duplicate"
+        assert all(self.covered_after), "each was sent before an ACK covered the original"
+        assert (self.rows["t"] < self.first_zero_t).all(), "every retransmission comes before the zero window"
+        floor = rules.tcp_delack_min(result.machine_snapshot()).value
+        assert (self.rows["after_ms"] < floor).all(), \
+            f"the loss probe fires before the delayed-ACK floor ({floor:g} ms)"
+
+
+def loss_probes(result: Result, a: dict | None = None) -> LossProbes:
+    a = analyse(result) if a is None else a
+    rt, to_w = a["retrans"], a["to_w"]
+    covered = []
+    for _, r in rt.iterrows():
+        acks = to_w[(to_w["t"] > r["orig_t"]) & (to_w["ack"] >= r["seq"] + r["len"])]
+        covered.append(bool(len(acks)) and float(acks["t"].iloc[0]) > float(r["t"]))
+    view = rt.assign(first_sent=rt["orig_t"].round(4), after_ms=((rt["t"] - rt["orig_t"]) * 1000).round(1))
+    return LossProbes(rows=view[["t", "seq", "len", "first_sent", "after_ms"]], covered_after=covered,
+                      first_zero_t=float(a["first_zero"]["t"]), counters=result.data["counters"],
+                      early_retrans=result.data["tcp_early_retrans"])
+
+
+# --- sections 3 and 4: probes ----------------------------------------------------------------
+
+@dataclass
+class ProbeSchedule:
+    """The zero-window probes against the kernel's rules: gap k is RTO × 2^k
+    (tcp_probe0_when), each an empty segment at ACK − 1, answered only when the last answer
+    is ``tcp_invalid_ratelimit`` old (tcp_oow_rate_limited)."""
+    table: Any                   # probe_table()
+    rto_ms: float                # TCP_INFO rto when the window was 0
+    rto_max_ms: float | None
+    stall_s: float               # from the zero window to the window update
+    empty_at_ack_minus_1: bool
+    retransmitted_during: int
+    ratelimit_ms: int
+    skipped_seq: int             # nstat TCPACKSkippedSeq
+    win_probes: int              # nstat TCPWinProbe
+
+    def predictions(self, m) -> list:
+        from .. import rules
+        return [rules.tcp_probe0_when(m, self.rto_ms, k, self.rto_max_ms) for k in range(len(self.table))]
+
+    def expected_count(self, m) -> tuple[int, int]:
+        """How many probes fit in the stall: (fewest: every gap at its band's top,
+        most: every gap at its bottom)."""
+        from .. import rules
+        out = []
+        for side in ("high", "low"):
+            t, k = 0.0, 0
+            while k < 64:
+                t += getattr(rules.tcp_probe0_when(m, self.rto_ms, k, self.rto_max_ms), side) / 1000
+                if t >= self.stall_s:
+                    break
+                k += 1
+            out.append(k)
+        return out[0], out[1]
+
+    def sentence(self) -> str:
+        t = self.table
+        ivs = ", ".join(f"{x * 1000:.0f}" for x in t["interval"])
+        return (f"RTO {self.rto_ms:.0f} ms (TCP_INFO); {len(t)} probes in a {self.stall_s:.2f} s stall, "
+                f"intervals {ivs} ms; answered: {', '.join('yes' if x else 'no' for x in t['answered'])}.")
+
+    def check(self, result: Result) -> None:
+        from .. import rules
+        m = result.machine_snapshot()
+        lo, hi = self.expected_count(m)
+        assert lo <= len(self.table) <= hi, \
+            f"{len(self.table)} probes in {self.stall_s:.2f} s; tcp_probe0_when() allows {lo} to {hi}"
+        for k, (pred, iv) in enumerate(zip(self.predictions(m), self.table["interval"])):
+            pred.check(float(iv) * 1000, f"gap before probe {k + 1}", reference=result.reference())
+        assert self.empty_at_ack_minus_1, "Linux probes carry no data and use sequence number ACK − 1"
+        assert self.retransmitted_during == 0, "no retransmission while the window is 0: the writer only probes"
+        times = [float(x) for x in self.table["t"]]
+        rules.tcp_oow_rate_limited(m, times, self.ratelimit_ms).check(
+            [bool(x) for x in self.table["answered"]], "probes answered with the zero window")
+        assert self.skipped_seq == int((~self.table["answered"].astype(bool)).sum()), \
+            f"each unanswered probe counts as TCPACKSkippedSeq ({self.skipped_seq})"
+        assert self.win_probes == len(self.table), \
+            f"nstat TCPWinProbe {self.win_probes} = probes in the capture {len(self.table)}"
+
+
+def probe_schedule(result: Result, a: dict | None = None) -> ProbeSchedule:
+    a = analyse(result) if a is None else a
+    d = result.data
+    t_zero = float(a["first_zero"]["t"])
+    t_upd = float(a["update"]["t"]) if a["update"] is not None else d["resume_at"]
+    stalled = [s for s in d["samples"] if s["snd_wnd"] == 0]
+    rt = a["retrans"]
+    p = a["probes"]
+    return ProbeSchedule(
+        table=probe_table(result, a), rto_ms=float(stalled[0]["rto_ms"]) if stalled else float("nan"),
+        rto_max_ms=d.get("tcp_rto_max_ms"), stall_s=t_upd - t_zero,
+        empty_at_ack_minus_1=bool((p["len"] == 0).all() and (p["seq"] == a["zero_ack"] - 1).all()),
+        retransmitted_during=int(((rt["t"] > t_zero) & (rt["t"] < t_upd)).sum()),
+        ratelimit_ms=d["tcp_invalid_ratelimit_ms"], skipped_seq=d["counters"]["TcpExtTCPACKSkippedSeq"],
+        win_probes=d["counters"]["TcpExtTCPWinProbe"])
+
+
+# --- section 5: the window update -----------------------------------------------------------
+
+@dataclass
+class WindowUpdate:
+    """The reader's window update and the data after it."""
+    t: float
+    win: int
+    same_ack: bool
+    from_reader_no_data: bool
+    resume_at: float
+    data_seq: int | None
+    zero_ack: int
+    data_after_us: float | None
+    received: int
+    total: int
+
+    def sentence(self) -> str:
+        return (f"The window update left the reader at {self.t:.3f} s ({(self.t - self.resume_at) * 1000:+.1f} ms "
+                f"from the moment its application read) with window {self.win:,} and the same ACK number; "
+                f"the writer's data resumed {self.data_after_us:.0f} µs later, at sequence "
+                f"{self.data_seq:,}.")
+
+    def check(self) -> None:
+        assert self.from_reader_no_data and self.same_ack and self.win > 0, \
+            "the window update acknowledges nothing new: same ACK, window > 0, no data"
+        assert self.t >= self.resume_at - 0.05, "the window opens only when the reader reads"
+        assert self.data_seq == self.zero_ack, "data resumes where it stopped"
+        assert self.received == self.total, "every byte arrives once the reader reads"
+
+
+def window_update(result: Result, a: dict | None = None) -> WindowUpdate:
+    a = analyse(result) if a is None else a
+    d = result.data
     upd = a["update"]
     assert upd is not None, "a window update follows when reading resumes"
-    assert int(upd["ack"]) == a["zero_ack"], "the window update acknowledges nothing new: same ACK, window > 0"
-    assert float(upd["t"]) >= d["resume_at"] - 0.05, "the window opens only when the reader reads"
-    later = a["from_w"][(a["from_w"]["t"] > upd["t"]) & (a["from_w"]["len"] > 0)]
-    assert len(later) and int(later.iloc[0]["seq"]) == a["zero_ack"], "data resumes where it stopped"
-    # the kernel's view
-    c = d["counters"]
-    assert c["TcpExtTCPWinProbe"] == len(probes), \
-        f"nstat TCPWinProbe {c['TcpExtTCPWinProbe']} = probes in the capture {len(probes)}"
-    assert c["TcpExtTCPToZeroWindowAdv"] >= 1 and c["TcpExtTCPFromZeroWindowAdv"] >= 1, \
-        "nstat counts the window closing to 0 and opening again"
-    # retransmissions: never during the stall (the writer only probes), and the capture's
-    # count is the kernel's
-    rt = a["retrans"]
-    assert not ((rt["t"] > float(a["first_zero"]["t"])) & (rt["t"] < float(upd["t"]))).any(), \
-        "no retransmission while the window is 0: the writer only probes"
-    assert len(rt) == c["TcpRetransSegs"], \
-        f"retransmissions in the capture {len(rt)} = nstat TcpRetransSegs {c['TcpRetransSegs']}"
-    stalled = [s for s in d["samples"] if s["t"] > float(a["first_zero"]["t"]) + 0.01]
-    assert stalled and all(s["snd_wnd"] == 0 for s in stalled), "TCP_INFO snd_wnd is 0 during the stall"
-    assert stalled[-1]["backoff"] >= len(probes[probes["t"] < stalled[-1]["t"] - 0.01]), \
-        "TCP_INFO backoff grows by one per probe"
+    after = a["from_w"][(a["from_w"]["t"] > float(upd["t"])) & (a["from_w"]["len"] > 0)]
+    first = after.iloc[0] if len(after) else None
+    return WindowUpdate(t=float(upd["t"]), win=int(upd["win"]), same_ack=int(upd["ack"]) == a["zero_ack"],
+                        from_reader_no_data=int(upd["sport"]) == d["port"] and int(upd["len"]) == 0,
+                        resume_at=d["resume_at"], data_seq=int(first["seq"]) if first is not None else None,
+                        zero_ack=a["zero_ack"],
+                        data_after_us=(float(first["t"]) - float(upd["t"])) * 1e6 if first is not None else None,
+                        received=d["received"], total=d["total"])
+
+
+# --- section 7: the kernel's view -----------------------------------------------------------
+
+@dataclass
+class StallView:
+    """TCP_INFO, ss and nstat during the stall."""
+    snd_wnd_zero: bool
+    backoffs: list[int]
+    probes_before_last_sample: int
+    notsent: int
+    writer_send_q: int
+    reader_recv_q: int
+    fin: int
+    reader_rb: int
+    reader_rcvbuf: int
+    total: int
+    to_zero: int
+    from_zero: int
+
+    def sentence(self) -> str:
+        return (f"While the window was 0, TCP_INFO showed `snd_wnd` 0 throughout and `backoff` "
+                f"stepping {self.backoffs}; {self.notsent:,} bytes waited unsent at the writer. "
+                f"`ss`: writer Send-Q {self.writer_send_q:,} + reader Recv-Q {self.reader_recv_q:,} = "
+                f"{self.writer_send_q + self.reader_recv_q:,} = the {self.total:,} bytes written"
+                f"{' + 1 for the FIN' if self.fin else ''}.")
+
+    def check(self) -> None:
+        assert self.snd_wnd_zero, "TCP_INFO snd_wnd is 0 during the stall"
+        b = self.backoffs
+        assert b == list(range(b[0], b[-1] + 1)), "backoff grows one step at a time"
+        assert b[-1] >= self.probes_before_last_sample, "TCP_INFO backoff grows by one per probe"
+        assert self.writer_send_q + self.reader_recv_q == self.total + self.fin, "every byte is in one of the two queues"
+        assert self.reader_recv_q <= self.reader_rb == self.reader_rcvbuf
+        assert self.to_zero >= 1 and self.from_zero >= 1, "nstat counts the window closing to 0 and opening again"
+
+
+def stall_view(result: Result, a: dict | None = None) -> StallView:
+    a = analyse(result) if a is None else a
+    d = result.data
+    t_zero = float(a["first_zero"]["t"])
+    stalled = [s for s in d["samples"] if s["t"] > t_zero + 0.01]
+    w, r = d["stall_ss"]["writer"], d["stall_ss"]["reader"]
+    probes = a["probes"]
+    return StallView(snd_wnd_zero=bool(stalled) and all(s["snd_wnd"] == 0 for s in stalled),
+                     backoffs=sorted({s["backoff"] for s in stalled}),
+                     probes_before_last_sample=int((probes["t"] < stalled[-1]["t"] - 0.01).sum()) if stalled else 0,
+                     notsent=stalled[-1]["notsent"] if stalled else 0, writer_send_q=w["send_q"],
+                     reader_recv_q=r["recv_q"], fin=_fin(w), reader_rb=r["skmem_rb"],
+                     reader_rcvbuf=d["reader_rcvbuf"], total=d["total"],
+                     to_zero=d["counters"]["TcpExtTCPToZeroWindowAdv"],
+                     from_zero=d["counters"]["TcpExtTCPFromZeroWindowAdv"])
+
+
+# --- section 8: Wireshark's names ------------------------------------------------------------
+
+@dataclass
+class WiresharkView:
+    """Wireshark's expert labels (through pyshark) for the probes, the zero windows and the
+    window update, beside what the writer's socket had set."""
+    rows: Any                    # probes and window rows with their labels
+    probes_keep_alive: bool      # every probe labelled keep_alive, none zero_window_probe
+    zeros_labelled: bool
+    update_labelled: bool
+    so_keepalive: int
+    keepalive_time_s: int
+
+    def sentence(self) -> str:
+        return (f"Wireshark labels every probe `keep_alive` and none `zero_window_probe`: "
+                f"{self.probes_keep_alive}. The writer's `SO_KEEPALIVE` is {self.so_keepalive}; "
+                f"`net.ipv4.tcp_keepalive_time` is {self.keepalive_time_s} s.")
+
+    def check(self) -> None:
+        assert self.probes_keep_alive, "Wireshark calls Linux's zero-window probes keep-alives"
+        assert self.zeros_labelled and self.update_labelled, "zero windows and the window update are labelled"
+        assert self.so_keepalive == 0, "the writer never enabled SO_KEEPALIVE"
+
+
+def wireshark_view(result: Result, a: dict | None = None) -> WiresharkView:
+    import pandas as pd
+    from .. import dissect
+    a = analyse(result) if a is None else a
+    d = result.data
+    labelled = dissect.with_expert(result.segments(), dissect.expert(result.pcap))
+    probe_rows = labelled.loc[a["probes"].index]
+    window_rows = labelled[labelled["labels"].map(lambda l: bool({"zero_window", "window_update"} & set(l)))]
+    rows = pd.concat([probe_rows, window_rows]).sort_values("t")[
+        ["t", "sport", "seq", "ack", "len", "win", "labels", "expert_info"]]
+    upd = a["update"]
+    return WiresharkView(
+        rows=rows,
+        probes_keep_alive=bool(len(probe_rows)) and bool(probe_rows["labels"].map(
+            lambda l: "keep_alive" in l and "zero_window_probe" not in l).all()),
+        zeros_labelled=bool(labelled.loc[a["zeros"].index, "labels"].map(lambda l: "zero_window" in l).all()),
+        update_labelled=upd is not None and "window_update" in labelled.loc[upd.name, "labels"],
+        so_keepalive=d["writer_so_keepalive"], keepalive_time_s=d["tcp_keepalive_time_s"])
+
+
+def check_zero_window(result: Result) -> None:
+    """The 02_02 claims on one capture (live or replayed): each analysis's check()."""
+    d = result.data
+    assert d["writer_error"] is None, f"the writer failed: {d['writer_error']}"
+    assert d["received"] == d["total"], "every byte arrives once the reader reads"
+    a = analyse(result)
+    assert a["first_zero"] is not None, "the reader's advertised window falls to 0"
+    quiet = _Quiet()
+    with quiet:
+        sendall_timing(result, a).check(result)
+        window_closing(result, a).check(result)
+        loss_probes(result, a).check(result)
+        probe_schedule(result, a).check(result)
+    window_update(result, a).check()
+    stall_view(result, a).check()
+
+
+class _Quiet:
+    """Silence the rule reports while the invariant runs (the notebook prints them)."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        self._cm = contextlib.redirect_stdout(io.StringIO())
+        self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
 
 
 zero_window.invariant = check_zero_window
@@ -295,6 +663,23 @@ def samples_frame(result: Result):
     """The writer's TCP_INFO samples (one row per change) as a DataFrame."""
     import pandas as pd
     return pd.DataFrame(result.data["samples"])
+
+
+def plot_start(result: Result, until: float = 0.2, df=None):
+    """The first *until* seconds of the time-sequence graph: the window opening, the
+    delayed ACKs, the tail loss probes and the window closing, readable at last."""
+    import matplotlib.pyplot as plt
+    from ..plots import time_sequence, use_style
+    use_style()
+    df = result.segments() if df is None else df
+    d = result.data
+    part = df[df["t"] <= until]
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    time_sequence(part, sender=("127.0.0.1", _writer_port(df, d["port"])), ax=ax,
+                  title=f"The first {until:g} s: the window fills (SO_RCVBUF {d['rcvbuf']:,} → {d['reader_rcvbuf']:,})")
+    ax.set_xlim(0, until)
+    fig.tight_layout()
+    return fig
 
 
 def plot(result: Result, df=None):
@@ -342,3 +727,160 @@ def render(result: Result) -> list:
             f"{d['counters']['TcpExtTCPWinProbe']}, TCPACKSkippedSeq {d['counters']['TcpExtTCPACKSkippedSeq']}"
             if a["first_zero"] is not None and upd is not None else "no zero-window episode in this run")
     return [result, note, shown(table), plot(result)]
+
+
+# ----------------------------------------------------------------------------- what ends probing
+
+PROBE_SAMPLE = 0.005     # s between TCP_INFO samples in probe_limits
+
+
+@experiment(
+    "probe_limits", chapter="02_02", seconds=3.5,
+    params=[Param("user_timeout_ms", "TCP_USER_TIMEOUT", 1500, choices=(1000, 1500, 2000), minimum=500,
+                  maximum=4000, unit="ms", doc="the user timeout of the second writer"),
+            Param("rto_max_ms", "TCP_RTO_MAX_MS", 1000, choices=(500, 1000), minimum=200, maximum=4000,
+                  unit="ms", doc="the maximum RTO of the third writer (Linux 6.15+; else not set)")],
+    claim="a zero window is probed for ever while answered; TCP_USER_TIMEOUT ends it with ETIMEDOUT "
+          "that long after the first probe; TCP_RTO_MAX_MS caps the probe gaps",
+)
+def probe_limits(run, user_timeout_ms: int = 1500, rto_max_ms: int = 1000) -> dict:
+    """Three writers fill three readers that never read (plain loopback sockets, no
+    privileges): one with no option, one with TCP_USER_TIMEOUT, one with TCP_RTO_MAX_MS
+    (where the kernel has it). Each writer's TCP_INFO (state, backoff, rto, snd_wnd) is
+    sampled every 5 ms for user_timeout + 1.5 s; a change of backoff is a probe."""
+    from ..kernel import tcp_info
+    conns: dict[str, tuple] = {}
+    opts: dict[str, Any] = {}
+    try:
+        for name in ("plain", "user_timeout", "rto_max"):
+            lst = socket.socket()
+            lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            lst.bind(("127.0.0.1", 0))
+            lst.listen(1)
+            w = socket.create_connection(lst.getsockname(), timeout=5)
+            r, _ = lst.accept()
+            conns[name] = (lst, w, r)
+            if name == "user_timeout":
+                w.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+                opts[name] = w.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            if name == "rto_max":
+                try:
+                    w.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, rto_max_ms)
+                    opts[name] = w.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS)
+                except OSError as exc:   # before Linux 6.15: no such option
+                    opts[name] = None
+                    opts["rto_max_error"] = exc.strerror
+            w.setblocking(False)
+        t0 = time.monotonic()
+        for name, (_, w, _) in conns.items():   # fill each path: the send buffer and the reader's window
+            for _ in range(400):
+                try:
+                    w.send(b"x" * 65536)
+                except BlockingIOError:
+                    break
+        hist: dict[str, list] = {k: [] for k in conns}
+        end = t0 + (user_timeout_ms + 1500) / 1000
+        while time.monotonic() < end:
+            now = round(time.monotonic() - t0, 4)
+            for name, (_, w, _) in conns.items():
+                i = tcp_info(w)
+                row = [now, i.state, i.backoff, i.rto // 1000, i.snd_wnd]
+                if not hist[name] or hist[name][-1][1:] != row[1:]:
+                    hist[name].append(row)
+            time.sleep(PROBE_SAMPLE)
+        errors = {}
+        for name, (_, w, _) in conns.items():
+            err = w.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            errors[name] = errno.errorcode.get(err, str(err)) if err else None
+    finally:
+        for trio in conns.values():
+            for s in trio:
+                s.close()
+    return {"user_timeout_ms": opts.get("user_timeout"), "rto_max_ms": opts.get("rto_max"),
+            "rto_max_error": opts.get("rto_max_error"), "sample_s": PROBE_SAMPLE,
+            "duration_s": round(time.monotonic() - t0, 3),
+            "samples": hist, "errors": errors}
+
+
+TCP_RTO_MAX_MS = 44       # include/uapi/linux/tcp.h (Linux 6.15+)
+
+
+@dataclass
+class ProbeLimits:
+    """For each writer of :func:`probe_limits`: when its window closed, when each probe
+    went out (backoff steps), when it was aborted and with which error."""
+    writers: dict                # name -> {"zero": t, "probes": [t...], "rto_ms": x, "closed": t|None, "error"}
+    user_timeout_ms: int
+    rto_max_ms: int | None
+    sample_s: float
+
+    def table(self):
+        import pandas as pd
+        rows = []
+        for name, w in self.writers.items():
+            gaps = _gaps(w)
+            rows.append({"writer": name, "probes": len(w["probes"]),
+                         "gaps (ms)": ", ".join(f"{g:.0f}" for g in gaps),
+                         "aborted after first probe (ms)": None if w["closed"] is None
+                         else round((w["closed"] - w["probes"][0]) * 1000),
+                         "error": w["error"] or "none: still ESTABLISHED"})
+        return pd.DataFrame(rows).set_index("writer")
+
+    def sentence(self) -> str:
+        p, u = self.writers["plain"], self.writers["user_timeout"]
+        s = (f"Without options the writer was still probing after {p['end']:.1f} s ({len(p['probes'])} probes, "
+             f"the connection ESTABLISHED, no error). With TCP_USER_TIMEOUT "
+             f"{self.user_timeout_ms} ms the kernel aborted the connection "
+             f"{(u['closed'] - u['probes'][0]) * 1000:.0f} ms after its first probe: `{u['error']}`.")
+        if self.rto_max_ms:
+            g = _gaps(self.writers["rto_max"])
+            s += (f" With TCP_RTO_MAX_MS {self.rto_max_ms} ms the gaps stopped doubling at the cap: "
+                  f"{', '.join(f'{x:.0f}' for x in g)} ms.")
+        return s
+
+    def check(self, result: Result) -> None:
+        from .. import rules
+        m = result.machine_snapshot()
+        tol = self.sample_s * 1000 + 1      # the probe times are known to one sampling interval
+        p, u = self.writers["plain"], self.writers["user_timeout"]
+        assert p["closed"] is None and p["error"] is None and len(p["probes"]) >= 3,             "without options the writer keeps probing, the connection stays up"
+        for name, w in self.writers.items():
+            cap = self.rto_max_ms if name == "rto_max" else None
+            for k, gap in enumerate(_gaps(w)):
+                pred = rules.tcp_probe0_when(m, w["rto_ms"], k, cap)
+                pred.low, pred.high = pred.low - tol, pred.high + tol
+                pred.check(gap, f"{name}: gap before probe {k + 1}")
+        assert u["closed"] is not None and u["error"] == "ETIMEDOUT",             f"TCP_USER_TIMEOUT ends the connection with ETIMEDOUT (got {u['error']})"
+        pred = rules.tcp_probe_timer_user_timeout(m, self.user_timeout_ms)
+        pred.low, pred.high = pred.low - tol, pred.high + tol
+        pred.check((u["closed"] - u["probes"][0]) * 1000, "from the first probe to the abort")
+
+
+def _gaps(w: dict) -> list[float]:
+    times = [w["zero"]] + w["probes"]
+    return [(b - a) * 1000 for a, b in zip(times, times[1:])]
+
+
+def probe_limits_view(result: Result) -> ProbeLimits:
+    d = result.data
+    writers = {}
+    for name, rows in d["samples"].items():
+        zero = next((r[0] for r in rows if r[4] == 0), None)
+        probes, closed, last = [], None, 0
+        for t, state, backoff, rto, _ in rows:
+            if state != "ESTABLISHED":
+                closed = closed if closed is not None else t
+                continue
+            if backoff > last:
+                probes.append(t)
+            last = backoff
+        rto = next((r[3] for r in rows if r[4] == 0), rows[0][3])
+        writers[name] = {"zero": zero, "probes": probes, "rto_ms": rto, "closed": closed,
+                         "error": d["errors"].get(name), "end": d["duration_s"]}
+    if not d.get("rto_max_ms"):
+        writers.pop("rto_max", None)
+    return ProbeLimits(writers=writers, user_timeout_ms=d["user_timeout_ms"], rto_max_ms=d.get("rto_max_ms"),
+                       sample_s=d["sample_s"])
+
+
+probe_limits.invariant = lambda r: probe_limits_view(r).check(r)
