@@ -335,7 +335,8 @@ def capacity_sweep(sndbufs=(4096, 16384, 65536, 262144, 1048576), rcvbufs=(4096,
                      "written": d["written"], "send_q": d["ss"]["writer"]["send_q"],
                      "recv_q": d["ss"]["reader"]["recv_q"], "snd_mss": d["writer_info"]["snd_mss"],
                      "snd_wnd": d["writer_info"]["snd_wnd"], "bytes_retrans": d["writer_info"]["bytes_retrans"],
-                     "reader_drops": d["ss"]["reader"]["skmem_d"], "reader_mem": d["ss"]["reader"]["skmem_r"]})
+                     "reader_drops": d["ss"]["reader"]["skmem_d"], "reader_mem": d["ss"]["reader"]["skmem_r"],
+                     "writer_mem": d["ss"]["writer"]["skmem_w"]})
     progress.report(1.0, "done")
     return pd.DataFrame(rows)
 
