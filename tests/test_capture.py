@@ -1,4 +1,5 @@
 """Capture: real tcpdump, complete files, clean stops, clear errors."""
+import os
 import socket
 import subprocess
 import time
@@ -56,13 +57,14 @@ def test_no_lost_tail_with_both_cores_busy():
 
 @needs_live
 def test_interrupted_capture_leaves_no_process():
-    before = set(capture_processes())
+    # only this process's captures: another job's tcpdump may come and go meanwhile
+    before = set(capture_processes(parent=os.getpid()))
     with Server(echo) as srv:
         with pytest.raises(KeyboardInterrupt):
             with Capture([srv.port]):
                 _traffic(srv.port, 3)
                 raise KeyboardInterrupt
-    assert set(capture_processes()) <= before
+    assert set(capture_processes(parent=os.getpid())) <= before
 
 
 @needs_live
