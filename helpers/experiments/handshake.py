@@ -39,6 +39,14 @@ def handshakes(df):
     return out
 
 
+def isn_table(result: Result):
+    """Per connection: the client's ISN, the SYN-ACK's ack, the server's ISN, the final ACK's ack."""
+    import pandas as pd
+    return pd.DataFrame([{"stream": stream, "client ISN x": syn.seq_raw, "SYN-ACK ack": synack.ack_raw,
+                          "server ISN y": synack.seq_raw, "final ACK ack": ack.ack_raw}
+                         for stream, (syn, synack, ack) in handshakes(result.segments()).items()])
+
+
 def _offered(row) -> dict:
     """The options one SYN or SYN-ACK row carries."""
     import pandas as pd
@@ -340,8 +348,7 @@ def check_synack_options(result: Result) -> None:
     assert {k: offered[k] for k in want_syn} == want_syn, \
         f"the client's SYN offered {offered}, its namespace has tcp_sack/tcp_timestamps {want_syn}"
     sa = synack_prediction(result)
-    sa.check({k: _offered(synack)[k] for k in ("mss", "sack_perm", "timestamps", "wscale")},
-             "options in the SYN-ACK", reference=result.reference(), quiet=True)
+    sa.check(synack_seen(result), "options in the SYN-ACK", reference=result.reference(), quiet=True)
     win = synack_window(result.machine_snapshot(), mss=sa.value["mss"], timestamps=sa.value["timestamps"])
     _part(win, "rcv_wnd", "window").check(int(synack.win_raw), "window field of the SYN-ACK",
                                           reference=result.reference(), quiet=True)
@@ -354,6 +361,13 @@ def check_synack_options(result: Result) -> None:
     assert later["tsval"].notna().all() == negotiated["timestamps"] or later.empty, \
         "after the handshake every segment carries timestamps exactly when they were negotiated"
     assert d["reply"] == REPLY.decode(), "the connection works either way"
+
+
+def synack_seen(result: Result) -> dict:
+    """The SYN-ACK's options as captured, in the shape :func:`synack_prediction` predicts."""
+    (_, synack, _), = handshakes(result.segments()).values()
+    o = _offered(synack)
+    return {k: o[k] for k in ("mss", "sack_perm", "timestamps", "wscale")}
 
 
 def synack_prediction(result: Result) -> rules.Prediction:
@@ -437,6 +451,148 @@ def open_mtu(ns, dev: str) -> int:
     import re
     out = ns.ip("link", "show", dev).stdout
     return int(re.search(r"mtu (\d+)", out).group(1))
+
+
+# --------------------------------------------------------------------------------------
+# experiment 2b: SACK blocks appear in ACKs after a loss, not in the handshake only
+# --------------------------------------------------------------------------------------
+SACK_SEGMENTS = 12           # full-sized segments the client sends in one write
+SACK_DROP_INDEX = 2          # the firewall drops the third full-sized data segment, once
+SACK_MTU = 1500
+
+
+@dataclass
+class SackView:
+    """What the receiver's ACKs carried around one lost segment."""
+
+    sack_enabled: bool             # tcp_sack in the namespace (both ends)
+    syn_offered: bool              # SACK permitted in the SYN and the SYN-ACK
+    lost_seq: int | None           # relative seq of the segment sent twice (the dropped one)
+    lost_len: int | None
+    first_lost_frame: int | None
+    acks_with_sack: list[dict]     # frame, ack, blocks (relative to the client's ISN)
+    acks_before_loss_with_sack: int
+    retransmitted_seqs: list[int]
+    dropped_seq: int               # 1 + index × first segment's payload: where the dropped one starts
+
+    def check(self, quiet: bool = False) -> None:
+        if not quiet:
+            print(f"tcp_sack={int(self.sack_enabled)}; SACK permitted in SYN and SYN-ACK: {self.syn_offered}; "
+                  f"segment at seq {self.lost_seq} ({self.lost_len} B) sent twice; "
+                  f"{len(self.acks_with_sack)} ACKs carried SACK blocks"
+                  + (f", the first: ack {self.acks_with_sack[0]['ack']}, blocks {self.acks_with_sack[0]['blocks']}"
+                     if self.acks_with_sack else ""))
+        assert self.lost_seq == self.dropped_seq, \
+            (f"the first segment sent twice starts at {self.lost_seq}; the firewall dropped data segment "
+             f"#{SACK_DROP_INDEX} (from 0), which starts at {self.dropped_seq}")
+        assert self.syn_offered == self.sack_enabled, "SACK permitted is in the SYNs exactly when tcp_sack is on"
+        assert self.acks_before_loss_with_sack == 0, "no ACK carries SACK blocks before anything is lost"
+        if not self.sack_enabled:
+            assert not self.acks_with_sack, "with tcp_sack=0 no ACK carries SACK blocks, even after a loss"
+            return
+        assert self.acks_with_sack, "after the loss the receiver's duplicate ACKs carry SACK blocks"
+        hole_end = self.lost_seq + self.lost_len
+        for a in self.acks_with_sack:
+            assert a["ack"] == self.lost_seq and a["blocks"][0][0] == hole_end, \
+                (f"an ACK with SACK blocks should acknowledge up to the hole ({self.lost_seq}) and SACK from its "
+                 f"end ({hole_end}): got ack {a['ack']}, blocks {a['blocks']}")
+
+
+def sack_view(result: Result) -> SackView:
+    """Read the capture of :func:`sack_blocks`: the dropped segment, and which ACKs carry SACK blocks."""
+    from .. import dissect
+    df = result.segments()
+    d = result.data
+    (syn, synack, _), = handshakes(df).values()
+    client_isn = int(syn.seq_raw)
+    pkts = dissect.scapy_packets(result.pcap)
+    rex = dissect.retransmissions(df)
+    rex = rex[rex["len"] > 0]
+    lost = rex.iloc[0] if len(rex) else None
+    first_lost = None
+    if lost is not None:
+        same = df[(df.sport == lost.sport) & (df.seq == lost.seq) & (df["len"] > 0)]
+        first_lost = int(same.frame.iloc[0])
+    acks, before = [], 0
+    for row, pkt in zip(df.itertuples(), pkts):
+        if row.sport != d["port"] or row.flags in ("SYN+ACK",):
+            continue
+        blocks = dict(pkt["TCP"].options).get("SAck")
+        if not blocks:
+            continue
+        if first_lost is None or row.frame <= first_lost:
+            before += 1
+            continue
+        edges = [(int(x) - client_isn) % 2**32 for x in blocks]
+        acks.append({"frame": int(row.frame), "ack": int(row.ack),
+                     "blocks": [list(edges[i:i + 2]) for i in range(0, len(edges), 2)]})
+    m = result.machine_snapshot()
+    return SackView(bool(m.sysctls.get("tcp_sack")), bool(syn.sack_perm) and bool(synack.sack_perm),
+                    None if lost is None else int(lost.seq), None if lost is None else int(lost["len"]),
+                    first_lost, acks, before, sorted({int(x) for x in rex.seq}),
+                    1 + d["drop_index"] * int(df[(df.sport == syn.sport) & (df["len"] > 0)]["len"].iloc[0]))
+
+
+def check_sack_blocks(result: Result) -> None:
+    sack_view(result).check(quiet=True)
+    assert result.data["received"] == result.data["sent"], "every byte arrives despite the loss"
+
+
+@experiment(
+    "sack_blocks", chapter="01_02", needs={"live_capture", "namespaces"},
+    params=[Param("sack", "net.ipv4.tcp_sack", 1, choices=(0, 1),
+                  doc="SACK on or off in the namespace (both ends)")],
+    invariant=check_sack_blocks,
+    claim="SACK permitted is negotiated in the SYNs; SACK blocks appear in ACKs after a loss (tcp_sack=1), never otherwise",
+)
+def sack_blocks(run, sack: int = 1) -> dict:
+    """In a namespace (lo at MTU 1500, offloads off, tcp_sack as given), a client writes
+    SACK_SEGMENTS full-sized segments at once; an iptables rule on INPUT drops the
+    SACK_DROP_INDEX-th (from 0) full-sized data segment to the server once
+    (``-m statistic --mode nth``). The server reads everything. Captured on lo."""
+    from ..caps import find_tool
+    from ..errors import CourseError
+    from ..netns import Namespace
+
+    if find_tool("iptables") is None:
+        raise CourseError("iptables is not installed: the experiment drops one segment with a firewall rule "
+                          "inside its namespace.", "install it: `apt-get install iptables`.")
+    with Namespace(mtu=SACK_MTU, offloads=False, sysctls={"net.ipv4.tcp_sack": sack}, name="sack") as ns:
+        machine = rules.Machine.read(ns).as_dict()
+        lst = ns.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        port = lst.getsockname()[1]
+        rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-m", "length", "--length", f"{SACK_MTU - 100}:65535",
+                "-m", "statistic", "--mode", "nth", "--every", "1000000", "--packet", str(SACK_DROP_INDEX),
+                "-j", "DROP"]
+        proc = ns.run(["iptables", "-w", "-A", *rule])
+        if proc.returncode != 0:
+            raise CourseError(f"iptables failed inside the namespace: {proc.stderr.strip()}",
+                              "install iptables with the statistic and length matches, and run as root.")
+        mss = rules.tcp_mss_default(SACK_MTU) - TS_OPTION_LEN
+        payload = bytes(SACK_SEGMENTS * mss)
+        received = 0
+        with run.capture([port], ns=ns):
+            c = ns.socket()
+            c.settimeout(5)
+            c.connect(("127.0.0.1", port))
+            lst.settimeout(5)
+            conn, _ = lst.accept()
+            conn.settimeout(5)
+            c.sendall(payload)
+            deadline = time.monotonic() + 5
+            while received < len(payload) and time.monotonic() < deadline:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                received += len(chunk)
+            c.close()
+            conn.close()
+            time.sleep(0.05)
+        lst.close()
+    return {"port": port, "sack": sack, "sent": len(payload), "received": received, "machine": machine,
+            "segments": SACK_SEGMENTS, "drop_index": SACK_DROP_INDEX}
 
 
 # --------------------------------------------------------------------------------------

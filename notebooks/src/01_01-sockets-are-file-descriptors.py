@@ -92,7 +92,7 @@ show([f"Before any `accept()`: Recv-Q **{qv.listen_recv_q}** connections waiting
 # > handshake completes, with **no** fd and no `accept()` call. What `accept()` adds is the
 # > file-descriptor side: it wraps the queued connection in a file and gives it the lowest
 # > free fd number. A server that never calls `accept()` still completes handshakes (01_02
-# > section 6 shows it again; 01_03 shows what happens when the queue is full).
+# > section 9 shows it again; 01_03 shows what happens when the queue is full).
 
 # %%
 accepted = pd.DataFrame(d["accepted"])
