@@ -785,9 +785,9 @@ def tcp_bound_to_half_wnd(mss: int, max_window: int, *, options_len: int = 0) ->
 
 
 # --- 01_03 / 01_04 ---
-#: How late a kernel timer of a second or more may be seen in a capture on a busy machine
-#: (softirq and scheduling delay, tcpdump's timestamps): the one margin of 01_03/01_04.
-TIMER_SLACK_S = 0.5
+#: How late, beyond its timer-wheel slot, a kernel timer may be seen in a capture on a busy
+#: machine (softirq and scheduling delay, tcpdump's timestamps): the one margin of 01_03/01_04.
+TIMER_SLACK_S = 0.3
 
 
 @dataclass
@@ -798,33 +798,55 @@ class SchedulePrediction(Prediction):
 
     tick_s: float = 0.004
     slack_s: float = TIMER_SLACK_S
+    grain_s: list = field(default_factory=list)     # the timer wheel's slot for each gap
 
     def agrees(self, measured: Any) -> bool:
         try:
             xs = [float(x) for x in measured]
         except (TypeError, ValueError):
             return False
+        grain = list(self.grain_s) + [0.0] * len(self.value)
         return 0 < len(xs) <= len(self.value) and all(
-            w - self.tick_s - 0.01 <= x <= w + self.slack_s for x, w in zip(xs, self.value))
+            w - self.tick_s - 0.01 <= x <= w + g + self.slack_s for x, w, g in zip(xs, self.value, grain))
 
     def expected_text(self) -> str:
-        return (f"gaps {', '.join(_fmt(v) for v in self.value)} {self.unit} (each within −1 tick − 10 ms "
-                f"and +{_fmt(self.slack_s)} s)")
+        return (f"gaps {', '.join(_fmt(v) for v in self.value)} {self.unit} (each from −1 tick − 10 ms to "
+                f"+ its timer-wheel slot ({', '.join(_fmt(g) for g in self.grain_s)} s) + {_fmt(self.slack_s)} s)")
 
 
 def _tick_s(m: Machine) -> float:
     return 1.0 / (m.hz or 250)
 
 
+def timer_wheel_granularity(m: Machine, seconds: float) -> Prediction:
+    """How late a timer armed *seconds* ahead may fire by design (calc_wheel_index(),
+    kernel/time/timer.c): the timer wheel files a timeout of d jiffies in level n (n = 0
+    below 63 jiffies, 1 below 504, 2 below 4032, …: 63 << 3(n−1)) whose slots are 8^n
+    jiffies wide, and rounds the expiry up to the slot. At HZ=250 a 1 s timer may be 32 ms
+    late, a 4 s timer 256 ms."""
+    hz = m.hz or 250
+    d = int(round(float(seconds) * hz))
+    level = 0
+    while level < 8 and d >= (63 << (3 * level)):
+        level += 1
+    gran = (1 << (3 * level)) if level else 1
+    return Prediction("calc_wheel_index()", "slot width 8^level jiffies, level from the timeout",
+                      {"HZ": hz, "jiffies": d, "level": level}, gran / hz, unit="s")
+
+
 def timer_band(m: Machine, seconds: float, *, rule: str = "timer", formula: str = "",
-               inputs: Mapping[str, Any] | None = None, slack_s: float = TIMER_SLACK_S) -> Prediction:
-    """The band in which a kernel timer of *seconds* is seen to fire: it cannot fire more
-    than a tick early (jiffies rounding, plus 10 ms of clock noise), and on a busy machine
-    it may be seen up to TIMER_SLACK_S late."""
+               inputs: Mapping[str, Any] | None = None, slack_s: float = TIMER_SLACK_S,
+               chain: Iterable[float] | None = None) -> Prediction:
+    """The band in which a kernel timer (or a *chain* of timers, each armed when the last
+    fired, adding up to *seconds*) is seen to fire: never more than a tick early (jiffies
+    rounding, plus 10 ms of clock noise); late by at most each timer's timer-wheel slot
+    (:func:`timer_wheel_granularity`) plus TIMER_SLACK_S on a busy machine."""
     tick = _tick_s(m)
-    return Prediction(rule, formula or f"{_fmt(seconds)} s, within [−1 tick − 10 ms, +{_fmt(slack_s)} s]",
-                      {**dict(inputs or {}), "HZ": m.hz or 250, "slack_s": slack_s}, float(seconds),
-                      low=float(seconds) - tick - 0.01, high=float(seconds) + slack_s, unit="s")
+    grain = sum(timer_wheel_granularity(m, g).value for g in (chain if chain is not None else [seconds]))
+    return Prediction(rule, formula or f"{_fmt(seconds)} s, within [−1 tick − 10 ms, + wheel slots + slack]",
+                      {**dict(inputs or {}), "HZ": m.hz or 250, "timer-wheel slots_s": round(grain, 3),
+                       "slack_s": slack_s}, float(seconds),
+                      low=float(seconds) - tick - 0.01, high=float(seconds) + grain + slack_s, unit="s")
 
 
 def syn_retry_band(m: Machine, n: int | None = None) -> SchedulePrediction:
@@ -832,7 +854,7 @@ def syn_retry_band(m: Machine, n: int | None = None) -> SchedulePrediction:
     capture can be checked against: the first *n* gaps between a client's SYNs."""
     p = syn_retry_schedule(m, n)
     return SchedulePrediction(p.rule, p.formula, {**p.inputs, "HZ": m.hz or 250}, p.value, unit="s",
-                              tick_s=_tick_s(m))
+                              tick_s=_tick_s(m), grain_s=[timer_wheel_granularity(m, g).value for g in p.value])
 
 
 def synack_retry_band(m: Machine, n: int | None = None) -> SchedulePrediction:
@@ -841,7 +863,7 @@ def synack_retry_band(m: Machine, n: int | None = None) -> SchedulePrediction:
     SYN-ACKs to one client."""
     p = synack_retry_schedule(m, n)
     return SchedulePrediction(p.rule, p.formula, {**p.inputs, "HZ": m.hz or 250}, p.value, unit="s",
-                              tick_s=_tick_s(m))
+                              tick_s=_tick_s(m), grain_s=[timer_wheel_granularity(m, g).value for g in p.value])
 
 
 def syn_ack_recalc(m: Machine, retries: int | None = None) -> Prediction:
@@ -853,10 +875,35 @@ def syn_ack_recalc(m: Machine, retries: int | None = None) -> Prediction:
     default 5). A queue more than half full of such entries lowers the retry count down to 2
     (not modelled here; see 01_04's half_open_lifetime)."""
     r = int(m.sysctls.get("tcp_synack_retries") or 5) if retries is None else int(retries)
-    seconds = TCP_TIMEOUT_INIT_S * (2 ** (r + 1) - 1)
-    return timer_band(m, min(seconds, 10 ** 6), rule="syn_ack_recalc()",
+    chain = [min(TCP_TIMEOUT_INIT_S * 2 ** k, TCP_RTO_MAX_S) for k in range(r + 1)]
+    return timer_band(m, sum(chain), rule="syn_ack_recalc()",
                       formula="dropped 2^(tcp_synack_retries + 1) − 1 s after the first SYN-ACK",
-                      inputs={"tcp_synack_retries": r})
+                      inputs={"tcp_synack_retries": r}, chain=chain)
+
+
+def reqsk_timer_handler(m: Machine, qlen: int, young: int, backlog: int) -> Prediction:
+    """How many SYN-ACK retransmissions a half-open entry gets when its timer fires
+    (reqsk_timer_handler(), net/ipv4/inet_connection_sock.c): ``tcp_synack_retries``,
+    unless the queue is more than half full, (qlen << 1) > max(8, backlog): then, while
+    qlen ≥ young << k, the limit drops by one per k, down to 2 ("abort old ones without
+    pity"). *young*: entries never resent yet. The listener thus drops old entries after 2
+    retransmissions (syn_ack_recalc with 2: 7 s) until qlen ≤ max(8, backlog) / 2."""
+    r = int(m.sysctls.get("tcp_synack_retries") or 5)
+    eff_backlog = min(int(backlog), int(m.sysctls.get("somaxconn") or 4096))
+    thresh = max(8, eff_backlog)
+    mx = r
+    if (int(qlen) << 1) > thresh:
+        y = int(young) << 1
+        while mx > 2:
+            if qlen < y:
+                break
+            mx -= 1
+            y <<= 1
+    return Prediction("reqsk_timer_handler()",
+                      "tcp_synack_retries, lowered towards 2 while (qlen << 1) > max(8, backlog) and qlen ≥ young << k",
+                      {"tcp_synack_retries": r, "qlen": int(qlen), "young": int(young),
+                       "max(8, backlog)": thresh}, mx, unit="retransmissions",
+                      note=f"old entries are dropped until the queue holds {thresh // 2}")
 
 
 def acceptq_and_cookies(m: Machine, backlog: int, clients: int) -> Prediction:
@@ -930,12 +977,14 @@ def share_in_band(band: Prediction, values: Iterable[float]) -> float:
 
 
 def timer_wheel_band(m: Machine, ms: float, slack_ms: float = 15.0) -> tuple[float, float]:
-    """When a kernel timer of *ms* fires (kernel/time/timer.c): not before its expiry
-    rounded down to a jiffy, and at most 1/8 of the timeout late (each level of the timer
-    wheel is 8× coarser: a timer is rounded up to its level's granularity), plus two ticks
-    and *slack_ms* of scheduling delay. Returned as (low, high) in ms."""
+    """When a kernel timer of *ms* fires, in ms, as (low, high): not before its expiry less
+    one tick (jiffies rounding) and 1 ms of clock noise; late by at most its timer-wheel slot
+    (:func:`timer_wheel_granularity`), one tick and *slack_ms* of scheduling delay. Tighter
+    than :func:`timer_band` (whose slack covers second-long SYN timers in a capture): the
+    probe timers of 02_02 are sampled within milliseconds."""
     tick = 1000 / (m.hz or 250)
-    return ms - tick - 1, ms * 1.125 + 2 * tick + slack_ms
+    slot = timer_wheel_granularity(m, ms / 1000).value * 1000
+    return ms - tick - 1, ms + slot + tick + slack_ms
 
 
 def tcp_probe0_when(m: Machine, rto_ms: float, backoff: int, rto_max_ms: float | None = None) -> Prediction:

@@ -144,13 +144,39 @@ def test_send_loop_stops_at_its_count_bound():
     assert [x for x in sent if isinstance(x, tuple)] == [("chunk", 8), ("chunk", 15), ("chunk", 22), ("chunk", 30)]
 
 
+def _m(**sysctls):
+    from helpers.rules import Machine
+    base = {"somaxconn": 4096, "tcp_max_syn_backlog": 256, "tcp_synack_retries": 5}
+    return Machine(release="6.18", hz=250, sysctls={**base, **sysctls})
+
+
 def test_queue_caps_follow_the_kernel_rules():
-    assert queue_caps(0, 16)["cap"] == 17
-    assert queue_caps(1, 16)["cap"] == 17
-    off = queue_caps(0, 1024, 256)
+    assert queue_caps(_m(), 16, 0)["cap"] == 17
+    assert queue_caps(_m(), 16, 1)["cap"] == 17
+    off = queue_caps(_m(), 1024, 0)
     assert off["cap"] == 256 - 64 + 1 == 193 and off["limit"].startswith("3/4")
-    assert queue_caps(1, 1024, 256)["cap"] == 1025
-    assert queue_caps(1, 8000, 256, somaxconn=4096)["cap"] == 4097
+    assert queue_caps(_m(), 1024, 1)["cap"] == 1025
+    assert queue_caps(_m(), 8000, 1)["cap"] == 4097
+    assert queue_caps(_m(somaxconn=4), 1024, 0)["cap"] == 5, "somaxconn clamps the backlog first"
+    assert queue_caps(_m(tcp_max_syn_backlog=4096), 1024, 0)["cap"] == 1025, "a big sysctl: the backlog limits"
+    assert queue_caps(_m(tcp_syncookies=0), 1024)["cap"] == 193, "cookies default to the machine's sysctl"
+
+
+def test_half_open_lifetime_rules():
+    from helpers import rules
+    m = _m()
+    assert rules.reqsk_timer_handler(m, 17, 0, 16).value == 2, "over half full, no young entry: down to 2"
+    assert rules.reqsk_timer_handler(m, 8, 0, 16).value == 5, "half full: the normal limit"
+    assert rules.reqsk_timer_handler(m, 17, 0, 1024).value == 5
+    assert rules.reqsk_timer_handler(m, 17, 17, 16).value == 5, "all young: nothing lowered"
+    assert synflood.synacks_by(m, 8.7) == 4 and synflood.synacks_by(m, 8.7, 2) == 3
+    assert rules.syn_ack_recalc(m).value == 63 and rules.syn_ack_recalc(m, 2).value == 7
+
+
+def test_cookies_do_not_pass_a_full_accept_queue():
+    from helpers import rules
+    assert rules.acceptq_and_cookies(_m(tcp_syncookies=1), 4, 10).value == 5
+    assert rules.acceptq_and_cookies(_m(tcp_syncookies=1), 16, 10).value == 10
 
 
 def test_mss_index_and_ts_bits():
@@ -239,7 +265,7 @@ def test_half_open_lifetime_live(live_mode):
 
 # ------------------------------------------------------------------ replay
 def test_syn_flood_replay_every_grid_point(replay_each):
-    for _, r in replay_each(syn_flood, points=8):
+    for _, r in replay_each(syn_flood, points=12):
         items = synflood.render(r)
         assert len(items) == 4 and isinstance(items[1], str)
         rows = dict(zip(*synflood.outcome_table(r).T.values))

@@ -120,10 +120,11 @@ def accept_queue(run, backlog: int = 2, clients: int = 6, abort_on_overflow: int
         lsock.listen(backlog)
 
         def sample(label: str | None = None) -> int:
+            now = time.time()
             depth = int(tcp_info(lsock).as_dict()["unacked"])
-            samples.append([time.time(), depth, count_syn_recv(ns.read_proc("net/tcp"), port)])
+            samples.append([now, depth, count_syn_recv(ns.read_proc("net/tcp"), port)])
             if label:
-                events.append({"t": time.time(), "event": label, "queue": depth})
+                events.append({"t": now, "event": label, "queue": depth})
             return depth
 
         def new_client(bind_port: int | None = None) -> socket.socket:
@@ -279,13 +280,28 @@ def retry_gaps(result: Result) -> list[list[float]]:
     return out
 
 
-def fates(result: Result):
+def syn_table(result: Result):
+    """One row per ordinary client: how many SYNs it sent and when (s since the first packet)."""
+    import pandas as pd
+
+    attempts = syn_attempts(result)
+    return pd.DataFrame([{"client": f"client {i + 1}", "SYNs sent": len(attempts.get(p, [])),
+                          "SYN times (s)": ", ".join(f"{t:.2f}" for t in attempts.get(p, []))}
+                         for i, p in enumerate(result.data["ordinary_ports"])])
+
+
+def half_open_view(result: Result) -> list[tuple[str, int]]:
+    """(state, peer port) of the server's SYN-RECV entries while the accept queue was full (ss)."""
+    return [(row["state"], row["pport"]) for row in result.data["ss_full"] if row["state"] == "SYN-RECV"]
+
+
+def fates(result: Result, who: str | None = None):
     """One row per client: its SYNs, its state right after connect(), and what became of it.
 
     For a late client, "request" says what the server did with the request it sent while
     the accept queue was full: acknowledged (at once, or late, once there was room) or reset.
     "accepted at" is when the application's accept() returned it (empty: never, the run
-    ended first)."""
+    ended first). *who*: "late" or "client" for only those rows."""
     import pandas as pd
 
     d = result.data
@@ -305,7 +321,10 @@ def fates(result: Result):
         rows.append({"client": f"client {i + 1}", "port": p, "SYNs sent": len(attempts.get(p, [])),
                      "state at once": d["immediate"][i], "request": "", "copies of the request": 0,
                      "accepted at (s)": acc[0] if acc else None})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if who is not None:
+        out = out[out["client"].str.startswith(who)].reset_index(drop=True)
+    return out
 
 
 def late_timeline(result: Result, i: int = 0) -> dict:
@@ -355,11 +374,27 @@ def overflow_sources(result: Result) -> dict[str, int]:
     dropped = sum(len(attempts.get(p, [])) - 1 for p in d["ordinary_ports"])
     lifted = next((e["t"] for e in d["events"] if e["event"] == "late clients send"), None)
     end = d["t_accept"] if d["t_accept"] is not None else float("inf")
-    full = max(q for _, q in d["samples"]) > d["backlog"]
+    before = [e["queue"] for e in d["events"] if e["event"].startswith("client ")]
+    full = bool(before) and before[-1] >= rules.sk_acceptq_is_full(result.machine_snapshot(), d["backlog"]).value
     late = 0
     if full and lifted is not None:
-        late = int((df["sport"].isin(d["late_ports"]) & (df["t"] >= lifted - 0.005) & (df["t"] < end)).sum())
-    return {"dropped SYNs": dropped, "late clients' packets": late, "total": dropped + late}
+        late = int((df["sport"].isin(d["late_ports"]) & (df["t"] >= lifted - 0.05) & (df["t"] < end)).sum())
+    # waiting clients whose retried SYNs landed together: all were answered while the queue had
+    # room, and the ACKs that came after it filled overflowed (reset with abort_on_overflow=1,
+    # else ignored and the SYN-ACK resent)
+    # (every handshake-completing ACK a waiting client sent, less the connections the server
+    # actually completed: accepted, or still queued at the end)
+    ords = d["ordinary_ports"]
+    completing = df[df["sport"].isin(ords) & (df["flags"] == "ACK") & (df["len"] == 0)]
+    completing = completing[completing["sport"].isin(ords[min(len(ords), d["backlog"] + 1):])]
+    listen_end = [r for r in d["ss_end"] if r["state"] == "LISTEN"]
+    queued_end = int(listen_end[0]["recv_q"]) if listen_end else 0
+    accepted = sum(1 for a in d["accepted"] if a["peer_port"] in ords[d["backlog"] + 1:])
+    first = [a for a in d["accepted"] if a["peer_port"] in ords[:d["backlog"] + 1]]
+    queued_late = max(0, queued_end - (d["backlog"] + 1 - len(first)))
+    acks = max(0, int(completing.drop_duplicates(["sport", "t"]).shape[0]) - accepted - queued_late)
+    return {"dropped SYNs": dropped, "late clients' packets": late, "waiting clients' ACKs": acks,
+            "total": dropped + late + acks}
 
 
 def synack_retransmissions(result: Result) -> dict[int, list[float]]:
@@ -434,8 +469,17 @@ def check_accept_queue(result: Result, *, quiet: bool = True) -> None:
             "each late client's first resend of its request is a tail-loss probe (TcpExtTCPLossProbes, " \
             f"the namespace's counter): {c.get('TcpExtTCPLossProbes', 0)}"
     if k > cap.value:
-        assert d["t_accept"] is not None and all(s == "ESTABLISHED" for s in d["final_state"]), \
-            "after the server starts accepting, every waiting client gets in with a later SYN retry"
+        assert d["t_accept"] is not None, "the server started accepting while clients were waiting"
+        if d["abort_on_overflow"] == 0:
+            assert all(s == "ESTABLISHED" for s in d["final_state"]), \
+                "after the server starts accepting, every waiting client gets in with a later SYN retry"
+        else:
+            # retried SYNs that land together (the timer wheel batches them) are all answered while
+            # the queue has room; the ACKs that then overflow it are reset, like the late clients'
+            reset = [s for s in d["final_state"] if s != "ESTABLISHED"]
+            assert set(reset) <= {"CLOSE", "CLOSED"}, f"a waiting client is either in or reset: {d['final_state']}"
+            assert c.get("TcpOutRsts", 0) >= len(d["late_ports"]) + len(reset), \
+                "each waiting client that was not let in got a RST (abort_on_overflow = 1)"
 
 
 accept_queue.invariant = check_accept_queue
@@ -703,3 +747,191 @@ def synack_expiry(run, synack_retries: int = 1) -> dict:
             "fate": fate, "errno": err,
             "counters": {k: v for k, v in counters.delta.items() if v and k.startswith(("TcpExt", "Tcp"))},
             "machine": machine.as_dict()}
+
+
+# ======================================================================================
+# analyses for the notebook: small dataclasses with check() and sentence()
+# ======================================================================================
+from dataclasses import dataclass, field as _field   # noqa: E402
+
+
+@dataclass
+class QueueFill:
+    """Section 1 of 01_03: how many clients got in at once, and what ss says."""
+
+    result: Result
+    backlog: int
+    somaxconn: int | None
+    stored: int                 # ss Send-Q of the LISTEN row: what listen() stored
+    waiting: int                # ss Recv-Q: connections waiting for accept()
+    at_once: int
+    clients: int
+    syncookies: int | None
+
+    @classmethod
+    def of(cls, result: Result) -> "QueueFill":
+        d = result.data
+        listen = [row for row in d["ss_full"] if row["state"] == "LISTEN"][0]
+        m = result.machine_snapshot()
+        return cls(result, d["backlog"], m.sysctls.get("somaxconn"), listen["send_q"], listen["recv_q"],
+                   d["immediate"].count("ESTABLISHED"), d["clients"], m.sysctls.get("tcp_syncookies"))
+
+    def check(self, quiet: bool = False) -> None:
+        rules.assert_rule(self.result, rules.sk_acceptq_is_full, self.waiting, self.backlog, quiet=quiet,
+                          what="ss Recv-Q of the LISTEN row with the queue full")
+        rules.assert_rule(self.result, rules.sk_acceptq_is_full, self.at_once, self.backlog, quiet=True)
+        assert self.stored == min(self.backlog, self.somaxconn), "ss Send-Q shows min(backlog, somaxconn)"
+        assert self.result.data["immediate"][self.at_once:] == ["SYN_SENT"] * (self.clients - self.at_once), \
+            "the others are still in SYN_SENT: their SYN was dropped"
+
+    def sentence(self) -> str:
+        return (f"`listen({self.backlog})`: **{self.at_once} of {self.clients}** clients were ESTABLISHED at once; "
+                f"`ss` shows Recv-Q {self.waiting} over Send-Q {self.stored}; the other "
+                f"{self.clients - self.at_once} are still in SYN_SENT. The namespace's `net.core.somaxconn` is "
+                f"{self.somaxconn}, and its `tcp_syncookies` is {self.syncookies}.")
+
+
+@dataclass
+class Retries:
+    """Section 2 of 01_03: the waiting clients' SYN retries against the kernel's schedule."""
+
+    result: Result
+    gaps: list[list[float]]
+    linear: Any
+    first_waiting: int          # index of the first client that had to wait
+    syns: int                   # SYNs it sent
+    answered_at: float | None   # when the server answered it (s)
+    t_accept: float | None
+
+    @classmethod
+    def of(cls, result: Result) -> "Retries":
+        d = result.data
+        m = result.machine_snapshot()
+        i = rules.sk_acceptq_is_full(m, d["backlog"]).value
+        p = d["ordinary_ports"][i] if i < len(d["ordinary_ports"]) else None
+        df = result.segments()
+        sa = df[(df["dport"] == p) & (df["flags"] == "SYN+ACK")] if p is not None else df.iloc[:0]
+        return cls(result, retry_gaps(result), m.sysctls.get("tcp_syn_linear_timeouts"), i,
+                   len(syn_attempts(result).get(p, [])), float(sa["t"].iloc[0]) if len(sa) else None,
+                   d["t_accept"])
+
+    def check(self, quiet: bool = False) -> None:
+        k = self.result.data["clients"]
+        assert len(self.gaps) == k - self.first_waiting, "every client beyond backlog + 1 retried"
+        check_retry_gaps(self.result, quiet=quiet)
+        assert self.answered_at is not None and self.t_accept is not None and self.answered_at > self.t_accept, \
+            "the server answered the waiting client only after the application made room"
+        sa = syn_attempts(self.result)[self.result.data["ordinary_ports"][self.first_waiting]]
+        assert self.syns == len(sa) and self.syns >= 2
+
+    def segments(self):
+        """The capture's segments of the first waiting client (for a ladder)."""
+        p = self.result.data["ordinary_ports"][self.first_waiting]
+        df = self.result.segments()
+        return df[(df["sport"] == p) | (df["dport"] == p)]
+
+    def wait_of(self, i: int) -> float | None:
+        """How long ordinary client *i* (0-based) waited from its first SYN to the SYN-ACK."""
+        p = self.result.data["ordinary_ports"][i]
+        df = self.result.segments()
+        sa = df[(df["dport"] == p) & (df["flags"] == "SYN+ACK")]
+        syn = df[(df["sport"] == p) & (df["flags"] == "SYN")]
+        return float(sa["t"].iloc[0] - syn["t"].iloc[0]) if len(sa) and len(syn) else None
+
+    def sentence(self) -> str:
+        lin = "absent (a kernel before 6.5: 0)" if self.linear is None else self.linear
+        want = rules.syn_retry_schedule(self.result.machine_snapshot(), max(map(len, self.gaps), default=1)).value
+        return (f"`tcp_syn_linear_timeouts` = {lin} here, so the rule gives gaps of "
+                f"{', '.join(f'{g:g}' for g in want)} s; the capture shows "
+                f"{'; '.join(', '.join(f'{g:.2f}' for g in c) for c in self.gaps)} s. The server started accepting "
+                f"at {self.t_accept:.2f} s; client {self.first_waiting + 1} sent {self.syns} SYNs and was answered "
+                f"once, at {self.answered_at:.2f} s, by the first SYN that came after.")
+
+
+@dataclass
+class LateClient:
+    """Section 3 of 01_03: the late client whose final ACK found the queue full."""
+
+    result: Result
+    requests: list[float]
+    synacks: list[float]
+    acknowledged_at: float | None
+    accepted_at: float | None
+    reset_at: float | None
+    loss_probes: int
+    segments: Any = _field(repr=False, default=None)
+
+    @classmethod
+    def of(cls, result: Result, i: int = 0) -> "LateClient":
+        tl = late_timeline(result, i)
+        return cls(result, tl["request sent at"], tl["SYN-ACK sent at"], tl["request acknowledged at"],
+                   tl["accepted at"], tl["reset at"], int(result.data["counters"].get("TcpExtTCPLossProbes", 0)),
+                   tl["segments"])
+
+    @property
+    def request_gaps(self) -> list[float]:
+        return [round(b - a, 3) for a, b in zip(self.requests, self.requests[1:])]
+
+    def check(self, quiet: bool = False) -> None:
+        d = self.result.data
+        n_late = len(d["late_ports"])
+        if d["abort_on_overflow"] == 1:
+            assert self.reset_at is not None and len(self.requests) == 1 and self.reset_at - self.requests[0] < 0.05, \
+                "abort_on_overflow = 1: the request is answered with RST at once"
+            return
+        g = self.request_gaps
+        assert len(self.requests) >= 4 and all(b > 0.8 * a for a, b in zip(g, g[1:])) and g[-1] > 3 * g[0], \
+            "the request is retransmitted at growing intervals (the RTO backs off)"
+        assert self.loss_probes >= n_late, \
+            f"the first resend of each late request is a tail-loss probe: TcpExtTCPLossProbes {self.loss_probes}"
+        rules.assert_rule(self.result, rules.synack_retry_band, [b - a for a, b in zip(self.synacks, self.synacks[1:])],
+                          len(self.synacks) - 1, quiet=quiet, what="gaps between the server's SYN-ACKs to the late client")
+        assert self.acknowledged_at is not None and self.acknowledged_at > d["t_accept"], \
+            "the request got in only after the server made room"
+        assert d["t_accept"] < self.accepted_at <= self.acknowledged_at + 0.05
+
+    def sentence(self) -> str:
+        d = self.result.data
+        if d["abort_on_overflow"] == 1:
+            return (f"The request left at {self.requests[0]:.3f} s and the RST came back at {self.reset_at:.3f} s: "
+                    f"{(self.reset_at - self.requests[0]) * 1000:.1f} ms later.")
+        return (f"The request left at {self.requests[0]:.2f} s and was sent {len(self.requests)} times, "
+                f"{', '.join(f'{g:.2f}' for g in self.request_gaps)} s apart; the namespace counted "
+                f"{self.loss_probes} tail-loss probes (`TcpExtTCPLossProbes`, one per late client). The server sent "
+                f"its SYN-ACK at {', '.join(f'{t:.2f}' for t in self.synacks)} s. It started accepting at "
+                f"{d['t_accept']:.2f} s; `accept()` returned the late client at {self.accepted_at:.2f} s and the "
+                f"request was acknowledged at {self.acknowledged_at:.2f} s.")
+
+
+@dataclass
+class Expiry:
+    """Section 3b of 01_03: the server gives up on the late client after tcp_synack_retries."""
+
+    result: Result
+    retries: int
+    synacks: list[float]
+    requests: list[float]
+    dropped_at: float
+    rst_at: float | None
+    errno: str | None
+    segments: Any = _field(repr=False, default=None)
+
+    @classmethod
+    def of(cls, result: Result) -> "Expiry":
+        ev = expiry_events(result)
+        d = result.data
+        return cls(result, int(result.machine_snapshot().sysctls.get("tcp_synack_retries")), ev["synack_at"],
+                   ev["request_at"], round(d["dropped_at"] - d["syn_sent_at"], 3), ev["rst_at"], d["errno"],
+                   ev["segments"])
+
+    def check(self, quiet: bool = False) -> None:
+        check_synack_expiry(self.result, quiet=quiet)
+
+    def sentence(self) -> str:
+        before = [t for t in self.requests if self.rst_at is None or t < self.rst_at]
+        return (f"With `tcp_synack_retries` = {self.retries}, the server sent its SYN-ACK at "
+                f"{', '.join(f'{t:.2f}' for t in self.synacks)} s and dropped the half-open entry at "
+                f"**{self.dropped_at:.2f} s**. Until then the client's request went out {len(before)} times "
+                f"({', '.join(f'{t:.2f}' for t in before)} s), each copy ignored; the next copy reached a listener "
+                f"that no longer knew the connection and got a RST at {self.rst_at:.2f} s: `recv()` failed with "
+                f"**{self.errno}**.")

@@ -7,27 +7,32 @@ spoofed private range, :data:`SPOOF_NET`: the listener's SYN-ACKs to that range 
 ``lo``, come back in, are not for a local address and are dropped, so the half-open
 entries stay as long as the experiment runs.
 
-The SYNs are built once (a scapy template, patched per packet: :func:`build_syns`) and
-sent through a raw socket that lives inside the namespace (:func:`send_flood`). Every path
-that sends a spoofed packet first calls :func:`check_flood_target`, the guard: it
-refuses any target outside a namespace this process created, any non-loopback target,
-any other source range, and any count or duration beyond :data:`MAX_FLOOD` /
-:data:`MAX_SECONDS`. The send loop checks both bounds while it runs.
+The spoofed SYNs come from :mod:`helpers.rawsyn` (the guard, the builder and the bounded
+sender, re-exported here): every path that sends one first calls its guard, which refuses
+any target outside a namespace this process created, any non-loopback target, any other
+source range, and any count or duration beyond its bounds.
+
+Every claim is checked against a kernel rule (:mod:`helpers.rules`) evaluated on the
+namespace's own machine snapshot, taken before the flood: rules.half_open_cap for the
+queue's limits, rules.acceptq_and_cookies for who gets in, reqsk_timer_handler and
+syn_ack_recalc for how long entries live.
 
 Experiments:
 
 - :func:`syn_flood` (panel: cookies on/off, flood size, backlog): SYN-RECV count, the
   counters (TCPReqQFullDrop, ListenDrops, SyncookiesSent/Recv) and whether 10 legitimate
-  clients still get in; the two limits of the half-open queue (backlog + 1, and ¾ of
-  ``tcp_max_syn_backlog`` without cookies).
+  clients still get in (with cookies on, as many as the accept queue holds: cookies protect
+  the SYN queue, not the accept queue); the two limits of the half-open queue (backlog + 1,
+  and ¾ of ``tcp_max_syn_backlog`` without cookies).
 - :func:`syn_cookie_anatomy`: what a cookie encodes, read from SYN-ACKs to crafted SYNs
   (statelessness, client ISN, MSS index, the options in the timestamp), what a cookie
-  connection costs (MSS 1460 instead of 65495; without timestamps no window scale and
-  no SACK), and that an ACK alone, carrying cookie + 1, creates a connection.
+  connection costs (an MSS rounded down to msstab: nothing at Ethernet's 1460, 1460 instead
+  of 65495 on lo; without timestamps no window scale and no SACK), and that an ACK alone,
+  carrying cookie + 1, creates a connection.
 - :func:`half_open_lifetime` (about 9 s, not in the panel): how long unanswered entries
   live, cookies off: in a queue over half full the kernel drops old entries after 2
-  SYN-ACK retransmissions (about 7 s) until the queue is half full; in an uncrowded
-  queue they get tcp_synack_retries retransmissions.
+  SYN-ACK retransmissions (about 7 s) until the queue is half full, after which new
+  clients get in again; in an uncrowded queue they get tcp_synack_retries retransmissions.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ import struct
 import time
 from typing import Any, Sequence
 
-from .. import progress
+from .. import progress, rules
 from ..rawsyn import (MAX_FLOOD, MAX_SECONDS, SPOOF_NET, _SPOOF, build_syns,  # noqa: F401 (re-exported)
                       check_flood_target, raw_sender, send_bounded, send_crafted, send_flood,
                       setup_namespace, syn_sources, syn_template)
@@ -83,22 +88,23 @@ def snapshot(ns: Any, port: int) -> tuple[int, dict[str, int]]:
 _count_syn_recv = count_syn_recv
 
 
-def queue_caps(cookies: int, backlog: int, max_syn_backlog: int = MAX_SYN_BACKLOG,
-               somaxconn: int = 4096) -> dict:
-    """The two limits of the half-open queue on this kernel (net/ipv4/tcp_input.c).
+def queue_caps(m: "rules.Machine", backlog: int, cookies: int | None = None) -> dict:
+    """The two limits of the half-open queue (tcp_conn_request(), net/ipv4/tcp_input.c) on
+    machine *m* (a namespace's snapshot): a wrapper of :func:`helpers.rules.half_open_cap`
+    that also names which limit applies.
 
-    - full queue: a SYN finds it full when it already holds more than the backlog, so it
-      stops at backlog + 1 (then: a cookie, or a drop counted in TCPReqQFullDrop);
+    - full queue: a SYN finds it full when it already holds more than min(backlog,
+      somaxconn), so it stops at that + 1 (then: a cookie, or a drop counted in TCPReqQFullDrop);
     - without cookies, the last quarter of ``tcp_max_syn_backlog`` is kept for peers
       proven alive: a SYN from anyone else is dropped once the queue holds more than
       max - max/4 entries, so it stops at max - max//4 + 1 (counted only in ListenDrops).
     """
-    eff = min(backlog, somaxconn)
-    full = eff + 1
-    three_quarters = max_syn_backlog - (max_syn_backlog >> 2) + 1
-    cap = full if cookies else min(full, three_quarters)
-    return {"backlog_effective": eff, "full_cap": full, "three_quarter_cap": three_quarters,
-            "cap": cap, "limit": "backlog + 1" if cap == full else "3/4 of tcp_max_syn_backlog"}
+    pred = rules.half_open_cap(m, backlog, cookies)
+    ins = pred.inputs
+    full = min(ins["backlog"], ins["somaxconn"]) + 1
+    three_quarters = ins["tcp_max_syn_backlog"] - (ins["tcp_max_syn_backlog"] >> 2) + 1
+    return {"backlog_effective": full - 1, "full_cap": full, "three_quarter_cap": three_quarters,
+            "cap": pred.value, "limit": "backlog + 1" if pred.value == full else "3/4 of tcp_max_syn_backlog"}
 
 
 def legit_connects(ns: Any, port: int, n: int = LEGIT_CLIENTS, wait: float = LEGIT_WAIT) -> list[dict]:
@@ -159,19 +165,25 @@ def _pick(delta: dict) -> dict:
 # ======================================================================================
 # experiment 1: the flood
 # ======================================================================================
-def check_syn_flood(result: Result) -> None:
-    """The 01_04 claims on one run (live or replayed)."""
+def check_syn_flood(result: Result, *, quiet: bool = True) -> None:
+    """The 01_04 claims on one run (live or replayed), each against the kernel rule evaluated
+    on the namespace the run was made in (its machine snapshot, taken before the flood)."""
     d = result.data
     p = result.params
-    caps = d["caps"]
+    m = result.machine_snapshot()
+    cap = rules.half_open_cap(m, p["backlog"], p["cookies"])
     sent = d["flood"]["sent"]
     assert sent == p["flood"], f"the flood must send all {p['flood']} SYNs, sent {sent}"
-    expect = min(sent, caps["cap"])
+    expect = min(sent, cap.value)
+    if sent >= cap.value:
+        rules.assert_rule(result, rules.half_open_cap, d["syn_recv_after_flood"], p["backlog"], p["cookies"],
+                          quiet=quiet, what="SYN-RECV entries after the flood (/proc/net/tcp)")
     assert d["syn_recv_after_flood"] == expect, \
-        f"SYN-RECV should stop at min(flood, {caps['cap']}) = {expect}, found {d['syn_recv_after_flood']}"
+        f"SYN-RECV should stop at min(flood, {cap.value}) = {expect}, found {d['syn_recv_after_flood']}"
     assert d["ss_syn_recv"] == expect, "ss must agree with /proc/net/tcp on the SYN-RECV count"
     c = d["counters_flood"]
     beyond = sent - expect
+    full = min(p["backlog"], cap.inputs["somaxconn"]) + 1
     if p["cookies"]:
         assert c["TcpExtSyncookiesSent"] == beyond, \
             f"with cookies on, every SYN beyond the full queue gets a cookie: {beyond}, counted {c['TcpExtSyncookiesSent']}"
@@ -179,25 +191,29 @@ def check_syn_flood(result: Result) -> None:
     else:
         assert c["TcpExtSyncookiesSent"] == 0, "cookies off: no cookie sent"
         assert c["TcpExtListenDrops"] == beyond, f"cookies off: every SYN beyond the cap is dropped ({beyond})"
-        full_drops = beyond if caps["cap"] == caps["full_cap"] else 0
+        full_drops = beyond if cap.value == full else 0
         assert c["TcpExtTCPReqQFullDrop"] == full_drops, \
             f"TCPReqQFullDrop counts only drops at a full queue: expected {full_drops}, got {c['TcpExtTCPReqQFullDrop']}"
     ok = sum(x["connected"] for x in d["legit"])
-    # nobody accepts, so the accept queue (backlog + 1) bounds the clients that get in
-    room = min(len(d["legit"]), caps["full_cap"])
     cl = d["counters_legit"]
     if p["cookies"]:
-        assert ok == room, f"cookies on: every legitimate client the accept queue can hold gets in ({ok}/{room})"
+        # nobody accepts: cookies get clients past the SYN queue, not past a full accept queue
+        room = rules.assert_rule(result, rules.acceptq_and_cookies, ok, p["backlog"], len(d["legit"]), quiet=quiet,
+                                 what="legitimate clients connected within the wait, cookies on, nobody accepting").value
         assert cl["TcpExtSyncookiesRecv"] == cl["TcpExtSyncookiesSent"], \
-            "each legitimate client answered its cookie (SyncookiesRecv = SyncookiesSent)"
-        if expect == caps["cap"]:
+            "each client that got a cookie answered it (SyncookiesRecv = SyncookiesSent): a SYN that finds " \
+            "the accept queue full gets no cookie"
+        if expect == cap.value:
             assert cl["TcpExtSyncookiesRecv"] == room, \
-                "with the queue full, every legitimate client connects through a cookie"
+                "with the queue full, every legitimate client that got in connected through a cookie"
+        if room < len(d["legit"]):
+            assert cl["TcpExtListenOverflows"] >= len(d["legit"]) - room, \
+                "the clients beyond the accept queue's limit were dropped (ListenOverflows), cookies or not"
         assert d["accept_queue"] == room, "the connected clients wait in the accept queue"
-    elif expect == caps["cap"]:
+    elif expect == cap.value:
         assert ok == 0, f"cookies off and the queue at its limit: no legitimate client gets in ({ok})"
-    elif sent + len(d["legit"]) <= caps["cap"]:
-        assert ok == room, "a small flood leaves room: the legitimate clients get in"
+    elif sent + len(d["legit"]) <= cap.value:
+        assert ok == min(len(d["legit"]), full), "a small flood leaves room: the legitimate clients get in"
     # the capture: every flood SYN is on the wire, and the SYN-ACKs match the kernel's view
     if result.pcap is not None:
         df = result.segments()
@@ -210,7 +226,7 @@ def check_syn_flood(result: Result) -> None:
         assert len(answered) == want, f"{want} spoofed sources should get a SYN-ACK, {len(answered)} did"
     # the samples rise to the cap and never pass it
     ys = [s["syn_recv"] for s in d["samples"]]
-    assert all(y <= caps["cap"] for y in ys) and ys == sorted(ys), "SYN-RECV grows, never past the cap"
+    assert all(y <= cap.value for y in ys) and ys == sorted(ys), "SYN-RECV grows, never past the cap"
     for s in d["samples"]:
         assert s["syn_recv"] + s["TcpExtSyncookiesSent"] + s["TcpExtListenDrops"] == s["sent"], \
             f"every SYN sent so far is a half-open entry, a cookie or a drop: {s}"
@@ -223,12 +239,13 @@ def check_syn_flood(result: Result) -> None:
               doc="net.ipv4.tcp_syncookies inside the namespace: 1 sends cookies once the queue is full"),
         Param("flood", "flood size", 2000, choices=(200, 2000), minimum=0, maximum=MAX_FLOOD, unit="SYNs",
               doc="how many spoofed SYNs are sent (bounded)"),
-        Param("backlog", "listen backlog", 16, choices=(16, 1024), minimum=1, maximum=4096,
+        Param("backlog", "listen backlog", 16, choices=(4, 16, 1024), minimum=1, maximum=4096,
               doc="listen(backlog): also the size of the half-open queue"),
     ],
     invariant=check_syn_flood, seconds=1,
-    claim="SYN-RECV stops at backlog+1 (and, cookies off, at 3/4 of tcp_max_syn_backlog); "
-          "cookies off: legitimate clients fail; cookies on: SyncookiesSent/Recv count and they get in",
+    claim="SYN-RECV stops at min(backlog, somaxconn)+1 (and, cookies off, at 3/4 of tcp_max_syn_backlog); "
+          "cookies off: legitimate clients fail while the flood's entries last; cookies on: SyncookiesSent/Recv "
+          "count and they get in, up to what the accept queue holds",
 )
 def syn_flood(run, cookies: int = 1, flood: int = 2000, backlog: int = 16, seed: int = 0) -> dict:
     """Flood a never-accepting listener with spoofed SYNs, then try 10 legitimate clients.
@@ -247,9 +264,10 @@ def syn_flood(run, cookies: int = 1, flood: int = 2000, backlog: int = 16, seed:
     progress.report(0.0, "creating the namespace")
     with Namespace(sysctls=sysctls) as ns:
         setup_namespace(ns)
-        somaxconn = int(ns.sysctl("net.core.somaxconn"))
-        max_syn = int(ns.sysctl("net.ipv4.tcp_max_syn_backlog"))
-        caps = queue_caps(cookies, backlog, max_syn, somaxconn)
+        machine = rules.Machine.read(ns)          # before any traffic: the rules' inputs
+        somaxconn = machine.sysctls.get("somaxconn")
+        max_syn = machine.sysctls.get("tcp_max_syn_backlog")
+        caps = queue_caps(machine, backlog, cookies)
         lst = ns.socket()
         lst.bind(("127.0.0.1", 0))
         lst.listen(backlog)
@@ -287,8 +305,22 @@ def syn_flood(run, cookies: int = 1, flood: int = 2000, backlog: int = 16, seed:
             "counters_flood": _pick(d_flood.delta), "counters_legit": _pick(d_legit.delta),
             "legit": legit, "accept_queue": int(listen_row["recv_q"].iloc[0]),
             "listen_send_q": int(listen_row["send_q"].iloc[0]),
-            "capture_dropped": getattr(cap, "dropped", None),
+            "capture_dropped": getattr(cap, "dropped", None), "machine": machine.as_dict(),
         }
+
+
+def capture_summary(result: Result) -> dict:
+    """From the capture: spoofed SYNs on the wire, and how many distinct spoofed sources the
+    listener answered with a SYN-ACK (an entry's or a cookie's)."""
+    df = result.segments()
+    syns = df[df["src"].str.startswith("10.99.") & (df["flags"] == "SYN")]
+    answered = df[df["dst"].str.startswith("10.99.") & (df["flags"] == "SYN+ACK")][["dst", "dport"]]
+    return {"spoofed SYNs": int(len(syns)), "sources answered": int(answered.drop_duplicates().shape[0])}
+
+
+def legit_connected(result: Result) -> int:
+    """How many legitimate clients got in within the wait."""
+    return sum(x["connected"] for x in result.data["legit"])
 
 
 def outcome_table(result: Result):
@@ -485,7 +517,8 @@ def check_cookie_anatomy(result: Result) -> None:
         "a normal connection on lo sends segments of tens of kilobytes"
     assert cookie["server_snd_mss"] == MSSTAB[mss_index(d["lo_mss"])] - 12, \
         "a cookie connection sends at most msstab's 1460 (−12 bytes of timestamps)"
-    assert cookie["client_syn_mss"] == d["lo_mss"], "although the client announced 65495"
+    assert cookie["client_syn_mss"] == rules.tcp_mss_default(result.machine_snapshot().lo_mtu) == d["lo_mss"], \
+        "although the client announced lo's MSS (MTU − 40)"
     assert cookie["server_wscale"] == normal["server_wscale"] and cookie["server_sack"], \
         "with timestamps, window scale and SACK survive the cookie"
     ao = d["ack_only"]
@@ -508,7 +541,18 @@ def check_cookie_anatomy(result: Result) -> None:
         assert cookie_data["len"].max() == cookie["server_snd_mss"], "the capture shows 1448-byte segments"
         assert normal_data["len"].max() > 10 * cookie["server_snd_mss"]
         assert normal["server_snd_mss"] == min(d["lo_mss"] - 12, client_max_window(result, "normal") // 2), \
-            "a normal connection's send MSS: 65483, or half the client's largest window if that is smaller"
+            "a normal connection's send MSS: lo's MSS − 12, or half the client's largest window if that is smaller"
+
+
+def largest_server_segment(result: Result, kind: str) -> int | None:
+    """The largest segment the server sent on connection *kind* ("normal" or "cookie"), from
+    the capture."""
+    if result.pcap is None:
+        return None
+    d = result.data
+    df = result.segments()
+    seg = df[(df["sport"] == d["port"]) & (df["dport"] == d[kind]["client_port"]) & (df["len"] > 0)]
+    return int(seg["len"].max())
 
 
 def client_max_window(result: Result, kind: str) -> int | None:
@@ -608,6 +652,7 @@ def syn_cookie_anatomy(run) -> dict:
                "net.ipv4.tcp_timestamps": 2}
     with Namespace(sysctls=sysctls, offloads=False) as ns:
         setup_namespace(ns)
+        machine = rules.Machine.read(ns)          # before any traffic: the rules' inputs
         lst = ns.socket()
         lst.bind(("127.0.0.1", 0))
         lst.listen(16)
@@ -657,8 +702,8 @@ def syn_cookie_anatomy(run) -> dict:
             time.sleep(0.02)
     from ..dissect import segments
 
-    lo_mss = 65535 - 40
-    data = {"port": port, "lo_mss": lo_mss, "syn_recv_before_probes": syn_recv,
+    lo_mss = rules.tcp_mss_default(machine.lo_mtu)
+    data = {"port": port, "lo_mss": lo_mss, "machine": machine.as_dict(), "syn_recv_before_probes": syn_recv,
             "probes": [{k: v for k, v in p.items() if k != "options"}
                        | {"options": [[k, v.hex() if isinstance(v, bytes) else v] for k, v in p["options"]]}
                        for p in probes],
@@ -752,31 +797,61 @@ def lifetime_plot(result: Result):
     return fig
 
 
-def check_half_open_lifetime(result: Result) -> None:
-    """The lifetime claims on one run (live or replayed)."""
+def synacks_by(m: "rules.Machine", seconds: float, retries: int | None = None) -> int:
+    """How many SYN-ACKs (the first + retransmissions) an unanswered entry has had *seconds*
+    after its SYN, by rules.synack_retry_schedule on *m* (*retries*: a lowered limit)."""
+    gaps = rules.synack_retry_schedule(m, retries).value
+    t, n = 0.0, 1
+    for g in gaps:
+        t += g
+        if t > seconds:
+            break
+        n += 1
+    return n
+
+
+def check_half_open_lifetime(result: Result, *, quiet: bool = True) -> None:
+    """The lifetime claims on one run (live or replayed), against reqsk_timer_handler() and
+    syn_ack_recalc() evaluated on the namespace's machine."""
     d = result.data
+    m = result.machine_snapshot()
     by = {L["backlog"]: L for L in d["listeners"]}
-    small, big = by[16], by[1024]
+    small, big = by[LIFETIME_BACKLOGS[0]], by[LIFETIME_BACKLOGS[1]]
+    watch = d["watch_seconds"]
     for L in (small, big):
         assert L["entries_start"] == 17, f"listen({L['backlog']}) holds 17 entries after its flood"
         assert len(L["synack_times"]) == 17, "each entry's SYN-ACKs are in the capture"
         for t in L["synack_times"]:
             assert t[0] < 0.1, "the first SYN-ACK answers the SYN at once"
-            gaps = [b - a for a, b in zip(t, t[1:])]
-            assert all(0.8 * 2 ** i <= g <= 2 ** i + 0.7 for i, g in enumerate(gaps)), \
-                f"retransmissions 1, 2, 4 s apart (exponential backoff): {t}"
-    half = small["backlog"] // 2
+            if len(t) > 1:
+                rules.synack_retry_band(m, len(t) - 1).check([b - a for a, b in zip(t, t[1:])], quiet=True,
+                                                            reference=result.reference())
+    # the flooded queue: at the third firing no entry is young, so the limit drops to 2
+    lowered = rules.reqsk_timer_handler(m, small["entries_start"], 0, small["backlog"])
+    left = max(8, min(small["backlog"], m.sysctls.get("somaxconn") or 4096)) // 2
     lens = sorted(len(t) for t in small["synack_times"])
-    assert lens == [3] * (17 - half) + [4] * half, \
-        f"queue over half full: {17 - half} entries dropped after 2 retransmissions, {half} resent a 3rd time ({lens})"
-    assert small["entries_end"] == half, \
-        f"the kernel drops old entries only until the queue is half full ({half}), found {small['entries_end']}"
-    assert small["dropped_at"] is not None and 6.5 <= small["dropped_at"] <= 8.5, \
-        f"the drop comes at the third timeout, about 1 + 2 + 4 = 7 s, not 63 s ({small['dropped_at']})"
-    assert {len(t) for t in big["synack_times"]} == {4}, "an uncrowded queue: a third retransmission at about 7 s"
+    dropped = small["entries_start"] - left
+    lowered.check(lens[0] - 1, "SYN-ACK retransmissions of the flooded listen(16) entries dropped first",
+                  reference=result.reference(), quiet=quiet)
+    assert lens[:dropped] == [lowered.value + 1] * dropped, \
+        f"queue over half full: {dropped} entries dropped after {lowered.value} retransmissions ({lens})"
+    assert small["entries_end"] == left, \
+        f"the kernel drops old entries only until the queue is half full ({left}), found {small['entries_end']}"
+    assert small["dropped_at"] is not None
+    rules.assert_rule(result, rules.syn_ack_recalc, small["dropped_at"], lowered.value, quiet=quiet,
+                      what="when the flooded listen(16) queue first shrank (s after the flood)")
+    # the quiet queue: the full tcp_synack_retries, so by the end every entry has had
+    # as many SYN-ACKs as the schedule allows in the watch, and none was dropped
+    quiet_retries = rules.reqsk_timer_handler(m, big["entries_start"], 0, big["backlog"]).value
+    want = synacks_by(m, watch - 0.3, quiet_retries)
+    assert {len(t) for t in big["synack_times"]} == {want}, \
+        f"an uncrowded queue: {want} SYN-ACKs per entry by {watch:.1f} s ({sorted({len(t) for t in big['synack_times']})})"
     assert big["entries_end"] == 17 and big["dropped_at"] is None, "and every entry is still there at the end"
-    assert d["watch_seconds"] >= 8.8
-    assert d["synack_retries"] >= 3, "the namespace's tcp_synack_retries allows more than 2 retries"
+    assert rules.syn_ack_recalc(m, quiet_retries).value > watch, "the run ends before the quiet entries expire"
+    if "legit_after" in d:
+        ok = sum(x["connected"] for x in d["legit_after"])
+        rules.assert_rule(result, rules.acceptq_and_cookies, ok, small["backlog"], len(d["legit_after"]),
+                          quiet=quiet, what="clients that connected to listen(16) after its old entries were dropped")
     if result.pcap is not None:
         df = result.segments()
         for L in (small, big):
@@ -787,8 +862,8 @@ def check_half_open_lifetime(result: Result) -> None:
     "half_open_lifetime", chapter="01_04", needs={"live_capture", "namespaces"},
     invariant=check_half_open_lifetime, seconds=LIFETIME_WATCH + 0.5,
     claim="cookies off, unanswered half-open entries of a queue over half full are dropped after "
-          "2 SYN-ACK retransmissions (about 7 s) until the queue is half full; in an uncrowded queue "
-          "all are still there at 9 s",
+          "2 SYN-ACK retransmissions (about 7 s) until the queue is half full, and new clients get in "
+          "again; in an uncrowded queue all are still there at 9 s",
 )
 def half_open_lifetime(run) -> dict:
     """Watch two listeners' unanswered half-open entries for :data:`LIFETIME_WATCH` seconds.
@@ -805,7 +880,8 @@ def half_open_lifetime(run) -> dict:
     progress.report(0.0, "creating the namespace")
     with Namespace(sysctls=sysctls) as ns:
         setup_namespace(ns)
-        retries = int(ns.sysctl("net.ipv4.tcp_synack_retries"))
+        machine = rules.Machine.read(ns)          # before any traffic: the rules' inputs
+        retries = machine.sysctls.get("tcp_synack_retries")
         socks, ports = [], {}
         try:
             for b in LIFETIME_BACKLOGS:
@@ -836,6 +912,8 @@ def half_open_lifetime(run) -> dict:
                     progress.report((now - t0) / LIFETIME_WATCH,
                                     f"watching the half-open entries: {now - t0:.1f} of {LIFETIME_WATCH:g} s")
                     time.sleep(min(LIFETIME_STEP, max(0.0, deadline - time.monotonic())))
+                # the flood is over and old entries are gone: do new clients get in again?
+                legit_after = legit_connects(ns, ports[LIFETIME_BACKLOGS[0]])
         finally:
             for s in socks:
                 s.close()
@@ -851,4 +929,5 @@ def half_open_lifetime(run) -> dict:
                           "entries_start": start[str(b)], "entries_end": ys[-1], "dropped_at": dropped,
                           "synack_times": synack_times(df, ports[b]) if df is not None else []})
     return {"synack_retries": retries, "watch_seconds": samples[-1]["t"], "step": LIFETIME_STEP,
-            "samples": samples, "listeners": listeners}
+            "samples": samples, "listeners": listeners, "legit_after": legit_after,
+            "machine": machine.as_dict()}
