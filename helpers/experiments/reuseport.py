@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 import random
 import select
@@ -40,8 +39,9 @@ import warnings
 from typing import Iterator, Sequence
 
 from .. import progress
-from ..errors import CourseError
+from ..errors import CourseError, ParameterError
 from ..params import Param
+from ..stats import chi_square
 from .base import Result, experiment
 
 HOST = "127.0.0.1"
@@ -54,56 +54,8 @@ REQUEST = b"hello\n"
 
 
 # ======================================================================================
-# statistics: the chi-square test without scipy
+# statistics: helpers.stats (chi-square without scipy)
 # ======================================================================================
-def chi2_sf(x: float, dof: int) -> float:
-    """P(X ≥ x) for a chi-square variable X with *dof* (a positive integer) degrees of freedom.
-
-    Closed forms of the regularised upper incomplete gamma function Q(dof/2, x/2):
-
-    - even dof = 2k:  exp(-x/2) · Σ_{i<k} (x/2)^i / i!
-    - odd dof = 2k+1: erfc(√(x/2)) + exp(-x/2) · Σ_{i=1..k} (x/2)^(i-1/2) / Γ(i+1/2)
-    """
-    if isinstance(dof, bool) or not isinstance(dof, int) or dof < 1:
-        raise ValueError(f"dof must be a positive integer, not {dof!r}")
-    x = float(x)
-    if math.isnan(x):
-        raise ValueError("x is NaN")
-    if x <= 0:
-        return 1.0
-    h = x / 2.0
-    if dof % 2 == 0:
-        total, term = 0.0, 1.0
-        for i in range(dof // 2):
-            if i:
-                term *= h / i
-            total += term
-        return min(1.0, math.exp(-h) * total)
-    total = math.erfc(math.sqrt(h))
-    for i in range(1, (dof - 1) // 2 + 1):
-        total += math.exp((i - 0.5) * math.log(h) - h - math.lgamma(i + 0.5))
-    return min(1.0, total)
-
-
-def chi_square(counts: Sequence[int]) -> dict:
-    """Pearson's chi-square test of *counts* against equal shares.
-
-    Returns ``statistic`` (Σ (observed − expected)² / expected), ``dof`` (categories − 1),
-    ``p_value`` (how often a truly uniform choice gives a statistic at least this large;
-    None with one category), ``expected`` (the equal share) and ``sigma`` (the binomial
-    standard deviation of one category's count).
-    """
-    counts = [int(c) for c in counts]
-    n, total = len(counts), sum(counts)
-    if n == 0 or total == 0:
-        raise ValueError("chi_square needs at least one non-zero count")
-    expected = total / n
-    stat = sum((c - expected) ** 2 for c in counts) / expected
-    dof = n - 1
-    return {"statistic": stat, "dof": dof, "p_value": chi2_sf(stat, dof) if dof else None,
-            "expected": expected, "sigma": math.sqrt(total * (1 / n) * (1 - 1 / n))}
-
-
 def _assert_uniform(counts: Sequence[int], what: str) -> None:
     if len(counts) < 2:
         return
@@ -111,6 +63,9 @@ def _assert_uniform(counts: Sequence[int], what: str) -> None:
     assert t["p_value"] > P_MIN, \
         f"{what}: counts {list(counts)} are not consistent with equal shares (chi² {t['statistic']:.1f}, " \
         f"dof {t['dof']}, p {t['p_value']:.2g} ≤ {P_MIN})"
+    assert t["p_even"] > P_MIN, \
+        f"{what}: counts {list(counts)} are too even for independent choices (chi² {t['statistic']:.2f}, " \
+        f"lower tail p {t['p_even']:.2g} ≤ {P_MIN}): something deals them in turn"
     band = SIGMAS * t["sigma"]
     for i, c in enumerate(counts):
         assert abs(c - t["expected"]) <= band, \
@@ -276,33 +231,88 @@ def reuseport_spread(run, n: int = 4, connections: int = 1000) -> dict:
     listener's queue is drained. After the first batch the queues are read from TCP_INFO
     and from ``ss``.
     """
-    counts = [0] * n
-    first: dict = {}
     t0 = time.perf_counter()
     with reuseport_group(n) as group:
         port = group[0].getsockname()[1]
-        done = 0
-        while done < connections:
-            size = min(BATCH, connections - done)
-            clients = []
-            try:
-                for _ in range(size):
-                    clients.append(_connect(port))
-                _wait_queued(group, size)
-                if not first:
-                    q = [_queue(s) for s in group]
-                    first = {"size": size, "queues": [a for a, _ in q], "backlogs": [b for _, b in q],
-                             "ss_listen": _listen_rows(port, group)}
-                for i, s in enumerate(group):
-                    counts[i] += _drain(s, lambda conn, addr: _abort(conn))
-            finally:
-                for c in clients:
-                    c.close()
-            done += size
-            progress.report(done / connections, f"{done} of {connections} connections")
+        counts, first = _count_spread(group, port, connections)
     seconds = time.perf_counter() - t0
     return {"n": n, "connections": connections, "port": port, "backlog": BACKLOG, "counts": counts,
             "chi_square": chi_square(counts), "first_batch": first, "seconds": seconds}
+
+
+def _count_spread(group: Sequence[socket.socket], port: int, connections: int) -> tuple[list[int], dict]:
+    """Connect *connections* clients in batches of BATCH while nobody accepts, then drain
+    every listener: (count per listener, the queues after the first batch)."""
+    counts = [0] * len(group)
+    first: dict = {}
+    done = 0
+    while done < connections:
+        size = min(BATCH, connections - done)
+        clients = []
+        try:
+            for _ in range(size):
+                clients.append(_connect(port))
+            _wait_queued(group, size)
+            if not first:
+                q = [_queue(s) for s in group]
+                first = {"size": size, "queues": [a for a, _ in q], "backlogs": [b for _, b in q],
+                         "ss_listen": _listen_rows(port, group)}
+            for i, s in enumerate(group):
+                counts[i] += _drain(s, lambda conn, addr: _abort(conn))
+        finally:
+            for c in clients:
+                c.close()
+        done += size
+        progress.report(done / connections, f"{done} of {connections} connections")
+    return counts, first
+
+
+# ======================================================================================
+# 1b. steering: a reuseport BPF program picks the listener
+# ======================================================================================
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)   # include/uapi/asm-generic/socket.h
+BPF_RET_K = 0x06                                                            # BPF_RET | BPF_K
+
+
+def attach_reuseport_cbpf_ret(sock: socket.socket, index: int) -> bytes:
+    """Attach the one-instruction classic BPF program ``ret #index`` to *sock*'s reuseport
+    group (SO_ATTACH_REUSEPORT_CBPF; no privileges needed). For every incoming SYN the
+    kernel runs it and takes its return value as an index into the group's sockets, in
+    the order they joined (listen()); an index out of range falls back to the hash
+    (net/core/sock_reuseport.c run_bpf_filter/reuseport_select_sock). Returns the program."""
+    import ctypes
+    insns = struct.pack("HBBI", BPF_RET_K, 0, 0, int(index))          # struct sock_filter
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    fprog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(buf))          # struct sock_fprog {len; *filter}
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    return insns
+
+
+def check_steer(result: Result) -> None:
+    d = result.data
+    assert sum(d["counts"]) == d["connections"], "every connection is accepted by exactly one listener"
+    assert d["counts"][d["target"]] == d["connections"], \
+        (f"the program 'ret #{d['target']}' sends every connection to listener {d['target']} "
+         f"(the {d['target'] + 1}. to call listen()): got {d['counts']}")
+
+
+@experiment("reuseport_steer", chapter="01_05", invariant=check_steer,
+            params=[N_PARAM, Param("target", "listener to steer to", 0, choices=(0, 1, 2, 3), minimum=0,
+                                   maximum=15, doc="the index the BPF program returns (listen() order)")],
+            claim="a reuseport BPF program, not the hash, picks the listener when one is attached")
+def reuseport_steer(run, n: int = 4, target: int = 0, connections: int = 200) -> dict:
+    """The same group as :func:`reuseport_spread`, with the classic BPF program
+    ``ret #target`` attached (SO_ATTACH_REUSEPORT_CBPF): the server steers every new
+    connection to one listener."""
+    if not 0 <= int(target) < n:
+        raise ParameterError(f"target={target!r} is not a listener of {n}.", f"use 0..{n - 1}.")
+    connections = int(connections)
+    with reuseport_group(n) as group:
+        port = group[0].getsockname()[1]
+        program = attach_reuseport_cbpf_ret(group[0], target)
+        counts, _ = _count_spread(group, port, connections)
+    return {"n": n, "connections": connections, "target": int(target), "counts": counts,
+            "program": program.hex()}
 
 
 def spread_table(result: Result):

@@ -25,8 +25,9 @@
 import math
 import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind
+from helpers.stats import chi_square, chi2_sf
 from helpers.experiments.reuseport import (reuseport_spread, reuseport_hash, reuseport_join, accept_sharing,
-                                           reuseport_close, chi_square, chi2_sf, spread_table, spread_text,
+                                           reuseport_close, reuseport_steer, spread_table, spread_text,
                                            hash_table, join_table, sharing_table, sharing_plot, slow_wait_band,
                                            done_after_connects,
                                            close_table, render, P_MIN, OTHER_USER_CASE, SAME_USER_CASE)
@@ -78,8 +79,9 @@ assert 0.02 < p_exact < 0.04
 # The kernel's own view confirms that the four listeners really are four queues. Right after
 # the first batch of 100 connections (nothing accepted yet) each listener's TCP_INFO reports
 # its own accept-queue length (`tcpi_unacked`) and backlog (`tcpi_sacked`), and `ss` lists
-# four LISTEN rows on the same port. `ss` prints them newest first, the reverse of the
-# `listen()` order; the `listener` column matches each row to its socket by inode (`ss -e`
+# four LISTEN rows on the same port. The order `ss` prints them in is a detail of how the
+# kernel's listening hash stores them (it differs between IPv4 and IPv6), so the `listener`
+# column matches each row to its socket by inode instead (`ss -e`
 # prints `ino:`, Python's `os.fstat(sock.fileno()).st_ino` is the same number). Each row's
 # Recv-Q is that listener's queue length.
 
@@ -89,7 +91,7 @@ display(pd.DataFrame(first["ss_listen"]).rename(columns={"recv_q": "Recv-Q (queu
 print("by listener, from TCP_INFO: accept queues", first["queues"], "backlogs", first["backlogs"])
 assert len(first["ss_listen"]) == 4 and len({r["local"] for r in first["ss_listen"]}) == 1, \
     "four LISTEN rows, one address:port"
-assert [r["listener"] for r in first["ss_listen"]] == [3, 2, 1, 0], "ss lists the newest listener first"
+assert sorted(r["listener"] for r in first["ss_listen"]) == [0, 1, 2, 3], "each row is one of the listeners"
 assert all(r["recv_q"] == first["queues"][r["listener"]] for r in first["ss_listen"]), "Recv-Q = TCP_INFO queue"
 assert sum(first["queues"]) == first["size"] == 100, "the 100 waiting connections are spread over 4 queues"
 assert all(b == spread.data["backlog"] for b in first["backlogs"]), "each listener has its own backlog"
@@ -110,6 +112,12 @@ assert all(b == spread.data["backlog"] for b in first["backlogs"]), "each listen
 # this", so we would reject it. A large one does *not* prove the choice is uniform; it only
 # says these counts give no reason to doubt it.
 #
+# This test looks at one tail only: counts that are too *uneven*. Counts that are too
+# *even* pass it with flying colours: a dealer that hands connections out in turn gives
+# exactly 250 each, χ² = 0 and p = 1. Independent random choices almost never look that
+# tidy, so the *lower* tail tells: P(χ² ≤ observed) (`p_even` below) close to 0, or
+# equivalently a p-value close to 1, says "too even to be chance".
+#
 # The course computes the p-value without scipy (`chi2_sf`, closed forms for whole degrees
 # of freedom). First check it against a printed table: with 3 degrees of freedom the 5 %
 # critical value is 7.815.
@@ -126,8 +134,18 @@ assert all(abs(c - 250) <= 5 * t["sigma"] for c in counts), "every listener with
 
 # %% [markdown]
 # The rule used throughout this chapter: reject "equal shares" only when p < 0.0001 (so an
-# honest uniform choice fails the check once in 10 000 runs), and also require every
-# listener to be within 5σ of its share.
+# honest uniform choice fails the check once in 10 000 runs), reject "independent choices"
+# when the lower tail `p_even` < 0.0001 (too even), and require every listener to be within
+# 5σ of its share. The two tails, on this run and on a round-robin dealer's counts:
+
+# %%
+dealt = chi_square([250, 250, 250, 250])
+print(f"this run: p = {t['p_value']:.3f}, p_even = {t['p_even']:.3f};  "
+      f"round-robin [250]*4: χ² = {dealt['statistic']:.0f}, p = {dealt['p_value']:.3f}, p_even = {dealt['p_even']:.3g}")
+assert t["p_even"] > P_MIN, "the kernel's counts are not suspiciously even"
+assert dealt["p_value"] == 1.0 and dealt["p_even"] < P_MIN, "only the lower tail rejects the dealer"
+
+# %% [markdown]
 #
 # **Predict:** run the same experiment five more times. Will the p-value be similar each
 # time?
@@ -179,8 +197,22 @@ print(f"{len(rows)} client ports ({h.data['probes']} tried to deal them evenly),
 # ⌊hash · 4 / 2³²⌋ · 2 or that + 1, which is the pattern in the table (the listeners are
 # numbered in `listen()` order, the order the kernel keeps them in): listener *i* of 4
 # becomes 2*i* or 2*i* + 1 of 8, so only a port of listener 0 can stay on the same socket.
-# Two consequences: a server cannot steer a client to a less busy listener, and changing the
+# Two consequences: the hash alone never looks at how busy a listener is, and changing the
 # group size changes where new connections from the same 4-tuple go.
+#
+# A server *can* steer, though, by replacing the hash. It may attach a program to the group
+# (`SO_ATTACH_REUSEPORT_CBPF` with classic BPF, `SO_ATTACH_REUSEPORT_EBPF` with eBPF) whose
+# return value is the index of the listener to use; or set `SO_INCOMING_CPU` on each
+# listener, so that a connection goes to the listener bound to the CPU that received it.
+# The smallest program there is, `ret #0` (one classic BPF instruction, no privileges
+# needed), sends everything to the first listener:
+#
+# **Predict:** with that program attached, how many of 200 connections does listener 0 get?
+
+# %%
+steer = reuseport_steer(n=4, target=0)
+reuseport_steer.check(steer)
+print(f"program {steer.data['program']} (BPF_RET|BPF_K, k = 0): counts per listener {steer.data['counts']}")
 #
 # ## 4 · Who may join the group
 #
@@ -363,9 +395,8 @@ print(f"listener {d1['victim']} closed with {q1} queued: TCPMigrateReqSuccess = 
 # > `SO_REUSEPORT` alone does not make a restart lossless. The one remedy measured here is
 # > `net.ipv4.tcp_migrate_req = 1` (Linux ≥ 5.14): the kernel moved every queued connection
 # > to a surviving listener, request intact (the second run). Until the old listener closes,
-# > it keeps its share of new connections whatever it is doing (section 5); steering them away
-# > from it would take a reuseport BPF program (`SO_ATTACH_REUSEPORT_EBPF`), which this course
-# > does not measure.
+# > it keeps its share of new connections whatever it is doing (section 5), unless a reuseport
+# > BPF program steers them away from it (section 3 attached the simplest one).
 #
 # ## 7 · Your turn: change N
 #
@@ -404,7 +435,7 @@ for r in (eight, two):
           f"measured: largest miss {worst:.3f} of the share, χ² p = {t['p_value']:.2f}")
 
 # %% [markdown]
-# **Explain.** σ/share = √(N·(1/N)·(1 − 1/N)·1000) / (1000/N) = √((N − 1)/1000): 0.084 for
+# **Explain.** σ/share = √(1000·(1/N)·(1 − 1/N)) / (1000/N) = √(1000·(N − 1))/1000 = √((N − 1)/1000): 0.084 for
 # N = 8, 0.032 for N = 2. Each of 8 listeners gets fewer connections, so its count is
 # relatively noisier. That is arithmetic; a single run of each is one draw, and the largest
 # miss of a run with N = 2 can now and then exceed that of a run with N = 8. What the asserts
@@ -479,8 +510,10 @@ check_value(answer_4, False, name="a busy listener gets fewer",
 #   have the option set by then (the first may set it even after `listen()`) and both belong
 #   to the same user; otherwise `EADDRINUSE`.
 # * The kernel picks the listener from a hash of the 4-tuple scaled to the group size: the
-#   counts are consistent with equal odds (chi-square), the same 4-tuple always lands on
-#   the same listener, and resizing the group reshuffles where new connections go.
+#   counts are consistent with equal odds (chi-square, neither too uneven nor too even),
+#   the same 4-tuple always lands on the same listener, and resizing the group reshuffles
+#   where new connections go. A reuseport BPF program (or `SO_INCOMING_CPU`) replaces the
+#   hash when the server wants to steer.
 # * The hash ignores load: a slow listener keeps its 1/N share and its clients wait (a median
 #   of about (share / 2) × its pause) while the other workers idle; one shared queue lets idle
 #   workers take over.
