@@ -648,7 +648,7 @@ def check_synack_expiry(result: Result, *, quiet: bool = True) -> None:
     rules.assert_rule(result, rules.synack_retry_band, [b - a for a, b in zip(sa, sa[1:])], retries, quiet=quiet,
                       what="gaps between the server's SYN-ACKs, from the capture")
     assert d["dropped_at"] is not None, "the half-open entry disappeared within the run"
-    rules.assert_rule(result, rules.syn_ack_recalc, d["dropped_at"] - d["syn_sent_at"], quiet=quiet,
+    rules.assert_rule(result, rules.syn_ack_recalc, d["dropped_at"] - d["syn_sent_at"], retries, quiet=quiet,
                       what="when SYN-RECV emptied (s after the SYN, sampled every 20 ms)")
     assert d["fate"] == "reset" and d["errno"] == "ECONNRESET", \
         f"the client's next retransmission after the drop is answered with RST ({d['fate']}, {d['errno']})"
@@ -893,8 +893,8 @@ class LateClient:
     def sentence(self) -> str:
         d = self.result.data
         if d["abort_on_overflow"] == 1:
-            return (f"The request left at {self.requests[0]:.3f} s and the RST came back at {self.reset_at:.3f} s: "
-                    f"{(self.reset_at - self.requests[0]) * 1000:.1f} ms later.")
+            return (f"The request left at {self.requests[0]:.3f} s and the RST came back "
+                    f"{(self.reset_at - self.requests[0]) * 1e6:.0f} µs later.")
         return (f"The request left at {self.requests[0]:.2f} s and was sent {len(self.requests)} times, "
                 f"{', '.join(f'{g:.2f}' for g in self.request_gaps)} s apart; the namespace counted "
                 f"{self.loss_probes} tail-loss probes (`TcpExtTCPLossProbes`, one per late client). The server sent "
