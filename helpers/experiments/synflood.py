@@ -318,9 +318,10 @@ def capture_summary(result: Result) -> dict:
     return {"spoofed SYNs": int(len(syns)), "sources answered": int(answered.drop_duplicates().shape[0])}
 
 
-def legit_connected(result: Result) -> int:
-    """How many legitimate clients got in within the wait."""
-    return sum(x["connected"] for x in result.data["legit"])
+def legit_connected(result: Result, key: str = "legit") -> int:
+    """How many legitimate clients got in within the wait (*key*: "legit", or "legit_after"
+    for :func:`half_open_lifetime`'s clients after the watch)."""
+    return sum(x["connected"] for x in result.data[key])
 
 
 def outcome_table(result: Result):
@@ -742,6 +743,14 @@ def synack_times(df, port: int) -> list[list[float]]:
         if key in first:
             out.setdefault(key, []).append(round(float(r["time"] - first[key]), 3))
     return [sorted(v) for _, v in sorted(out.items())]
+
+
+def resent_at(result: Result, backlog: int) -> list[float]:
+    """Median times (s after the SYN) of the 1st, 2nd, … SYN-ACK retransmission of a listener's entries."""
+    import statistics
+    L = next(x for x in result.data["listeners"] if x["backlog"] == backlog)
+    n = max((len(t) for t in L["synack_times"]), default=0)
+    return [statistics.median([t[i] for t in L["synack_times"] if len(t) > i]) for i in range(1, n)]
 
 
 def lifetime_table(result: Result):

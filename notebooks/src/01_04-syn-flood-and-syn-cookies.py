@@ -11,6 +11,10 @@
 # 4. Decode a SYN cookie from the SYN-ACKs in a capture: what it encodes and what it costs.
 # 5. Measure how long an unanswered half-open entry lives, and why a flood shortens it.
 #
+# Every number is checked against the kernel's rule evaluated on the namespace the run was made
+# in (its settings, read before the flood): each check prints rule, inputs, prediction and
+# measurement.
+#
 # **Prerequisites:** [01_02 The three-way handshake](01_02-three-way-handshake.ipynb),
 # [01_03 SYN queue and accept queue](01_03-syn-queue-and-accept-queue.ipynb).
 # **Time:** 45 minutes.
@@ -22,12 +26,14 @@
 # %%
 import textwrap
 import pandas as pd
-from helpers.notebook import mode_banner, nothing_left_behind
-from helpers.experiments.synflood import (syn_flood, syn_cookie_anatomy, half_open_lifetime, send_flood,
-                                          outcome_table, flood_plot, probe_table, render, queue_caps,
-                                          lifetime_table, lifetime_plot, client_max_window,
-                                          mss_index, MSSTAB, MAX_FLOOD, MAX_SECONDS, SPOOF_NET)
+from helpers.notebook import mode_banner, nothing_left_behind, show
+from helpers.rawsyn import send_flood, MAX_FLOOD, MAX_SECONDS, SPOOF_NET
+from helpers.experiments.synflood import (syn_flood, syn_cookie_anatomy, half_open_lifetime, outcome_table,
+                                          flood_plot, probe_table, render, queue_caps, lifetime_table,
+                                          lifetime_plot, client_max_window, capture_summary, legit_connected,
+                                          largest_server_segment, resent_at, mss_index, MSSTAB)
 from helpers.errors import UnsafeTargetError
+from helpers import rules
 from helpers.checks import check_value
 from helpers.widgets import Panel
 
@@ -37,9 +43,10 @@ mode_banner(needs=("live_capture", "namespaces"))
 # ## 0 · A flood that can only hit its own namespace
 #
 # The flood sends SYNs from spoofed addresses in the private range `10.99.0.0/16` through a
-# raw socket. Before it builds a single packet it calls a guard that refuses any target that
-# is not `127.0.0.0/8` *inside* a namespace this very process created and still holds open,
-# and any count or duration beyond its bounds. Try it: none of these sends anything.
+# raw socket (`helpers.rawsyn`, the one module allowed to). Before it builds a single packet
+# it calls a guard that checks its parameters (count, duration, a numeric loopback target,
+# the source range), then refuses any namespace that is not one this very process created
+# and still holds open. Try it: none of these sends anything.
 
 # %%
 attempts = [
@@ -89,33 +96,32 @@ outcome_table(off)
 # %%
 d = off.data
 syn_flood.check(off)     # the chapter's claims on this run; each assert names its claim
-assert d["ss_syn_recv"] == 16 + 1, "the half-open queue stops at backlog + 1"
-assert d["counters_flood"]["TcpExtTCPReqQFullDrop"] == 2000 - 17, "every later SYN is dropped, and counted"
-assert sum(c["connected"] for c in d["legit"]) == 0, "no legitimate client gets in"
-assert d["counters_legit"]["TcpExtTCPReqQFullDrop"] == len(d["legit"]) == 10, "each legitimate SYN was dropped too"
-print(f"{d['flood']['sent']} SYNs sent in {d['flood']['send_seconds'] * 1000:.0f} ms of sending "
-      f"({d['flood']['wall_seconds'] * 1000:.0f} ms with the 20 samples of the queue)")
-print(f"SYN-RECV: {d['ss_syn_recv']} entries; TCPReqQFullDrop: {d['counters_flood']['TcpExtTCPReqQFullDrop']} during "
-      f"the flood, {d['counters_legit']['TcpExtTCPReqQFullDrop']} after it; legitimate clients connected: 0/{len(d['legit'])}")
+cap_off = rules.assert_rule(off, rules.half_open_cap, d["ss_syn_recv"], 16, 0,
+                            what="SYN-RECV entries after the flood (ss)").value
+assert d["counters_flood"]["TcpExtTCPReqQFullDrop"] == d["flood"]["sent"] - cap_off, "every later SYN is dropped, and counted"
+assert legit_connected(off) == 0, "no legitimate client gets in"
+assert d["counters_legit"]["TcpExtTCPReqQFullDrop"] == len(d["legit"]), "each legitimate SYN was dropped too"
+show([f"{d['flood']['sent']} SYNs sent in {d['flood']['send_seconds'] * 1000:.0f} ms of sending "
+      f"({d['flood']['wall_seconds'] * 1000:.0f} ms with the 20 samples of the queue). SYN-RECV stopped at "
+      f"**{d['ss_syn_recv']}** entries; `TCPReqQFullDrop` counted {d['counters_flood']['TcpExtTCPReqQFullDrop']} "
+      f"during the flood and {d['counters_legit']['TcpExtTCPReqQFullDrop']} after it; legitimate clients "
+      f"connected: **{legit_connected(off)}/{len(d['legit'])}**."])
 
 # %% [markdown]
-# **Observe.** The queue stopped at 17, one more than the backlog: a SYN finds the queue
-# "full" only when it already holds *more* than `backlog` entries (the same `backlog + 1`
-# you met for the accept queue in 01_03). Every SYN after that was dropped without an
-# answer; the kernel counts each in `TcpExtTCPReqQFullDrop` (and `TcpExtListenDrops`). The
-# legitimate clients' SYNs are dropped just the same (10 more `TCPReqQFullDrop` after the
-# flood, one per client): the kernel cannot tell them apart.
+# **Observe.** The queue stopped at one more than the backlog: a SYN finds the queue "full"
+# only when it already holds *more* than `backlog` entries (the same `backlog + 1` you met
+# for the accept queue in 01_03). Every SYN after that was dropped without an answer; the
+# kernel counts each in `TcpExtTCPReqQFullDrop` (and `TcpExtListenDrops`). The legitimate
+# clients' SYNs are dropped just the same (one more `TCPReqQFullDrop` per client after the
+# flood): the kernel cannot tell them apart.
 #
-# The capture agrees: 2000 spoofed SYNs, but SYN-ACKs to only 17 of their sources.
+# The capture agrees: every spoofed SYN is on the wire, but only the entries got a SYN-ACK.
 
 # %%
-df_off = off.segments()
-spoofed_syns = df_off[df_off["src"].str.startswith("10.99.") & (df_off["flags"] == "SYN")]
-answered = df_off[df_off["dst"].str.startswith("10.99.") & (df_off["flags"] == "SYN+ACK")]
-print(f"{len(spoofed_syns)} spoofed SYNs captured, {answered[['dst', 'dport']].drop_duplicates().shape[0]} "
-      f"of them answered")
-assert len(spoofed_syns) == 2000 and answered[["dst", "dport"]].drop_duplicates().shape[0] == 17
-df_off[["t", "src", "sport", "dst", "dport", "flags", "seq_raw", "mss"]].head(4)
+seen = capture_summary(off)
+show([f"{seen['spoofed SYNs']} spoofed SYNs captured, **{seen['sources answered']}** of their sources answered."])
+assert seen["spoofed SYNs"] == d["flood"]["sent"] and seen["sources answered"] == cap_off
+off.segments()[["t", "src", "sport", "dst", "dport", "flags", "seq_raw", "mss"]].head(4)
 
 # %% [markdown]
 # ## 2 · The same flood, SYN cookies on
@@ -133,23 +139,50 @@ outcome_table(on)
 # %%
 d = on.data
 syn_flood.check(on)
-assert d["ss_syn_recv"] == 17, "cookies do not enlarge the queue"
-assert d["counters_flood"]["TcpExtSyncookiesSent"] == 2000 - 17, "every SYN beyond the full queue gets a cookie"
+cap_on = rules.assert_rule(on, rules.half_open_cap, d["ss_syn_recv"], 16, 1,
+                           what="SYN-RECV entries after the flood, cookies on (ss)").value
+assert cap_on == cap_off, "cookies do not enlarge the queue"
+assert d["counters_flood"]["TcpExtSyncookiesSent"] == d["flood"]["sent"] - cap_on, "every SYN beyond the full queue gets a cookie"
 assert d["counters_flood"]["TcpExtTCPReqQFullDrop"] == 0, "and none is dropped"
-assert sum(c["connected"] for c in d["legit"]) == 10, "every legitimate client gets in"
-assert d["counters_legit"]["TcpExtSyncookiesRecv"] == 10, "each through a cookie it sent back"
-print(f"SyncookiesSent during the flood: {d['counters_flood']['TcpExtSyncookiesSent']}; "
-      f"legitimate clients: 10/10 in at most {max(c['ms'] for c in d['legit']):.2f} ms; "
-      f"SyncookiesRecv: {d['counters_legit']['TcpExtSyncookiesRecv']}")
+got_in = rules.assert_rule(on, rules.acceptq_and_cookies, legit_connected(on), 16, len(d["legit"]),
+                           what="legitimate clients connected").value
+assert d["counters_legit"]["TcpExtSyncookiesRecv"] == got_in, "each through a cookie it sent back"
+show([f"`SyncookiesSent` during the flood: **{d['counters_flood']['TcpExtSyncookiesSent']}**; legitimate clients: "
+      f"**{legit_connected(on)}/{len(d['legit'])}**, in at most {max(c['ms'] for c in d['legit'] if c['ms']):.2f} ms; "
+      f"`SyncookiesRecv`: {d['counters_legit']['TcpExtSyncookiesRecv']}."])
 
 # %% [markdown]
-# **Explain.** The queue still stopped at 17. What changed is the answer to the 18th SYN:
+# **Explain.** The queue stopped at the same place. What changed is the answer to the next SYN:
 # instead of dropping it, the kernel answered with a SYN-ACK whose sequence number (the
 # *cookie*) encodes what it needs to rebuild the connection later, and then *forgot* the
 # SYN. A spoofed source never answers, so nothing more happens. A real client sends back its
 # ACK, acknowledging cookie + 1; the kernel checks the cookie, rebuilds the connection and
 # puts it straight into the accept queue (`SyncookiesRecv`). The flood costs the server one
 # SYN-ACK per SYN and no memory.
+#
+# ### Cookies protect the SYN queue, not the accept queue
+#
+# In that run nobody called `accept()`, and all the legitimate clients still fit in the accept
+# queue of `listen(16)`. **Predict:** the same flood, cookies on, but `listen(4)`: how many of
+# the legitimate clients get in now?
+
+# %%
+few = syn_flood(cookies=1, flood=2000, backlog=4)
+syn_flood.check(few)
+fd = few.data
+room = rules.assert_rule(few, rules.acceptq_and_cookies, legit_connected(few), 4, len(fd["legit"]),
+                         what="legitimate clients connected, cookies on, nobody accepting").value
+show([f"`listen(4)`, cookies on: **{legit_connected(few)} of {len(fd['legit'])}** legitimate clients got in "
+      f"(`SyncookiesRecv` {fd['counters_legit']['TcpExtSyncookiesRecv']}); the other "
+      f"{len(fd['legit']) - room} SYNs were dropped and counted in `ListenOverflows` "
+      f"({fd['counters_legit']['TcpExtListenOverflows']}), exactly as in 01_03. They will retry in a second "
+      f"and get in only once the application accepts."])
+
+# %% [markdown]
+# **Explain.** `tcp_conn_request()` checks the *accept* queue before anything else: a SYN that
+# finds it full is dropped, cookies or not, and a cookie ACK that finds it full is dropped too
+# (`tcp_v4_syn_recv_sock()`). Cookies replace the SYN queue's memory, not the application's
+# `accept()`: a server that accepts too slowly is still full, whatever `tcp_syncookies` says.
 #
 # ## 3 · A bigger backlog
 #
@@ -166,18 +199,23 @@ pd.DataFrame({("cookies on" if r.params["cookies"] else "cookies off"): outcome_
 # %%
 for r in (big_off, big_on):
     syn_flood.check(r)
-m = big_off.data["max_syn_backlog"]
-assert big_off.data["ss_syn_recv"] == m - m // 4 + 1 == 193, "cookies off: stops once more than ¾ of the sysctl"
+three_q = rules.assert_rule(big_off, rules.half_open_cap, big_off.data["ss_syn_recv"], 1024, 0,
+                            what="SYN-RECV entries, listen(1024), cookies off").value
+rules.assert_rule(big_on, rules.half_open_cap, big_on.data["ss_syn_recv"], 1024, 1,
+                  what="SYN-RECV entries, listen(1024), cookies on")
 assert big_off.data["counters_flood"]["TcpExtTCPReqQFullDrop"] == 0, "the queue was never full"
-assert big_off.data["counters_flood"]["TcpExtListenDrops"] == 2000 - 193, "yet 1807 SYNs were dropped"
-assert big_on.data["ss_syn_recv"] == 1024 + 1, "cookies on: the ¾ rule does not apply"
-print(f"tcp_max_syn_backlog = {m}: cookies off → {big_off.data['ss_syn_recv']} = {m} − {m}/4 + 1; "
-      f"cookies on → {big_on.data['ss_syn_recv']} = 1024 + 1")
+assert big_off.data["counters_flood"]["TcpExtListenDrops"] == big_off.data["flood"]["sent"] - three_q, \
+    "yet every later SYN was dropped"
+m = big_off.data["max_syn_backlog"]
+show([f"`tcp_max_syn_backlog` = {m} in the namespace: cookies off → **{big_off.data['ss_syn_recv']}** = "
+      f"{m} − {m}/4 + 1, and {big_off.data['counters_flood']['TcpExtListenDrops']} SYNs dropped although "
+      f"`TCPReqQFullDrop` stayed {big_off.data['counters_flood']['TcpExtTCPReqQFullDrop']}; cookies on → "
+      f"**{big_on.data['ss_syn_recv']}** = 1024 + 1."])
 
 # %% [markdown]
 # **Explain.** Without cookies, Linux keeps the last quarter of `tcp_max_syn_backlog` for
 # peers it has already seen complete a connection ("proven" peers, in `tcp_input.c`): once the queue
-# holds more than `256 − 256/4 = 192` entries, a SYN from anyone else is dropped. That drop is
+# holds more than `max − max/4` entries, a SYN from anyone else is dropped. That drop is
 # counted only in `ListenDrops`, not in `TCPReqQFullDrop`: the queue was not full. With
 # cookies on, this rule is skipped; the queue fills to `backlog + 1` and cookies take over.
 # So the half-open queue is bounded by `listen()`'s backlog, and without cookies also by
@@ -189,20 +227,22 @@ print(f"tcp_max_syn_backlog = {m}: cookies off → {big_off.data['ss_syn_recv']}
 # the run should reach.
 
 # %%
-fig = flood_plot([off, on, big_off, big_on], title="What became of each of 2000 spoofed SYNs")
+fig = flood_plot([off, on, big_off, big_on], title="What became of each spoofed SYN")
 
 # %%
+n_samples = 0
 for r in (off, on, big_off, big_on):
     for s in r.data["samples"]:
         assert s["syn_recv"] + s["TcpExtSyncookiesSent"] + s["TcpExtListenDrops"] == s["sent"]
-print("at each of the 80 samples: SYN-RECV entries + cookies sent + SYNs dropped = SYNs sent so far")
+        n_samples += 1
+show([f"At each of the {n_samples} samples: SYN-RECV entries + cookies sent + SYNs dropped = SYNs sent so far."])
 
 # %% [markdown]
 # **Observe.** In every run the blue line climbs until it meets its cap and then stays flat,
 # and from that moment every further SYN went to exactly one of the other two lines: a drop
 # with cookies off, a cookie with cookies on. No SYN is lost from the books. Only the
-# bottom-left run (cookies off, `listen(1024)`) stops below its backlog, at 193, and drops
-# the rest; with cookies on the same backlog lets the queue reach 1025 before the first
+# bottom-left run (cookies off, `listen(1024)`) stops below its backlog, at the ¾ limit, and
+# drops the rest; with cookies on the same backlog lets the queue reach 1025 before the first
 # cookie. (On a log scale, 0 sits at the bottom: a line lying there counted nothing.)
 #
 # ## 4 · Your turn: cookies, flood size, backlog
@@ -225,10 +265,12 @@ panel.show()
 
 # %%
 syn_flood.check(small)
-assert small.data["ss_syn_recv"] == 200 and small.data["counters_flood"]["TcpExtSyncookiesSent"] == 0, \
+assert small.data["ss_syn_recv"] == small.data["flood"]["sent"] < rules.half_open_cap(small.machine_snapshot(), 1024, 1).value
+assert small.data["counters_flood"]["TcpExtSyncookiesSent"] == 0, \
     "a flood that fits in the queue gets no cookies: they are a fallback, not the normal path"
-assert sum(c["connected"] for c in small.data["legit"]) == 10
-print("200 SYNs fit in listen(1024)'s queue: 0 cookies sent, legitimate clients use the queue as usual")
+show([f"{small.data['flood']['sent']} SYNs fit in `listen(1024)`'s queue: "
+      f"{small.data['counters_flood']['TcpExtSyncookiesSent']} cookies sent; {legit_connected(small)} of "
+      f"{len(small.data['legit'])} legitimate clients used the queue as usual."])
 
 # %% [markdown]
 # ## 5 · What a cookie encodes
@@ -285,6 +327,7 @@ print("same SYN → same cookie; ISN+1 → cookie+1; MSS 1440/1300/536 → cooki
 
 # %%
 n, c = anatomy.data["normal"], anatomy.data["cookie"]
+lo_mss = rules.tcp_mss_default(anatomy.machine_snapshot().lo_mtu)
 cost = pd.DataFrame({"normal handshake": n, "cookie handshake": c}).loc[
     ["client_syn_mss", "server_snd_mss", "server_maxseg", "server_wscale", "server_sack", "server_timestamps"]]
 cost.loc["client's largest window (capture)"] = [client_max_window(anatomy, "normal"),
@@ -292,23 +335,26 @@ cost.loc["client's largest window (capture)"] = [client_max_window(anatomy, "nor
 cost
 
 # %%
-assert c["client_syn_mss"] == 65495 and c["server_snd_mss"] == MSSTAB[mss_index(65495)] - 12 == 1448
+kept = MSSTAB[mss_index(lo_mss)]
+assert c["client_syn_mss"] == lo_mss and c["server_snd_mss"] == kept - 12
 assert n["server_snd_mss"] > 10 * c["server_snd_mss"]
-seg = anatomy.segments()
-cookie_data = seg[(seg["sport"] == anatomy.data["port"]) & (seg["dport"] == c["client_port"]) & (seg["len"] > 0)]
-assert cookie_data["len"].max() == 1448
-print(f"client announced {c['client_syn_mss']}; through the cookie the server keeps only msstab's "
-      f"{MSSTAB[mss_index(65495)]} (TCP_MAXSEG {c['server_maxseg']} = 1460 − 12 bytes of timestamps); "
-      f"largest server segment in the capture: {cookie_data['len'].max()} bytes")
+biggest = largest_server_segment(anatomy, "cookie")
+assert biggest == c["server_snd_mss"]
 w = client_max_window(anatomy, "normal")
-assert n["server_snd_mss"] == min(65495 - 12, w // 2), "the normal connection: half the client's largest window"
-print(f"normal handshake: send MSS {n['server_snd_mss']} = {w} // 2, below 65495 − 12 = 65483")
+assert n["server_snd_mss"] == min(lo_mss - 12, w // 2), "the normal connection: half the client's largest window"
+show([f"The client announced MSS {c['client_syn_mss']} (lo's MTU − 40); through the cookie the server keeps "
+      f"only msstab's **{kept}** (TCP_MAXSEG {c['server_maxseg']} = {kept} − 12 bytes of timestamps); the largest "
+      f"server segment in the capture is {biggest} bytes. The normal handshake's send MSS is "
+      f"{n['server_snd_mss']} = min({lo_mss} − 12, {w} // 2): Linux never sends a segment larger than half the "
+      f"biggest window the peer has advertised (`tcp_bound_to_half_wnd()` in `include/net/tcp.h`), still "
+      f"{n['server_snd_mss'] // c['server_snd_mss']} times the cookie connection's."])
 
 # %% [markdown]
-# Why 47616 and not 65483 for the normal connection? Linux never sends a segment larger
-# than half the biggest window the peer has ever advertised (`tcp_bound_to_half_wnd()` in
-# `include/net/tcp.h`), so that a window always holds at least two segments. This client's
-# largest window was 95232 bytes, half of it 47616: still 33 times the cookie connection's 1448.
+# **Is that the cost of a cookie?** Only on loopback. The MSS table holds the sizes real
+# networks use: 1460 is Ethernet's MSS (MTU 1500), and the "base: MSS 1460" probe of the table
+# above encoded index 3, which decodes to 1460 again: on Ethernet a cookie loses nothing of the
+# MSS. (1440, 1300 and 536 cover tunnels, PPPoE and the minimum.) The 65495 of `lo` is no
+# network's MSS, so the 64 KB segments of loopback are what is lost here: an artefact of the lab.
 
 # %% [markdown]
 # And without timestamps? The last crafted SYN offered window scale 7 and SACK but no
@@ -325,9 +371,12 @@ assert ao["accepted"] and ao["syn_recv_after_syn"] == ao["syn_recv_before"]
 assert not ao["server_wscale_ok"] and not ao["server_sack"]
 
 # %% [markdown]
-# A cookie connection is a degraded connection: a coarse MSS, and without timestamps no
-# window scaling (so at most 64 KB in flight) and no SACK. That is why Linux sends cookies only
-# when the queue is full (`tcp_syncookies = 1`), not always (`= 2`).
+# That is the real cost of a cookie. With timestamps (every Linux, macOS and Windows peer by
+# default) window scale and SACK ride in the TSval bits and survive, as the real client's
+# connection above shows. A SYN without timestamps leaves the cookie nowhere to keep them: the
+# connection has no window scaling (so at most 64 KB in flight, whatever the buffers) and no
+# SACK (every loss costs more). That is why Linux sends cookies only when the queue is full
+# (`tcp_syncookies = 1`), not always (`= 2`).
 #
 # ## 6 · How long does a half-open entry live?
 #
@@ -336,7 +385,8 @@ assert not ao["server_wscale_ok"] and not ao["server_sack"]
 # `net.ipv4.tcp_synack_retries`, which the run reads. Two listeners, cookies off, each left
 # with 17 unanswered entries: `listen(16)` after 200 spoofed SYNs (a full queue) and
 # `listen(1024)` after 17 (a nearly empty one). The run watches both queues for 9 seconds and
-# captures every SYN-ACK (a live run takes about 10 s: the waiting *is* the experiment).
+# captures every SYN-ACK (a live run takes about 10 s: the waiting *is* the experiment); then
+# 10 legitimate clients try `listen(16)` again.
 #
 # **Predict:** after how many seconds are the entries gone? The same for both listeners?
 
@@ -351,51 +401,61 @@ lifetime_table(life)
 fig = lifetime_plot(life)
 
 # %%
-half_open_lifetime.check(life)
+from helpers.experiments.synflood import check_half_open_lifetime
+check_half_open_lifetime(life, quiet=False)   # rules: reqsk_timer_handler(), syn_ack_recalc()
 L16, L1024 = life.data["listeners"]
-retries = life.data["synack_retries"]
-assert retries == 5, "the namespace's tcp_synack_retries is the kernel default"
-assert all(len(t) == 4 for t in L1024["synack_times"]) and L1024["entries_end"] == 17
-assert sorted(len(t) for t in L16["synack_times"]) == [3] * 9 + [4] * 8 and L16["entries_end"] == 8
-assert 6.5 <= L16["dropped_at"] <= 8.5
-print(f"tcp_synack_retries in the namespace: {retries}")
-print(f"listen(1024): every entry resent at about 1, 3 and 7 s and still there at {life.data['watch_seconds']:.1f} s")
-print(f"listen(16):   9 entries dropped at {L16['dropped_at']:.1f} s after 2 retransmissions; "
-      f"the other {L16['entries_end']} resent a third time and kept")
+ml = life.machine_snapshot()
+dropped16 = L16["entries_start"] - L16["entries_end"]
+show([f"`tcp_synack_retries` in the namespace: {ml.sysctls.get('tcp_synack_retries')}, so an entry would be "
+      f"given up after {rules.syn_ack_recalc(ml).value:g} s. `listen(1024)`: every entry resent at about "
+      f"{', '.join(f'{x:.1f}' for x in resent_at(life, L1024['backlog']))} s "
+      f"and all {L1024['entries_end']} still there at {life.data['watch_seconds']:.1f} s. `listen(16)`: "
+      f"**{dropped16} entries dropped at {L16['dropped_at']:.1f} s** after 2 retransmissions; the other "
+      f"{L16['entries_end']} resent a third time and kept. Afterwards {legit_connected(life, 'legit_after')} of "
+      f"{len(life.data['legit_after'])} legitimate clients got into `listen(16)` at once."])
 
 # %% [markdown]
 # **Observe.** An unanswered SYN-ACK is resent with exponential backoff: 1 s, then 2 s, then
-# 4 s later (the timer starts at 1 s and doubles). In the nearly empty `listen(1024)` queue
-# every entry got its third retransmission at about 7 s and is still there at 9 s; with
-# `tcp_synack_retries = 5` the kernel would go on resending at about 15 and 31 s and give up
-# at about 63 s (we stopped watching at 9 s). The full `listen(16)` queue is treated
-# differently: at the third timeout, about 7 s after the flood, 9 of its 17 entries were
-# dropped after only two retransmissions, and the remaining 8 were resent and kept.
+# 4 s later (the timer starts at 1 s and doubles; the 4 s timer sits in a coarser slot of the
+# kernel's timer wheel, so it fires up to a quarter of a second late). In the nearly empty
+# `listen(1024)` queue every entry got its third retransmission and is still there at the
+# end; with `tcp_synack_retries` retries the kernel would go on resending and give up at the
+# time printed above (we stopped watching at 9 s). The full `listen(16)` queue is treated
+# differently: at the third timeout, about 7 s after the flood, entries were dropped after
+# only two retransmissions, and the rest were resent and kept.
 #
 # **Explain.** `reqsk_timer_handler()` in `net/ipv4/inet_connection_sock.c` checks, each time an
 # entry's timer fires, whether the queue is more than half full (`2 × entries > backlog`) of
 # entries that already had a retransmission ("old" ones). If it is, it lowers the retry limit
 # for that entry, down to 2 ("abort old ones without pity", says the comment), to keep
 # room for new SYNs. It drops old entries only while the queue stays more than half full:
-# 17, 16, …, 9 entries, then at 8 of 16 the normal limit applies again. Either way, an
-# unanswered half-open entry lives seconds, not milliseconds.
+# at half of max(8, backlog) the normal limit applies again. Either way, an unanswered
+# half-open entry lives seconds, not milliseconds.
+#
+# And the legitimate clients that found `listen(16)` full in section 1? They were shut out
+# only while the flood's entries lasted: once the kernel had dropped the old entries, the
+# clients that tried again got in at once (printed above). A real flood keeps sending, so it
+# keeps the queue full; the moment it stops, the queue recovers within one SYN-ACK timeout.
 #
 # > **Myth vs measurement.** The source notes say SYN cookies mean "the server doesn't waste an
 # > entry in the SYN queue *for too long*", and that a half-open entry is removed "if the final
 # > ACK doesn't arrive within a short period".
-# > Measured: a cookie keeps *no* entry at all (SYN-RECV stayed at 17 while 1983 cookies went
-# > out; the same SYN twice got the same cookie; an ACK alone created a connection). And
-# > without cookies, nothing expires quickly: an unanswered entry lived 7 s in a flooded
-# > queue, and over 9 s (63 s by the kernel's retry rule) in a quiet one. The notes' other
-# > claim, "the SYN queue fills up, preventing legitimate connections", holds only with
-# > cookies off: with this kernel's default (`tcp_syncookies = 1`) all 10 legitimate clients
-# > got in. And the half-open queue is not capped at 128: `listen(1024)` held 1025 entries.
+# > Measured (below): a cookie keeps *no* entry at all (SYN-RECV stayed put while the cookies
+# > went out; the same SYN twice got the same cookie; an ACK alone created a connection). And
+# > without cookies, nothing expires quickly: an unanswered entry lived seconds in a flooded
+# > queue, and (by the kernel's retry rule) a minute in a quiet one. The notes' other claim,
+# > "the SYN queue fills up, preventing legitimate connections", holds only with cookies off
+# > and only while the flood lasts; with cookies on (this kernel's default,
+# > `tcp_syncookies = 1`) the legitimate clients got in, up to what the accept queue holds.
+# > And the half-open queue is not capped at 128.
 
 # %%
-assert on.data["ss_syn_recv"] == 17 and on.data["counters_flood"]["TcpExtSyncookiesSent"] == 1983
-assert sum(x["connected"] for x in on.data["legit"]) == 10
-assert big_on.data["ss_syn_recv"] == 1025 > 128
-assert L16["dropped_at"] > 6.5 and L1024["entries_end"] == 17
+show([f"Cookies on: SYN-RECV {on.data['ss_syn_recv']} while {on.data['counters_flood']['TcpExtSyncookiesSent']} "
+      f"cookies went out; {legit_connected(on)}/{len(on.data['legit'])} legitimate clients in. Cookies off: the "
+      f"flooded entries were dropped at {L16['dropped_at']:.1f} s, the quiet ones were all there at "
+      f"{life.data['watch_seconds']:.1f} s. `listen(1024)` with cookies held {big_on.data['ss_syn_recv']} half-open "
+      f"entries."])
+assert big_on.data["ss_syn_recv"] > 128
 
 # %% [markdown]
 # ## Check your understanding
@@ -407,7 +467,12 @@ assert L16["dropped_at"] > 6.5 and L1024["entries_end"] == 17
 answer_1 = ...  # an integer
 
 # %%
-check_value(answer_1, queue_caps(0, 64, 256)["cap"], name="SYN-RECV entries",
+here = rules.machine()
+def exercise_machine(max_syn_backlog):
+    """This machine's settings, with the exercise's tcp_max_syn_backlog and cookies off."""
+    return rules.Machine(release=here.release, hz=here.hz,
+                         sysctls={**here.sysctls, "tcp_max_syn_backlog": max_syn_backlog, "tcp_syncookies": 0})
+check_value(answer_1, queue_caps(exercise_machine(256), 64, 0)["cap"], name="SYN-RECV entries",
             hint="two limits apply with cookies off (sections 1 and 3): work out both; the queue stops at the first one it reaches");
 
 # %% [markdown]
@@ -417,7 +482,7 @@ check_value(answer_1, queue_caps(0, 64, 256)["cap"], name="SYN-RECV entries",
 answer_2 = ...  # an integer
 
 # %%
-check_value(answer_2, queue_caps(0, 1024, 512)["cap"], name="SYN-RECV entries",
+check_value(answer_2, queue_caps(exercise_machine(512), 1024, 0)["cap"], name="SYN-RECV entries",
             hint="redo section 3's arithmetic with the new sysctl, and remember the queue takes one entry past its limit");
 
 # %% [markdown]
@@ -440,25 +505,26 @@ check_value(answer_3, MSSTAB[mss_index(1400)], name="server MSS",
 answer_4 = ...  # an integer
 
 # %%
-df_on = on.segments()
-check_value(answer_4, df_on[df_on["dst"].str.startswith("10.99.") & (df_on["flags"] == "SYN+ACK")]
-            [["dst", "dport"]].drop_duplicates().shape[0], name="spoofed sources answered",
+check_value(answer_4, capture_summary(on)["sources answered"], name="spoofed sources answered",
             hint="a spoofed SYN got either a half-open entry or a cookie, and both are answered with a SYN-ACK; "
                  "how many SYNs got neither (look at TCPReqQFullDrop in section 2)?");
 
 # %% [markdown]
 # ## Summary
-# * A listener's half-open queue holds `backlog + 1` entries; without cookies, also no more
-#   than `tcp_max_syn_backlog − tcp_max_syn_backlog/4 + 1` (193 here) for unproven peers.
+# * A listener's half-open queue holds min(backlog, somaxconn) + 1 entries; without cookies,
+#   also no more than `tcp_max_syn_backlog − tcp_max_syn_backlog/4 + 1` for unproven peers.
 # * Cookies off: a flood fills it, every later SYN (legitimate or not) is dropped
-#   (`TCPReqQFullDrop`, `ListenDrops`) and new clients cannot connect.
+#   (`TCPReqQFullDrop`, `ListenDrops`) and new clients cannot connect while the flood's
+#   entries last; they get in again once the kernel drops them.
+# * Cookies protect the SYN queue, not the accept queue: with nobody accepting, clients
+#   beyond backlog + 1 are dropped, cookies or not.
 # * Cookies on (the default, `tcp_syncookies = 1`): once the queue is full, SYNs are answered
 #   with a cookie and forgotten (`SyncookiesSent`); real clients complete the handshake
 #   (`SyncookiesRecv`). No state, so identical SYNs get identical cookies, and an ACK alone
 #   creates a connection.
 # * A cookie holds the client ISN and a 2-bit MSS index; window scale and SACK survive only
-#   in the timestamp. The price: MSS 1460 instead of 65495, and no scaling or SACK without
-#   timestamps.
+#   in the timestamp. The price: an MSS rounded down to msstab (nothing lost at Ethernet's
+#   1460; on lo, 1460 instead of 65495), and no scaling or SACK when the SYN has no timestamps.
 # * Without cookies, an unanswered entry gets its SYN-ACK resent 1, 2, 4, … s apart,
 #   `tcp_synack_retries` times; when the queue is more than half full of such old entries,
 #   the kernel drops them after 2 retransmissions (about 7 s) until it is half full again.
