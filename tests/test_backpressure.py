@@ -6,9 +6,11 @@ import pytest
 
 from helpers.errors import ParameterError
 from helpers import rules
+from conftest import needs_netns
 from helpers.experiments.backpressure import (CHUNK, MB, PRODUCERS, SMALL_MSS, eagain_rule, inq, occupancy,
                                               occupancy_plot, outq, peak_moment, producer_memory, render,
-                                              send_blocks, sndbuf_after_connect, sndbuf_rule, summary)
+                                              send_blocks, sndbuf_after_connect, sndbuf_metrics, sndbuf_rule,
+                                              summary)
 
 
 def test_registered_without_needs():
@@ -128,3 +130,22 @@ def test_peak_moment_and_single_column_plot():
     fig.canvas.draw()
     legend = fig.legends[0].get_window_extent()
     assert legend.width <= fig.bbox.width, "the legend fits in the figure"
+
+
+@needs_netns
+def test_sndbuf_metrics_live(live_mode):
+    """Host (warm or cold cache) against a fresh namespace (empty cache): each send buffer
+    is the rule's for its own machine; the namespace's cache fills after one connection
+    and is empty after a flush."""
+    r = sndbuf_metrics()
+    assert r.mode == "live"
+    sndbuf_metrics.check(r)
+    assert r.data["ns_first"]["reordering"] == r.machine_snapshot().sysctls.get("tcp_reordering", 3)
+    assert r.data["ns_reno"]["cc"] == "reno"
+
+
+def test_sndbuf_metrics_replay_and_a_wrong_buffer_is_caught(replay_each):
+    for _, r in replay_each(sndbuf_metrics, points=1):
+        r.data["ns_first"]["after_connect"] += 1
+        with pytest.raises(AssertionError, match="tcp_sndbuf_expand"):
+            sndbuf_metrics.check(r)

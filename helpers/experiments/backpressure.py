@@ -66,12 +66,13 @@ def _cc(sock) -> str:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0")[0].decode()
 
 
-def sndbuf_after_connect(mss: int | None = None) -> dict:
+def sndbuf_after_connect(mss: int | None = None, cc: str | None = None) -> dict:
     """SO_SNDBUF of a fresh loopback connection before connect(), and right after it,
     before a byte is sent (optionally with TCP_MAXSEG *mss*, to shrink the segments), with
     the inputs of ``tcp_sndbuf_expand()``: the congestion control, the initial cwnd and
     the reordering the connection started with (TCP_INFO), and the metrics-cache entry for
-    127.0.0.1 read just before connect() (where that reordering comes from)."""
+    127.0.0.1 read just before connect() (where that reordering comes from). *cc* sets the
+    congestion control on both sockets (TCP_CONGESTION; reno is always allowed)."""
     from ..kernel import tcp_info
     lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -80,6 +81,8 @@ def sndbuf_after_connect(mss: int | None = None) -> dict:
         for s in (lst, cli):
             if mss is not None:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+            if cc is not None:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
         lst.bind(("127.0.0.1", 0))
         lst.listen(1)
         before = cli.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
@@ -89,7 +92,7 @@ def sndbuf_after_connect(mss: int | None = None) -> dict:
         lst.settimeout(5)
         srv, _ = lst.accept()
         info = tcp_info(cli)
-        return {"mss_asked": mss, "mss": cli.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
+        return {"mss_asked": mss, "cc_asked": cc, "mss": cli.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
                 "before_connect": before,
                 "after_connect": cli.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
                 "accepted_side": srv.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
@@ -109,6 +112,54 @@ def sndbuf_rule(result_or_machine, d: dict, mss: int | None = None) -> rules.Pre
          else result_or_machine)
     return rules.tcp_sndbuf_expand(m, cc=d["cc"], mss=mss, cwnd=d.get("cwnd") or rules.TCP_INIT_CWND,
                                    reordering=d["reordering"])
+
+
+def check_sndbuf_metrics(result: Result) -> None:
+    """The 02_05 claims about the metrics cache and the send buffer at establishment."""
+    d = result.data
+    ns_m = result.machine_snapshot()                       # the fresh namespace, before any traffic
+    host_m = rules.Machine.from_dict(d["host_machine"])
+    assert not d["ns_metrics_before"], f"a fresh namespace starts with an empty metrics cache: {d['ns_metrics_before']}"
+    first, reno, host = d["ns_first"], d["ns_reno"], d["host"]
+    rules.tcp_metrics_reordering(ns_m).check(first["reordering"], "reordering of the first connection in the namespace",
+                                             reference=result.reference(), quiet=True)
+    for conn, what in ((first, "the namespace's first connection"), (reno, "the namespace's reno connection")):
+        sndbuf_rule(ns_m, conn).check(conn["after_connect"], f"SO_SNDBUF after connect(), {what}",
+                                      reference=result.reference(), quiet=True)
+    assert d["ns_metrics_after"].get("rtt"), \
+        f"after one connection closed the cache holds an entry for 127.0.0.1 with its rtt: {d['ns_metrics_after']}"
+    assert not d["ns_metrics_flushed"], "ip tcp_metrics flush empties it"
+    cached = rules.Machine(sysctls=host_m.sysctls, metrics={"127.0.0.1": host["metrics"]})
+    rules.tcp_metrics_reordering(cached).check(host["reordering"], "reordering of the host's connection",
+                                               reference=result.reference(), quiet=True)
+    sndbuf_rule(host_m, host).check(host["after_connect"], "SO_SNDBUF after connect() on the host",
+                                    reference=result.reference(), quiet=True)
+
+
+@experiment("sndbuf_metrics", chapter="02_05", needs={"namespaces"}, invariant=check_sndbuf_metrics,
+            claim="the send buffer at establishment follows tcp_sndbuf_expand() with the reordering the "
+                  "metrics cache holds; a fresh namespace starts with an empty cache")
+def sndbuf_metrics(run) -> dict:
+    """SO_SNDBUF right after connect() on the host (whatever its metrics cache holds) and in
+    a fresh network namespace (an empty cache): the first connection, the cache after it
+    closed, a reno connection, and the cache after ``ip tcp_metrics flush``."""
+    from ..netns import Namespace
+    host_machine = rules.machine().as_dict()
+    host = sndbuf_after_connect()
+    with Namespace(name="sndbuf") as ns:
+        machine = rules.Machine.read(ns).as_dict()          # before any traffic in it
+        before = rules.tcp_metrics("127.0.0.1", ns)
+        first = ns.call(sndbuf_after_connect)
+        deadline = time.monotonic() + 1.0
+        after = {}
+        while not after and time.monotonic() < deadline:  # the entry is written as the sockets close
+            time.sleep(0.02)
+            after = rules.tcp_metrics("127.0.0.1", ns)
+        reno = ns.call(sndbuf_after_connect, cc="reno")
+        ns.ip("tcp_metrics", "flush", "all")
+        flushed = rules.tcp_metrics("127.0.0.1", ns)
+    return {"machine": machine, "host_machine": host_machine, "host": host, "ns_metrics_before": before,
+            "ns_first": first, "ns_metrics_after": after, "ns_reno": reno, "ns_metrics_flushed": flushed}
 
 
 def _ioctl_int(sock_or_fd, request: int) -> int:

@@ -14,21 +14,22 @@
 # [02_02 Flow control and the zero window](02_02-flow-control-and-zero-window.ipynb).
 # **Time:** 30 minutes.
 #
-# Nothing here needs privileges: plain sockets, `ioctl`s, TCP_INFO and `/proc`. Every cell
-# runs live, on this machine, now.
+# Almost nothing here needs privileges: plain sockets, `ioctl`s, TCP_INFO and `/proc` run
+# live, on this machine, now. One experiment compares this machine with a fresh network
+# namespace (root); without root it is replayed from the recorded corpus, and says so.
 
 # %%
 import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers import rules
-from helpers.experiments.backpressure import (send_blocks, producer_memory, occupancy_plot, summary,
+from helpers.experiments.backpressure import (send_blocks, producer_memory, occupancy_plot, summary, sndbuf_metrics,
                                               render, peak_moment, sndbuf_after_connect, sndbuf_rule,
                                               sndbuf_got_rule, eagain_rule, no_drain_growth_band,
                                               PRODUCERS, MB, CHUNK, KERNEL_BUF, SMALL_MSS)
 from helpers.checks import check_value
 from helpers.widgets import Panel
 
-mode_banner(needs=())
+mode_banner(needs=("namespaces",))
 
 # %% [markdown]
 # ## 1 · A reader that stops: where do the bytes go?
@@ -148,15 +149,47 @@ assert small_seg["after_connect"] < lo_conn["after_connect"], "smaller segments,
 cache = rules.tcp_metrics_reordering(rules.Machine(sysctls=here.sysctls, metrics={"127.0.0.1": lo_conn["metrics"]}))
 print("ip tcp_metrics show 127.0.0.1:", " ".join(f"{k} {v}" for k, v in lo_conn["metrics"].items()) or "(no entry)")
 cache.check(lo_conn["reordering"], "TCP_INFO reordering of the new connection")
-cold = rules.tcp_sndbuf_expand(here, cc=lo_conn["cc"], reordering=here.sysctls.get("tcp_reordering") or 3)
-warm = sndbuf_rule(here, lo_conn)
-show([f"With an **empty** cache (a fresh machine, or a fresh network namespace: each has its own "
-      f"cache) the rule gives **{cold.value:,}** bytes here; with this cache's reordering "
-      f"({lo_conn['reordering']}) it gives **{warm.value:,}**"
-      + (" (the same: the cache holds no reordering larger than 9, or the cap tcp_wmem[2] decides)."
-         if cold.value == warm.value else
-         ". So the second run of a notebook can start with a bigger buffer than the first: "
-         "a test that asserts a fixed number passes on one and fails on the other.")])
+
+# %% [markdown]
+# What would a machine with an empty cache give? A fresh **network namespace** has its own,
+# empty cache. The next experiment connects once on the host and several times in a fresh
+# namespace: its first connection, the cache after that connection closed (what the kernel
+# stored), a connection with reno instead of the default congestion control, and the cache
+# after `ip tcp_metrics flush` (root only).
+#
+# **Predict:** which of the three send buffers is the largest?
+
+# %%
+cw = sndbuf_metrics()
+sndbuf_metrics.check(cw)          # the rule, with each connection's own inputs, for all three
+c = cw.data
+ns_m, host_m = cw.machine_snapshot(), rules.Machine.from_dict(c["host_machine"])
+cache_text = lambda e: " ".join(f"{k} {v}" for k, v in e.items() if k != "source") or "(empty)"
+pd.DataFrame([
+    {"where": "host", "cache for 127.0.0.1 before": cache_text(c["host"]["metrics"]), "cc": c["host"]["cc"],
+     "reordering": c["host"]["reordering"], "SO_SNDBUF after connect()": c["host"]["after_connect"],
+     "rule": sndbuf_rule(host_m, c["host"]).value},
+    {"where": "fresh namespace", "cache for 127.0.0.1 before": cache_text(c["ns_metrics_before"]), "cc": c["ns_first"]["cc"],
+     "reordering": c["ns_first"]["reordering"], "SO_SNDBUF after connect()": c["ns_first"]["after_connect"],
+     "rule": sndbuf_rule(ns_m, c["ns_first"]).value},
+    {"where": "same namespace, reno", "cache for 127.0.0.1 before": cache_text(c["ns_metrics_after"]), "cc": c["ns_reno"]["cc"],
+     "reordering": c["ns_reno"]["reordering"], "SO_SNDBUF after connect()": c["ns_reno"]["after_connect"],
+     "rule": sndbuf_rule(ns_m, c["ns_reno"]).value},
+]).set_index("where")
+
+# %%
+host_c, first_c = c["host"], c["ns_first"]
+show([f"The host's cache held reordering **{host_c['metrics'].get('reordering', 'none')}** for 127.0.0.1, "
+      f"the fresh namespace's nothing: **{host_c['after_connect']:,}** against **{first_c['after_connect']:,}** "
+      "bytes of send buffer"
+      + (", the same here (the reordering is below 10, or the cap tcp_wmem[2] decides both). "
+         if host_c["after_connect"] == first_c["after_connect"] else
+         ": a warm machine starts its connections with a bigger buffer than a fresh one. ")
+      + f"After one connection the namespace's cache held *{cache_text(c['ns_metrics_after'])}* "
+        f"(round-trip time, its variance and the congestion window it ended with); `ip tcp_metrics flush` "
+        f"emptied it again ({cache_text(c['ns_metrics_flushed'])}). Reno's factor "
+        f"{rules.sndbuf_expand_factor('reno')} instead of {first_c['cc']}'s {rules.sndbuf_expand_factor(first_c['cc'])} "
+        f"gives **{c['ns_reno']['after_connect']:,}** bytes."])
 
 # %% [markdown]
 # > **Myth vs measurement.** "The send buffer starts at `tcp_wmem[1]` and grows as it
