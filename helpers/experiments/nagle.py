@@ -38,15 +38,31 @@ from .base import Result, experiment
 HEADER = struct.Struct("!Q")        # 8 bytes: the body length
 REPLY = b"ok"
 CLIENT_MAXSEG = 1460                 # -> 1448 payload bytes per segment with timestamps
-STALL_MS = 20.0                      # a request slower than this waited for a timer
-PATTERNS = ("two writes", "one write", "sendmsg")
+PATTERNS = ("two writes", "one write", "sendmsg", "MSS, then the rest")
 QUICKACK = ("off", "once", "every recv")
 
 
-def expect_stall(nodelay: bool, cork: bool, quickack: str, pattern: str, body: int, mss: int) -> bool:
-    """Should requests after the first wait for the delayed ACK? (The chapter's rule.)"""
-    return (not nodelay and not cork and quickack != "every recv" and pattern == "two writes"
-            and body < mss)
+def stall_ms(m=None) -> float:
+    """A request slower than this waited for a timer: half the delayed-ACK floor
+    (rules.tcp_delack_min: HZ/25 jiffies) of the machine *m* (default: this one)."""
+    from .. import rules
+    hz = m.hz if m is not None and m.hz else rules.kernel_hz()[0]
+    return rules.tcp_delack_min(rules.Machine(hz=hz)).value / 2
+
+
+def expect_stall(nodelay: bool, cork: bool, quickack: str, pattern: str, body: int, mss: int,
+                 minshall: bool = True) -> bool:
+    """Should requests after the first wait for the delayed ACK? (The chapter's rule:
+    tcp_nagle_check() in net/ipv4/tcp_output.c.) A small segment waits while an earlier
+    *small* segment is unacknowledged (Minshall's variant, Linux: ``minshall=True``), or
+    while *anything* is unacknowledged (classic RFC 896 Nagle, ``minshall=False``). The
+    "MSS, then the rest" pattern tells them apart: its first segment is full-sized."""
+    if nodelay or cork or quickack == "every recv" or pattern in ("one write", "sendmsg"):
+        return False
+    if pattern == "MSS, then the rest":
+        rest = HEADER.size + body - mss
+        return 0 < rest < mss and not minshall
+    return body < mss
 
 
 def _server_handler(quickack: str, record: dict):
@@ -90,11 +106,12 @@ def _ato(sock: socket.socket) -> int | None:
 
 def request_loop(*, nodelay: bool = False, cork: bool = False, quickack: str = "off",
                  pattern: str = "two writes", body: int = 100, requests: int = 20,
-                 capture=None, deadline_s: float = 20.0) -> dict:
+                 capture=None, ns=None, deadline_s: float = 20.0) -> dict:
     """Run *requests* header+body requests on one connection; return latencies and kernel views.
 
-    *capture*: optional callable ``capture(ports)`` returning a context manager (the
-    experiment's ``run.capture``). Bounded: at most *requests* requests and *deadline_s*.
+    *capture*: optional callable ``capture(ports, ns=...)`` returning a context manager (the
+    experiment's ``run.capture``). *ns*: a course namespace to run in (its nstat counters
+    are then the experiment's own). Bounded: at most *requests* requests and *deadline_s*.
     """
     from ..kernel import nstat_delta, tcp_info
 
@@ -106,10 +123,10 @@ def request_loop(*, nodelay: bool = False, cork: bool = False, quickack: str = "
     lat_ms: list[float] = []
     payload = b"x" * body
     head = HEADER.pack(body)
-    with Server(_server_handler(quickack, record), name="nagle-server") as srv:
-        ctx = capture([srv.port]) if capture else _Null()
-        with ctx, nstat_delta() as counters:
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with Server(_server_handler(quickack, record), name="nagle-server", ns=ns) as srv:
+        ctx = (capture([srv.port], ns=ns) if ns is not None else capture([srv.port])) if capture else _Null()
+        with ctx, nstat_delta(ns) as counters:
+            c = ns.socket() if ns is not None else socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 c.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, CLIENT_MAXSEG)
                 c.settimeout(5.0)
@@ -129,6 +146,10 @@ def request_loop(*, nodelay: bool = False, cork: bool = False, quickack: str = "
                         c.sendall(payload)
                     elif pattern == "one write":
                         c.sendall(head + payload)
+                    elif pattern == "MSS, then the rest":
+                        whole = head + payload
+                        c.sendall(whole[:mss])
+                        c.sendall(whole[mss:])
                     else:
                         sent = c.sendmsg([head, payload])
                         if sent < len(head) + len(payload):
@@ -155,14 +176,15 @@ def request_loop(*, nodelay: bool = False, cork: bool = False, quickack: str = "
                    "body": body},
         "server_port": srv.port, "requests": len(lat_ms), "latency_ms": lat_ms,
         "first_ms": lat_ms[0], "median_ms": statistics.median(rest),
-        "stalled": sum(x > STALL_MS for x in lat_ms),
+        "stalled": sum(x > stall_ms() for x in lat_ms), "stall_ms": stall_ms(),
         "mss": mss, "expect_stall": expect_stall(nodelay, cork, quickack, pattern, body, mss),
         "server_ato_us": record.get("ato_us", []),
         "client_tcp_info": {k: client_info.get(k) for k in ("snd_mss", "rcv_mss", "rtt", "ato",
                                                              "segs_out", "data_segs_out")},
         "server_tcp_info": {k: server_info.get(k) for k in ("ato", "rcv_mss", "segs_out",
                                                              "data_segs_out")},
-        "delayed_acks": counters["TcpExtDelayedACKs"],   # host-wide: >= our own
+        "delayed_acks": counters["TcpExtDelayedACKs"],   # host-wide (>= our own), or the namespace's own
+        "counters_scope": "namespace" if ns is not None else "host",
     }
 
 
@@ -177,20 +199,33 @@ class _Null:
 # ---------------------------------------------------------------------------- latency
 
 def check_nagle(result: Result) -> None:
-    """The 02_03 claims on one latency run."""
+    """The 02_03 claims on one latency run, each from the rules on the run's machine."""
+    from .. import rules
     d = result.data
+    m = result.machine_snapshot()
+    band = rules.delack_band(m)
     assert d["requests"] >= 5, "at least five requests are needed to judge"
+    later = d["latency_ms"][1:]
     if d["expect_stall"]:
-        assert d["first_ms"] < STALL_MS, \
-            f"the first request must not wait for the delayed ACK, took {d['first_ms']:.1f} ms"
-        assert 30 <= d["median_ms"] <= 60, \
-            f"with this setting requests after the first should wait ~44 ms, median {d['median_ms']:.2f} ms"
-        assert d["stalled"] >= (d["requests"] - 1) * 0.7, "most requests after the first must stall"
-        assert d["delayed_acks"] >= d["stalled"] * 0.7, \
-            "the kernel must count a delayed ACK (TcpExtDelayedACKs) for each stall"
+        assert d["first_ms"] < band.low, \
+            f"the first request must not wait for the delayed ACK (DELACK_BAND from {band.low:g} ms), " \
+            f"took {d['first_ms']:.1f} ms"
+        rules.assert_rule(result, rules.delack_band, d["median_ms"], what="median of the requests after the first")
+        rules.assert_rule(result, rules.delack_share, rules.share_in_band(band, later),
+                          what="share of the requests after the first in DELACK_BAND")
+        if d.get("counters_scope") == "namespace":
+            assert d["delayed_acks"] == d["stalled"], \
+                f"one delayed ACK (the namespace's TcpExtDelayedACKs {d['delayed_acks']}) per stall ({d['stalled']})"
+        else:
+            assert d["delayed_acks"] >= d["stalled"], \
+                "the host's TcpExtDelayedACKs rose at least once per stall (other traffic can only add)"
     else:
-        assert d["median_ms"] < 4, \
-            f"with this setting nothing should wait for the delayed-ACK timer, median {d['median_ms']:.2f} ms"
+        assert d["median_ms"] < stall_ms(m), \
+            f"with this setting nothing waits for the delayed-ACK timer: median {d['median_ms']:.2f} ms, " \
+            f"half the floor is {stall_ms(m):g} ms"
+        if d.get("counters_scope") == "namespace":
+            assert d["delayed_acks"] == d["stalled"], \
+                f"the namespace's TcpExtDelayedACKs {d['delayed_acks']} = requests that waited {d['stalled']}"
 
 
 @experiment(
@@ -239,12 +274,34 @@ SETTINGS = {
     "quickack_once": {"quickack": "once"},
     "quickack_every_recv": {"quickack": "every recv"},
     "body_2000": {"body": 2000},
+    "mss_then_rest": {"pattern": "MSS, then the rest", "body": 1540},
 }
 
 
 def compare(settings=tuple(SETTINGS), requests: int = 15) -> dict[str, Result]:
     """Run :func:`nagle` once per named setting (see :data:`SETTINGS`)."""
     return {name: nagle(requests=requests, **SETTINGS[name]) for name in settings}
+
+
+def stall_ticks(results: dict[str, Result]):
+    """Where the stalls of each run ended, counted in kernel ticks after the delayed-ACK
+    floor (rules.tcp_delack_min on the run's machine): one row per setting, one column
+    per whole number of ticks (the request's latency rounded to the nearest tick)."""
+    import pandas as pd
+    from .. import rules
+    rows = {}
+    for name, r in results.items():
+        m = r.machine_snapshot()
+        floor = rules.tcp_delack_min(m)
+        tick = floor.inputs["tick_ms"]
+        later = [x for x in r.data["latency_ms"][1:] if x > stall_ms(m)]
+        counts: dict[str, int] = {}
+        for x in later:
+            k = max(0, round((x - floor.value) / tick))
+            counts[f"+{k} tick{'s' if k != 1 else ''}"] = counts.get(f"+{k} tick{'s' if k != 1 else ''}", 0) + 1
+        rows[name] = counts
+    t = pd.DataFrame(rows).T.fillna(0).astype(int)
+    return t[sorted(t.columns, key=lambda c: int(c[1:].split()[0]))]
 
 
 def summary(results: dict[str, Result]):
@@ -269,9 +326,9 @@ def render(result: Result) -> list:
     label = (f"nodelay={p['nodelay']}, cork={p['cork']}, quickack={p['quickack']}, "
              f"{p['pattern']}, body {p['body']} B")
     note = (f"first request {d['first_ms']:.3f} ms; median of the rest {d['median_ms']:.3f} ms; "
-            f"{d['stalled']} of {d['requests']} waited > {STALL_MS:g} ms; MSS {d['mss']} B; "
+            f"{d['stalled']} of {d['requests']} waited > {d.get('stall_ms', stall_ms()):g} ms; MSS {d['mss']} B; "
             f"server TCP_INFO ato {d['server_tcp_info'].get('ato')} µs; "
-            f"TcpExtDelayedACKs +{d['delayed_acks']} (host-wide)")
+            f"TcpExtDelayedACKs +{d['delayed_acks']} ({d.get('counters_scope', 'host')}-wide)")
     fig = latency_hist({label: d["latency_ms"]}, unit="ms", title="Request latency")
     return [result, note, fig]
 
@@ -324,8 +381,12 @@ def request_timeline(result: Result):
 
 
 def check_nagle_trace(result: Result) -> None:
-    """The 02_03 claims on a capture: who waits, and for what."""
+    """The 02_03 claims on a capture: who waits, and for what (rules on the run's machine)."""
+    from .. import rules
     check_nagle(result)
+    m = result.machine_snapshot()
+    band = rules.delack_band(m)
+    quick = stall_ms(m) / 4          # "at once": well under the delayed-ACK floor
     tl = request_timeline(result)
     assert len(tl) == result.data["requests"], "every request must be in the capture"
     later = tl.iloc[1:]
@@ -335,32 +396,43 @@ def check_nagle_trace(result: Result) -> None:
         assert (later["first segment bytes"] == HEADER.size).all(), "the header goes out alone, at once"
         ack = later["server ACK after (ms)"]
         rest = later["body after (ms)"]
-        assert ack.between(30, 80).mean() >= 0.7, "the server's ACK of the header comes ~40 ms late"
-        assert ((rest - ack).abs() < 5).mean() >= 0.7, "the body leaves as soon as that ACK arrives"
+        rules.assert_rule(result, rules.delack_share, rules.share_in_band(band, ack), quiet=True,
+                          what="share of the server's ACKs of the header in DELACK_BAND")
+        assert ((rest - ack).abs() < quick).mean() >= rules.DELACK_SHARE, "the body leaves as soon as that ACK arrives"
         assert (later["reply after (ms)"] >= rest).all(), "the reply follows the body"
-        assert (later["server pure ACKs"] >= 2).mean() >= 0.7, \
+        assert (later["server pure ACKs"] >= 2).mean() >= rules.DELACK_SHARE, \
             "after the timer's ACK the body gets a pure ACK of its own, before the reply"
     else:
-        assert (later["reply after (ms)"] < 10).mean() >= 0.8, "no request waits for a timer"
-        if p["body"] < result.data["mss"] and p["pattern"] != "two writes" or p["cork"]:
+        assert (later["reply after (ms)"] < band.low).all(), "no request waits for the delayed-ACK timer"
+        if p["body"] < result.data["mss"] and p["pattern"] in ("one write", "sendmsg") or p["cork"]:
             assert (later["segments"] == 1).all(), "one write (or cork) makes one segment"
         if p["body"] > result.data["mss"] and p["pattern"] == "two writes" and not (p["nodelay"] or p["cork"]):
             assert (later["segments"] == 3).all(), "header, one full segment, the tail"
+            assert (later["body after (ms)"] <= later["server ACK after (ms)"]).all(), \
+                "the full segment leaves before any ACK"
             assert (later["body ends after (ms)"] >= later["server ACK after (ms)"]).all(), \
                 "the tail of the body leaves only after the server's ACK"
-            assert (later["server ACK after (ms)"] < 5).all(), "the server ACKs more than one MSS at once"
+            assert (later["server ACK after (ms)"] < quick).all(), "the server ACKs more than one MSS at once"
 
 
 @experiment(
-    "nagle_trace", chapter="02_03", needs={"live_capture"},
+    "nagle_trace", chapter="02_03", needs={"live_capture", "namespaces"},
     params=[Param("setting", "setting", "default", choices=TRACE_SETTINGS,
                   doc="which fix (if any) the five captured requests use")],
     invariant=check_nagle_trace,
-    claim="the header goes out at once, the body waits for the server's ACK, which comes ~40 ms late",
+    claim="the header goes out at once, the body waits for the server's ACK, which comes after the "
+          "delayed-ACK floor (DELACK_BAND); the namespace counts one delayed ACK per stall",
 )
 def nagle_trace(run, setting: str = "default") -> dict:
-    """Capture five header+body requests with one named setting (see :data:`SETTINGS`)."""
-    return request_loop(requests=5, capture=run.capture, **SETTINGS[setting])
+    """Capture five header+body requests with one named setting (see :data:`SETTINGS`),
+    inside a fresh namespace, so that its TcpExtDelayedACKs counts this connection only."""
+    from .. import rules
+    from ..netns import Namespace
+    with Namespace(name="nagle") as ns:
+        snapshot = rules.Machine.read(ns).as_dict()
+        out = request_loop(requests=5, capture=run.capture, ns=ns, **SETTINGS[setting])
+    out["machine"] = snapshot
+    return out
 
 
 def stalled_request(result: Result) -> int:
@@ -369,7 +441,7 @@ def stalled_request(result: Result) -> int:
     reply time. Without stalls, request 2 (or the only one)."""
     tl = request_timeline(result)
     cand = tl.iloc[1:-1] if len(tl) > 2 else tl
-    stalled = cand[cand["reply after (ms)"] > STALL_MS]
+    stalled = cand[cand["reply after (ms)"] > stall_ms(result.machine_snapshot())]
     if stalled.empty:
         return int(cand.index[0])
     order = stalled["reply after (ms)"].sort_values()
