@@ -161,6 +161,7 @@ cache.check(lo_conn["reordering"], "TCP_INFO reordering of the new connection")
 
 # %%
 cw = sndbuf_metrics()
+display(cw)                       # live (root) or replayed from the corpus: the banner says which
 sndbuf_metrics.check(cw)          # the rule, with each connection's own inputs, for all three
 c = cw.data
 ns_m, host_m = cw.machine_snapshot(), rules.Machine.from_dict(c["host_machine"])
