@@ -47,6 +47,30 @@ def isn_table(result: Result):
                          for stream, (syn, synack, ack) in handshakes(result.segments()).items()])
 
 
+@dataclass
+class ScaledWindow:
+    """The first segment after a handshake, its window field, and the shift its sender announced."""
+
+    sender: str
+    sender_segment: str      # "SYN" or "SYN+ACK": where the sender announced its shift
+    shift: int
+    field: int
+    window: int              # as the dissector scaled it
+
+    def check(self) -> None:
+        assert self.window == self.field << self.shift, \
+            f"window {self.window} is not the field {self.field} shifted by its sender's scale {self.shift}"
+
+
+def scaled_window(result: Result) -> ScaledWindow:
+    """The first segment after the first handshake, read with its sender's window scale."""
+    df = result.segments()
+    first = df[df.stream == df.stream.min()]
+    seg = first.iloc[3]
+    own = first.iloc[0] if seg.src == first.iloc[0].src and seg.sport == first.iloc[0].sport else first.iloc[1]
+    return ScaledWindow(f"{seg.src}:{seg.sport}", own["flags"], int(own.wscale), int(seg.win_raw), int(seg.win))
+
+
 def _offered(row) -> dict:
     """The options one SYN or SYN-ACK row carries."""
     import pandas as pd

@@ -123,7 +123,8 @@ qa.check(run, waiting=0)   # accept queue empty again; each server end mirrors a
 show([f"**Observe.** One `LISTEN` line (Recv-Q back to {qa.listen_recv_q}) and "
       f"{len(qa.server_ends) + len(qa.client_ends)} `ESTAB` lines: each of the {len(d['clients'])} "
       "connections appears twice, once per end, because client and server live on the same machine."])
-#
+
+# %% [markdown]
 # ## 4 · What happens to a closed fd number?
 #
 # The server now closes two of its sockets, **the lower fd first**, and then creates two

@@ -20,7 +20,7 @@
 import pandas as pd
 from helpers.notebook import mode_banner, nothing_left_behind
 from helpers.experiments.handshake import (
-    handshake, isn_table, kernel_answers, syn_options, render, syn_checks, reader_agreement,
+    handshake, isn_table, scaled_window, kernel_answers, syn_options, render, syn_checks, reader_agreement,
     synack_options, synack_prediction, synack_seen, sack_blocks, sack_view, rcvbuf_autotuning, autotuning)
 from helpers import dissect, plots, rules
 from helpers.notebook import show
@@ -57,13 +57,11 @@ df[["frame", "t", "stream", "src", "sport", "dst", "dport", "flags", "seq", "ack
 
 # %%
 handshake.check(result)   # the chapter's claims on this capture; each assert names its claim
-first = df[df.stream == df.stream.min()]
-after_hs = first.iloc[3]
-sender_syn = first.iloc[0] if after_hs.src == first.iloc[0].src else first.iloc[1]
+sw = scaled_window(result)
+sw.check()
 show([f"Segments per connection: {df.groupby('stream').size().to_dict()}. The first segment after "
-      f"the handshake comes from {after_hs.src}:{after_hs.sport}, whose own "
-      f"{sender_syn['flags']} announced window scale {sender_syn.wscale}: its window field "
-      f"{after_hs.win_raw} means {after_hs.win_raw} × 2^{sender_syn.wscale} = **{after_hs.win:,} bytes**."])
+      f"the handshake comes from {sw.sender}, whose own {sw.sender_segment} announced window scale "
+      f"{sw.shift}: its window field {sw.field} means {sw.field} × 2^{sw.shift} = **{sw.window:,} bytes**."])
 
 # %% [markdown]
 # ## 2 · SYN, SYN-ACK, ACK and the ISN arithmetic
