@@ -215,9 +215,13 @@ def test_partial_writes_live_for_everyone(replay_mode):
     r = partial_writes(size=1 << 20, sndbuf=16384)
     assert r.mode == "live"
     partial_writes.check(r)
-    assert r.data["sndbuf_got"] == 2 * 16384
-    k = r.data["at_eagain"]
-    assert k["acked"] + k["in_flight"] + k["notsent"] == r.data["queued_before_eagain"]
+    from helpers import rules
+    from helpers.experiments.framing import queues_at_eagain
+    m = r.machine_snapshot()
+    assert r.data["sndbuf_got"] == rules.sock_setsockopt_buf(16384, m.wmem_max).value
+    q = queues_at_eagain(r)
+    assert q.outq_nsd == q.notsent and q.inq == q.acked + q.unacked
+    assert q.notsent == 0 or not q.why_unsent().startswith("neither")
 
 
 @pytest.mark.parametrize("recv_size", [7, 100, 65536])
@@ -280,3 +284,32 @@ def test_streams_live(live_mode):
     r = streams(pattern="1x20000", reader_delay_ms=0, recv_size=4096)   # a value the corpus lacks
     streams.check(r)
     assert max(r.data["recv_sizes"]) <= 4096
+
+
+def test_coalescing_replay_nagle_against_a_delaying_peer(replay_mode):
+    from helpers.experiments.framing import coalescing, coalescing_view
+    r = coalescing(nodelay=False)
+    coalescing.check(r)
+    v = coalescing_view(r)
+    assert v.sizes[0] == v.send_size and len(v.sizes) < v.sends, "the first alone, the rest coalesced"
+    nd = coalescing_view(coalescing(nodelay=True))
+    assert nd.sizes == [nd.send_size] * nd.sends
+
+
+def test_coalescing_invariant_catches_one_segment_per_send(replay_mode):
+    import copy
+    from helpers.experiments.framing import Coalescing, coalescing
+    r = coalescing(nodelay=False)
+    bad = Coalescing(sizes=[100] * 10, first_ack_ms=44.0, nodelay=False, sends=10, send_size=100,
+                     sends_done_ms=0.1, mss=1448)
+    with pytest.raises(AssertionError, match="Nagle"):
+        bad.check(copy.deepcopy(r))
+
+
+@needs_live
+@needs_netns
+def test_coalescing_live(live_mode):
+    from helpers.experiments.framing import coalescing
+    r = coalescing(nodelay=False)
+    assert r.mode == "live"
+    coalescing.check(r)

@@ -16,6 +16,7 @@ import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 from ..errors import CourseError
 from ..framing import FrameParser, FramingError, HEADER, MAGIC, encode, encode_all
@@ -209,20 +210,88 @@ def check_partial_writes(result: Result) -> None:
     assert d["first_send"] > 0
     assert d["eagain"], "a second non-blocking send() with the buffers full raises EAGAIN"
     assert d["queued_before_eagain"] > d["first_send"], "later sends found room the first did not"
-    k = d["at_eagain"]
-    assert k["acked"] + k["in_flight"] + k["notsent"] == d["queued_before_eagain"], \
-        "every queued byte is acknowledged, in flight, or not yet sent"
-    assert k["receiver_queue"] == k["acked"] + k["in_flight"], "everything sent waits in the receiver's queue"
-    assert k["in_flight"] <= k["snd_wnd"], "never more in flight than the receiver's advertised window"
-    if k["notsent"]:
-        assert k["in_flight"] == k["snd_wnd"], "bytes wait unsent only when the window is full"
+    q = queues_at_eagain(result)
+    q.check()
     assert d["loop_calls"] > 1 and max(d["loop_counts"]) < d["size"] - d["queued_before_eagain"], \
         "with a timeout, each send() returned a short count"
     assert d["sendall_total"] == d["size"] and d["received"] == d["size"], "sendall() delivers every byte"
 
 
+@dataclass
+class QueuesAtEagain:
+    """Where every queued byte was at the moment of EAGAIN, read together: the sender's
+    TCP_INFO and ioctls (SIOCOUTQ: not yet acknowledged; SIOCOUTQNSD: not yet sent), the
+    receiver's SIOCINQ (unread). Old recordings without the ioctls read at once show them
+    as None."""
+    queued: int
+    acked: int                   # tcpi_bytes_acked − 1 (the SYN)
+    unacked: int                 # sent, not acknowledged: SIOCOUTQ − SIOCOUTQNSD
+    notsent: int                 # tcpi_notsent_bytes
+    outq: int                    # SIOCOUTQ
+    outq_nsd: int | None         # SIOCOUTQNSD
+    inq: int                     # the receiver's SIOCINQ
+    snd_wnd: int
+    mss: int | None
+    cwnd: int | None
+    unacked_segs: int | None
+
+    def table(self):
+        import pandas as pd
+        return pd.Series({
+            "acknowledged by the receiver (tcpi_bytes_acked − 1)": self.acked,
+            "sent, not yet acknowledged (SIOCOUTQ − SIOCOUTQNSD)": self.unacked,
+            "not yet sent (tcpi_notsent_bytes; SIOCOUTQNSD)": self.notsent,
+            "= queued before EAGAIN": self.queued,
+            "sender's queue, unacknowledged (SIOCOUTQ)": self.outq,
+            "receiver's queue, unread (SIOCINQ)": self.inq,
+            "receiver's advertised window (tcpi_snd_wnd)": self.snd_wnd,
+            "MSS (tcpi_snd_mss)": self.mss, "congestion window (tcpi_snd_cwnd, segments)": self.cwnd,
+            "segments not yet acknowledged (tcpi_unacked)": self.unacked_segs}, name="bytes").to_frame()
+
+    def why_unsent(self) -> str:
+        """tcp_write_xmit() (net/ipv4/tcp_output.c) sends the next segment only if it fits
+        the receiver's window (tcp_snd_wnd_test) and the congestion window has room
+        (tcp_cwnd_test)."""
+        if not self.notsent:
+            return "nothing waited unsent"
+        room = self.snd_wnd - self.unacked
+        if self.mss is not None and room < min(self.notsent, self.mss):
+            return (f"window-limited: the receiver's window had {room:,} bytes of room, less than the next "
+                    f"segment ({min(self.notsent, self.mss):,} bytes)")
+        if self.cwnd is not None and self.unacked_segs is not None and self.unacked_segs >= self.cwnd:
+            return f"congestion-window-limited: {self.unacked_segs} segments unacknowledged, cwnd {self.cwnd}"
+        return "neither window was full"
+
+    def check(self) -> None:
+        assert self.acked + self.unacked + self.notsent == self.queued, \
+            "every queued byte is acknowledged, sent and unacknowledged, or not yet sent"
+        assert self.outq == self.queued - self.acked, "acknowledged bytes have left the sender's queue"
+        if self.outq_nsd is not None:
+            assert self.outq_nsd == self.notsent, "SIOCOUTQNSD and TCP_INFO agree on the unsent bytes"
+        assert self.inq == self.acked + self.unacked, \
+            "every byte sent is already in the receiver's queue: 'unacknowledged' is not 'on the wire'"
+        assert self.unacked <= self.snd_wnd, "never more unacknowledged than the receiver's advertised window"
+        if self.notsent and self.mss is not None:
+            assert not self.why_unsent().startswith("neither"), \
+                "bytes wait unsent only when the next segment does not fit a window (tcp_write_xmit)"
+
+
+def queues_at_eagain(result: Result) -> QueuesAtEagain:
+    d = result.data
+    k = d["at_eagain"]
+    unacked = k.get("unacked", k.get("in_flight"))
+    return QueuesAtEagain(queued=d["queued_before_eagain"], acked=k["acked"], unacked=unacked,
+                          notsent=k["notsent"], outq=k["sender_queue"], outq_nsd=k.get("sender_notsent"),
+                          inq=k["receiver_queue"], snd_wnd=k["snd_wnd"], mss=k.get("mss"), cwnd=k.get("cwnd"),
+                          unacked_segs=k.get("unacked_segs"))
+
+
+SIOCOUTQNSD = 0x894B       # include/uapi/linux/sockios.h: bytes in the send queue not yet sent
+
+
 def _queued(sock: socket.socket, request: int) -> int:
-    """SIOCINQ / SIOCOUTQ: bytes in a socket's receive queue / not yet acknowledged."""
+    """SIOCINQ / SIOCOUTQ / SIOCOUTQNSD: bytes in a socket's receive queue / not yet
+    acknowledged / not yet sent."""
     import fcntl
     import struct
     return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
@@ -268,6 +337,9 @@ def partial_writes(run, size: int = 4 << 20, sndbuf: int = 65536) -> dict:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             c.connect(("127.0.0.1", srv.port))
             c.setblocking(False)
+            t_end = time.monotonic() + 2
+            while not conns and time.monotonic() < t_end:   # the receiver's socket, before any data
+                time.sleep(0.002)
             time.sleep(0.02)
             first = c.send(data)
             pos, eagain = first, False
@@ -278,16 +350,16 @@ def partial_writes(run, size: int = 4 << 20, sndbuf: int = 65536) -> dict:
                     eagain = True
                     break
             queued = pos
-            # the kernel's view at the EAGAIN, before the receiver's delayed ACK can change it
-            ti = tcp_info(c)
-            t_end = time.monotonic() + 2
-            while not conns and time.monotonic() < t_end:
-                time.sleep(0.002)
+            # the kernel's view at the EAGAIN, read back to back (microseconds), before the
+            # receiver's delayed ACK can change it
             outq = _queued(c, termios.TIOCOUTQ)
-            at_eagain = {"sender_queue": outq, "notsent": ti["notsent_bytes"],
-                         "in_flight": outq - ti["notsent_bytes"], "acked": ti["bytes_acked"] - 1,
-                         "snd_wnd": ti["snd_wnd"],
-                         "receiver_queue": _queued(conns[0], termios.FIONREAD) if conns else -1}
+            outq_nsd = _queued(c, SIOCOUTQNSD)
+            ti = tcp_info(c)
+            inq = _queued(conns[0], termios.FIONREAD) if conns else -1
+            at_eagain = {"sender_queue": outq, "sender_notsent": outq_nsd, "notsent": ti["notsent_bytes"],
+                         "unacked": outq - outq_nsd, "acked": ti["bytes_acked"] - 1,
+                         "snd_wnd": ti["snd_wnd"], "mss": ti["snd_mss"], "cwnd": ti["snd_cwnd"],
+                         "unacked_segs": ti["unacked"], "receiver_queue": inq}
             # a manual loop, as sendall() does it: count the send() calls
             start.set()
             c.settimeout(5)
@@ -480,3 +552,121 @@ def check_frames_in(fn) -> bool:
         return check(False, "", f"your function raised {type(exc).__name__}: {exc}. Hint: {hint}")
     return check(not why, "right: every split gives the same messages, and a cut-off stream is refused",
                  why)
+
+
+# ---------------------------------------------------------------------------- Nagle coalescing
+
+def check_coalescing(result: Result) -> None:
+    """Ten 100-byte sends to a peer that delays its ACKs: with Nagle the first leaves
+    alone and the other nine wait for its ACK and leave coalesced; with TCP_NODELAY every
+    send is a segment of its own."""
+    from .. import rules
+    v = coalescing_view(result)
+    v.check(result)
+
+
+@dataclass
+class Coalescing:
+    """The client's data segments after the warm-up exchange, and the server's ACKs."""
+    sizes: list[int]             # payload of each client data segment after the warm-up
+    first_ack_ms: float | None   # the server's first ACK of the sends, ms after the first send
+    nodelay: bool
+    sends: int
+    send_size: int
+    sends_done_ms: float         # when the last send() returned, ms after the first
+    mss: int
+
+    def sentence(self) -> str:
+        return (f"{self.sends} sends of {self.send_size} bytes (all returned within {self.sends_done_ms:.2f} ms) "
+                f"left as {len(self.sizes)} segment{'s' if len(self.sizes) != 1 else ''}: "
+                f"{' + '.join(str(x) for x in self.sizes)} bytes; the server's first ACK came "
+                f"{self.first_ack_ms:.1f} ms after the first send.")
+
+    def check(self, result: Result) -> None:
+        from .. import rules
+        total = self.sends * self.send_size
+        assert sum(self.sizes) == total, "the segments carry exactly the bytes sent"
+        if self.nodelay:
+            assert self.sizes == [self.send_size] * self.sends, "TCP_NODELAY: one segment per send()"
+            return
+        band = rules.delack_band(result.machine_snapshot())
+        rules.assert_rule(result, rules.delack_band, self.first_ack_ms, quiet=True,
+                          what="the server's delayed ACK of the first send")
+        assert self.sends_done_ms < band.low, "every send() returned before that ACK could come"
+        rest = total - self.send_size
+        expected = [self.send_size] + [min(self.mss, rest - k) for k in range(0, rest, self.mss)]
+        assert self.sizes == expected, \
+            f"Nagle: the first small segment alone, the rest held until its ACK and sent in full " \
+            f"segments: expected {expected}, captured {self.sizes}"
+
+
+@experiment(
+    "coalescing", chapter="02_04", needs={"live_capture", "namespaces"},
+    params=[Param("nodelay", "TCP_NODELAY (client)", False, choices=(False, True),
+                  doc="turn Nagle's algorithm off on the client")],
+    invariant=check_coalescing,
+    claim="with a peer that delays its ACKs, Nagle sends the first small write alone and "
+          "coalesces the rest; with TCP_NODELAY every write is a segment",
+)
+def coalescing(run, nodelay: bool = False, sends: int = 10, send_size: int = 100) -> dict:
+    """In a namespace (MTU 1500, offloads off): one request/response exchange makes the
+    server's connection interactive (pingpong: it delays its ACKs); then the client makes
+    *sends* back-to-back send() calls of *send_size* bytes and the server reads them."""
+    from .. import rules
+    from ..kernel import tcp_info
+    from ..netns import Namespace
+    with Namespace(mtu=MTU, offloads=False, name="coalesce") as ns:
+        snapshot = rules.Machine.read(ns).as_dict()
+        lst = ns.socket()
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        port = lst.getsockname()[1]
+        cli = ns.socket()
+        try:
+            with run.capture([port], ns=ns):
+                cli.settimeout(5)
+                cli.connect(("127.0.0.1", port))
+                if nodelay:
+                    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                srv, _ = lst.accept()
+                srv.settimeout(5)
+                cli.sendall(b"?")                   # the warm-up: a request ...
+                srv.recv(1)
+                srv.sendall(b"!")                   # ... answered at once: the server turns interactive
+                cli.recv(1)
+                time.sleep(0.005)
+                got = bytearray()
+                t0 = time.perf_counter()
+                for _ in range(sends):
+                    cli.send(b"x" * send_size)
+                done_ms = (time.perf_counter() - t0) * 1000
+                mss = tcp_info(cli)["snd_mss"]
+                deadline = time.monotonic() + 5
+                while len(got) < sends * send_size and time.monotonic() < deadline:
+                    chunk = srv.recv(65536)
+                    if not chunk:
+                        break
+                    got.extend(chunk)
+                cli.close()
+                srv.close()
+                time.sleep(0.01)
+        finally:
+            cli.close()
+            lst.close()
+    return {"params": {"nodelay": nodelay}, "server_port": port, "sends": sends, "send_size": send_size,
+            "sends_done_ms": done_ms, "mss": mss, "received": len(got), "machine": snapshot}
+
+
+def coalescing_view(result: Result) -> Coalescing:
+    d = result.data
+    df = result.segments()
+    port = d["server_port"]
+    up = df[(df["dport"] == port) & (df["len"] > 0)]
+    data = up.iloc[1:]                         # after the 1-byte warm-up request
+    t_first = float(data["t"].iloc[0]) if len(data) else float("nan")
+    start = int(data["seq"].iloc[0]) if len(data) else 0
+    down = df[(df["sport"] == port) & (df["t"] >= t_first) & (df["ack"] > start)]
+    return Coalescing(sizes=[int(x) for x in data["len"]],
+                      first_ack_ms=(float(down["t"].iloc[0]) - t_first) * 1000 if len(down) else None,
+                      nodelay=d["params"]["nodelay"], sends=d["sends"], send_size=d["send_size"],
+                      sends_done_ms=d["sends_done_ms"], mss=d["mss"])

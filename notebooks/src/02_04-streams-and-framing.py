@@ -15,10 +15,12 @@
 
 # %%
 import pandas as pd
-from helpers.notebook import mode_banner, nothing_left_behind
+from helpers import rules
+from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.experiments.framing import (streams, partial_writes, framed_exchange, three_views,
                                          boundaries_figure, render_streams, acks_between_sends,
-                                         message_cuts, check_frames_in)
+                                         message_cuts, check_frames_in, queues_at_eagain,
+                                         coalescing, coalescing_view)
 from helpers.framing import (FrameParser, OversizeFrame, BadMagic, TruncatedFrame,
                              HEADER, MAGIC, encode, encode_all, split)
 from helpers.checks import check_value
@@ -57,12 +59,10 @@ fig = boundaries_figure(many)
 # up to the size asked. While the reader slept, all ten sends' bytes piled up in one
 # buffer, and nothing in it says where one send ended.
 #
-# > **Myth vs measurement.** "Nagle's algorithm waits to gather small writes into one large
-# > segment." Nagle has no timer: it coalesces small writes only while earlier data is
-# > unacknowledged. The capture shows what that meant here (checked in the next cell): ten
-# > data segments of 100 bytes, one per `send()`, and before each next segment the
-# > receiver's ACK for the previous one. With nothing unacknowledged, Nagle had nothing to
-# > hold. The coalescing the reader saw happened in its *receive buffer*.
+# The coalescing the reader saw happened in its *receive buffer*. On the wire, this run
+# shows ten data segments of 100 bytes, one per `send()`, each acknowledged before the next
+# left (checked in the next cell): a fresh connection on loopback acknowledges at once
+# (quick-ACK mode), within microseconds, so Nagle's algorithm never had anything to hold.
 
 # %%
 acks = acks_between_sends(many)
@@ -72,6 +72,33 @@ acks.T
 assert len(acks) == 10 and (acks["bytes"] == 100).all(), "ten sends, ten 100-byte segments"
 assert acks["acked before the next segment"].iloc[:-1].all(), "each segment was ACKed before the next left"
 
+# %% [markdown]
+# That is a loopback artefact, not what Nagle does on a real connection. Make the receiver
+# behave like a server in the middle of a conversation: one request/response exchange
+# first, so its kernel treats the connection as interactive and *delays* its ACKs
+# (02_03's pingpong mode). Then the same ten `send()` calls of 100 bytes, back to back.
+#
+# **Predict:** how many segments now, and of what sizes?
+
+# %%
+co = coalescing(nodelay=False)
+cv = coalescing_view(co)
+show([cv.sentence()])
+coalescing.check(co)      # the first alone; the rest held until its delayed ACK, then full segments
+
+# %%
+co_nd = coalescing(nodelay=True)
+show([coalescing_view(co_nd).sentence()])
+coalescing.check(co_nd)   # TCP_NODELAY: one segment per send()
+
+# %% [markdown]
+# > **Myth vs measurement.** "Nagle's algorithm waits to gather small writes into one large
+# > segment." Nagle has no timer of its own: it holds a small segment only while an earlier
+# > small one is unacknowledged (`tcp_nagle_check()` in `net/ipv4/tcp_output.c`). Measured:
+# > against a peer that acknowledged at once (the first run) nothing was held; against a
+# > peer in delayed-ACK mode the first 100 bytes left alone and the other nine sends left
+# > together, as one segment, the moment the delayed ACK came. The wait is the *peer's*
+# > delayed-ACK timer, not Nagle's; with `TCP_NODELAY` every send is a segment.
 # %% [markdown]
 #
 # ## 2 · One send, many segments, many recvs
@@ -142,45 +169,40 @@ pw
 
 # %%
 d = pw.data
-partial_writes.check(pw)
-print(f"send({d['size']:,} B) returned {d['first_send']:,}; more sends until EAGAIN queued "
-      f"{d['queued_before_eagain']:,} B in all; after the reader started, a send() loop needed "
-      f"{d['loop_calls']} more calls; all {d['received']:,} bytes arrived")
-assert d["first_send"] < d["size"] and d["eagain"]
-assert d["queued_before_eagain"] > d["first_send"], "the later sends found some room"
-assert d["received"] == d["size"]
+partial_writes.check(pw)   # short first send, EAGAIN, later sends found room, every byte delivered
+show([f"`send()` of {d['size']:,} bytes returned {d['first_send']:,}; more sends until `EAGAIN` queued "
+      f"{d['queued_before_eagain']:,} bytes in all; after the reader started, a `send()` loop needed "
+      f"{d['loop_calls']} more calls; all {d['received']:,} bytes arrived."])
 
 # %% [markdown]
-# **Explain.** The first `send()` took about what fits in the send buffer (SO_SNDBUF 64 KB,
-# which the kernel doubles: 128 KB read back, asserted below). Why did the later sends find
-# room? The kernel's counters at the moment of `EAGAIN` (Python: `BlockingIOError`) say where
-# every queued byte was:
+# **Explain.** The first `send()` took about what fits in the send buffer (`SO_SNDBUF`, which
+# the kernel doubles: checked below against `sock_setsockopt()`'s rule). Why did the later
+# sends find room? At the moment of `EAGAIN` (Python: `BlockingIOError`) the experiment read,
+# back to back, the sender's TCP_INFO and its two queue ioctls (`SIOCOUTQ`: bytes not yet
+# acknowledged; `SIOCOUTQNSD`: bytes not yet sent), and the receiver's `SIOCINQ` (bytes
+# not yet read):
 
 # %%
-k = d["at_eagain"]
-where = pd.Series({"acknowledged by the receiver (tcpi_bytes_acked)": k["acked"],
-                   "in flight, not yet acknowledged": k["in_flight"],
-                   "not yet sent (tcpi_notsent_bytes)": k["notsent"],
-                   "= queued before EAGAIN": d["queued_before_eagain"],
-                   "receiver's advertised window (tcpi_snd_wnd)": k["snd_wnd"],
-                   "receiver's queue, unread (SIOCINQ)": k["receiver_queue"],
-                   "sender's queue, unacknowledged (SIOCOUTQ)": k["sender_queue"]}, name="bytes")
-where.to_frame()
+m = pw.machine_snapshot()
+rules.sock_setsockopt_buf(d["sndbuf_set"], m.wmem_max, which="SO_SNDBUF").check(d["sndbuf_got"], "SO_SNDBUF read back")
+q = queues_at_eagain(pw)
+q.table()
 
 # %%
-assert d["sndbuf_got"] == 2 * d["sndbuf_set"], "the kernel doubles SO_SNDBUF"
-assert abs(d["first_send"] - d["sndbuf_got"]) < 0.25 * d["sndbuf_got"], "the first send() took about one send buffer"
-assert k["acked"] + k["in_flight"] + k["notsent"] == d["queued_before_eagain"]
-assert k["acked"] > 0 and k["sender_queue"] == d["queued_before_eagain"] - k["acked"], \
-    "acknowledged bytes have left the sender's queue"
-assert k["receiver_queue"] == k["acked"] + k["in_flight"], "everything sent sits unread at the receiver"
-assert k["notsent"] > 0 and k["in_flight"] == k["snd_wnd"], "the receiver's window is full: the rest waits unsent"
+q.check()   # every byte accounted for; the two views agree; the unacknowledged bytes are at the receiver
+show([f"Why bytes waited unsent: {q.why_unsent()} (`tcp_write_xmit()` sends the next segment only if "
+      f"it fits the receiver's window and the congestion window). The {q.unacked:,} bytes sent but not "
+      f"acknowledged were not on the wire: the receiver's queue held them ({q.inq:,} = {q.acked:,} "
+      f"acknowledged + {q.unacked:,} not yet)."])
 
 # %% [markdown]
 # The receiver had acknowledged part of the data, and acknowledged bytes leave the sender's
-# queue: that freed the room the later sends used. The bytes in flight filled exactly the
-# receiver's advertised window, so the rest waited unsent in the sender's queue. Nothing was
-# read yet: every byte sent sits in the receiver's queue.
+# queue: that freed the room the later sends used. "Sent but not acknowledged" did *not* mean
+# "in flight": on loopback a segment arrives within microseconds, and those bytes were
+# already in the receiver's queue; only the receiver's ACK for them was still to come (it
+# delays its ACK, and with nobody reading, its window could not move). What was not sent
+# waited because the next segment did not fit the window (the sentence above says which).
+# Nothing was read yet: every byte sent sits in the receiver's queue.
 #
 # A blocking socket would have waited instead of raising `EAGAIN`. A socket with a timeout
 # (Python's `settimeout`) returns short counts too: the loop above ran on such a socket, and
