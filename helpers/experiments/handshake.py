@@ -660,16 +660,19 @@ def check_autotuning(result: Result) -> None:
 
 
 @experiment("rcvbuf_autotuning", chapter="01_02",
-            params=[Param("rcvbuf", "SO_RCVBUF (second receiver)", 65536, minimum=4096, maximum=16 << 20,
-                          unit="bytes", doc="what the second receiver sets before connect()")],
+            params=[Param("rcvbuf", "SO_RCVBUF (second receiver)", None, minimum=4096, maximum=16 << 20,
+                          unit="bytes", doc="what the second receiver sets before connect(); default: half of "
+                                            "tcp_rmem[1], so that both receivers start equal")],
             invariant=check_autotuning,
             claim="an unset receive buffer grows under a bulk transfer (up to tcp_rmem[2]); "
                   "a buffer set with SO_RCVBUF stays put")
-def rcvbuf_autotuning(run, rcvbuf: int = 65536) -> dict:
+def rcvbuf_autotuning(run, rcvbuf: int | None = None) -> dict:
     """Two bulk transfers on lo into a reader that keeps reading: first into a client with
-    SO_RCVBUF unset, then into one that set *rcvbuf* before connect(). SO_RCVBUF is read
-    right after connect() and after the transfer (bounded by BULK_LIMIT bytes and
-    BULK_SECONDS). Needs no privileges: always live."""
+    SO_RCVBUF unset, then into one that set *rcvbuf* (default: half of tcp_rmem[1]) before
+    connect(). SO_RCVBUF is read right after connect() and after the transfer (bounded by
+    BULK_LIMIT bytes and BULK_SECONDS). Needs no privileges: always live."""
+    if rcvbuf is None:
+        rcvbuf = max(4096, rules.machine().tcp_rmem[1] // 2)
     out = {"rcvbuf": rcvbuf}
     for case, req in (("unset", None), ("set", rcvbuf)):
         with listener(backlog=1) as lst:

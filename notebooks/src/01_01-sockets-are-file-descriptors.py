@@ -178,8 +178,9 @@ else:
 answer_1 = ...  # an integer
 
 # %%
-check_value(answer_1, 5, name="fd after closing 5 and 6",
-            hint="fds 4..7 were the connections; the lowest free number wins");
+open_then = [0, 1, 2, 3, 4, 7]   # stdio, the listener, the connections on 4 and 7 (5 and 6 closed)
+check_value(answer_1, rules.alloc_fd(open_then).value, name="fd after closing 5 and 6",
+            hint="fds 4..7 were the connections; which numbers are free now?");
 
 # %% [markdown]
 # **2.** Run the experiment yourself with 5 clients. How many `ESTAB` lines does `ss` show

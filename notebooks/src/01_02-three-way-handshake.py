@@ -275,8 +275,8 @@ else:
 # kernel locks the buffer at that size.
 #
 # **Predict:** two receivers read the same bulk transfer as fast as they can; one left its
-# buffer alone, the other set `SO_RCVBUF` so that both start equal. Which buffer is larger
-# at the end?
+# buffer alone, the other set `SO_RCVBUF` to half of `tcp_rmem[1]` (the kernel doubles it,
+# so both start equal). Which buffer is larger at the end?
 
 # %%
 tune = rcvbuf_autotuning()
