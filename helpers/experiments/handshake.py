@@ -266,8 +266,12 @@ def check_handshake(result: Result) -> None:
     assert (data["len"] == len(REQUEST)).sum() >= 2 * d["connections"], "one request and one reply per connection"
     fins = df[df["flags"].str.contains("FIN")]
     assert len(fins) >= 2 * d["connections"], "each side sends a FIN at close"
-    assert not df[~df["flags"].isin(["SYN", "SYN+ACK"])]["sack_perm"].any(), \
-        "SACK permitted appears only in SYN and SYN-ACK"
+    later = df[~df["flags"].isin(["SYN", "SYN+ACK"])]
+    assert not later["sack_perm"].any() and later["mss"].isna().all() and later["wscale"].isna().all(), \
+        "MSS, window scale and SACK permitted appear only in SYN and SYN-ACK"
+    negotiated_ts = all(_offered(syn)["timestamps"] and _offered(sa)["timestamps"] for syn, sa, _ in hs.values())
+    assert later["tsval"].notna().all() == negotiated_ts, \
+        "once both SYNs carried timestamps, every later segment carries them"
     reader_agreement(result).check(quiet=True)
 
 

@@ -110,7 +110,8 @@ opts
 #   `setsockopt(SO_RCVBUF)` could ask for up to `net.core.rmem_max`.
 # * **window** (same function): the payload share of the receive buffer (half of
 #   `tcp_rmem[1]` on a fresh socket), rounded down to a multiple of the MSS, at most 65,535.
-#   The server rounds to MSS − 12: its SYN-ACK already knows that timestamps are on.
+#   The server rounds to MSS − 12: when its SYN-ACK is sent, it already knows from the SYN
+#   that timestamps (12 bytes in every segment) are on.
 # * **SYN-ACK options** (`tcp_synack_options`): an option the SYN offered, if this side
 #   allows it; the MSS is the server's own.
 # * **TCP_MAXSEG read back** (`tcp_bound_to_half_wnd`): the smaller MSS minus 12 bytes of
@@ -134,7 +135,7 @@ show([f"On the machine that ran this capture (Linux {m.release}, {m.where}): `tc
 # %% [markdown]
 # Window scale, MSS and SACK-permitted appear **only** in the SYN and SYN-ACK: they are
 # negotiated once. Timestamps, once both sides offered them, ride in *every* later segment
-# (the 12 bytes the MSS rule subtracts). SACK *blocks* are a different thing from
+# (the 12 bytes the MSS rule subtracts); `handshake.check` asserted both on this capture. SACK *blocks* are a different thing from
 # SACK-permitted: the SYNs only agree that they may be used, and a receiver puts them in
 # its ACKs when data arrives out of order, i.e. after a loss. Nothing is lost on `lo` here,
 # so these ACKs carry none; section 5 drops a segment on purpose and shows them.
@@ -167,15 +168,15 @@ show([f"The client's SYN offered SACK: {bare_syn['SACK permitted']}, timestamps:
       f"answered with SACK: **{sa.value['sack_perm']}**, timestamps: **{sa.value['timestamps']}**. "
       f"TCP_INFO agrees on both ends (client {bare.data['client_tcpinfo']['opt_sack']}/"
       f"{bare.data['client_tcpinfo']['opt_timestamps']}, server {bare.data['server_tcpinfo']['opt_sack']}/"
-      f"{bare.data['server_tcpinfo']['opt_timestamps']}). Without timestamps the server's window is "
-      f"rounded to the full MSS {sa.value['mss']}: {int(syn_options(bare).iloc[1]['window']):,}."])
+      f"{bare.data['server_tcpinfo']['opt_timestamps']}). The server announced its own MSS, "
+      f"{sa.value['mss']}, for the veth's MTU {bare.data['mtu']}, and without timestamps rounded its "
+      f"window to that full MSS: {int(syn_options(bare).iloc[1]['window']):,}."])
 
 # %% [markdown]
 # **Explain.** An option is used only if both sides want it, and a server cannot offer what
-# the client did not ask for: the SYN-ACK *answers* the SYN. The window scale works the same
-# way (a SYN without it turns scaling off for both directions). The MSS is not negotiated:
-# each side announces its own, here 1460 for an MTU of 1500, and each sends segments no
-# larger than what the other announced.
+# the client did not ask for: the SYN-ACK *answers* the SYN (`tcp_synack_options()` applies
+# the same rule to the window scale; this experiment leaves it on). The MSS is not
+# negotiated: each side announces its own, from its own MTU.
 #
 # ## 5 · SACK blocks come later, after a loss
 #
