@@ -61,7 +61,7 @@ show([f"Here the open fds were {d['open_before_socket']}{std}, so the first sock
 # %% [markdown]
 # ## 2 · accept() returns a new fd; the listener stays
 #
-# Three clients connected **before** the server called `accept()` even once.
+# Every client (`fds(clients=3)` above) connected **before** the server called `accept()` even once.
 #
 # **Predict:** how many sockets does `ss` show on the server's port before the first
 # `accept()`, and in which state?
@@ -166,8 +166,8 @@ else:
 # **Observe.** Python's `accept()` is the `accept4()` system call with `SOCK_CLOEXEC`
 # (the new fd is not inherited by programs this process starts). Every `accept4` is
 # called on the listener's fd and returns a new one; `listen()` and `connect()` return 0
-# and the client keeps the fd `socket()` gave it. `IPPROTO_IP` (0) in the first `socket()` means "the
-# default protocol for this type", which for `SOCK_STREAM` is TCP.
+# and the client keeps the fd `socket()` gave it. `IPPROTO_IP` (0) in the first
+# `socket()` means "the default protocol for this type", which for `SOCK_STREAM` is TCP.
 #
 # ## Check your understanding
 #
