@@ -97,6 +97,7 @@ show([f"`net.core.somaxconn` is **{m0.sysctls.get('somaxconn')}** in the namespa
       f"{'would be clamped' if (here.sysctls.get('somaxconn') or 0) < 4096 else 'is not clamped'} here, "
       "whatever the notes say."])
 
+# %% [markdown]
 # ## 2 · The client that does not get in
 #
 # **Predict:** client 4 sent a SYN while the queue was full. Did the server answer it at all?
