@@ -26,8 +26,23 @@ VOLATILE = re.compile(r"(nf_conntrack_count|stable_secret|/veth|/tcpc|random|has
                       r"|neigh/(?!default)|conf/(?!all|default|lo))")
 
 
-def capture_processes(parent: int | None = None) -> list[str]:
-    """Running tcpdump/dumpcap/tshark as "PID ARGS" (only children of *parent* if given)."""
+#: ``course.py test`` sets this in the environment of everything it starts; a capture
+#: process carrying this run's value was started by this run (a learner's own Wireshark,
+#: or another job's tcpdump, does not carry it).
+RUN_ID_VAR = "TCPCOURSE_RUN_ID"
+
+
+def _started_by_run(pid: str, run_id: str) -> bool:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:   # another user's process: not ours
+        return False
+    return f"{RUN_ID_VAR}={run_id}".encode() in env
+
+
+def capture_processes(parent: int | None = None, run_id: str | None = None) -> list[str]:
+    """Running tcpdump/dumpcap/tshark as "PID ARGS": only children of *parent*, or only
+    those started under test run *run_id*, if given."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -38,6 +53,8 @@ def capture_processes(parent: int | None = None) -> list[str]:
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
                     continue
+            if run_id is not None and comm in CAPTURE_PROCS and not _started_by_run(pid, run_id):
+                continue
         except (OSError, ValueError, IndexError):
             continue
         if comm in CAPTURE_PROCS:
@@ -50,8 +67,11 @@ def capture_processes(parent: int | None = None) -> list[str]:
 
 
 def namespaces() -> list[str]:
+    """The course's network namespaces (``tcpcourse-*``); other namespaces on the machine
+    (a container runtime's, another tool's, a kernel profile's) are not the course's to check."""
+    from .netns import NS_PREFIX
     try:
-        return sorted(os.listdir("/run/netns"))
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith(NS_PREFIX))
     except OSError:
         return []
 
@@ -87,7 +107,7 @@ def sysctls() -> dict[str, str]:
 
 
 def snapshot() -> dict:
-    return {"capture_processes": capture_processes(), "namespaces": namespaces(),
+    return {"capture_processes": capture_processes(run_id=os.environ.get(RUN_ID_VAR)), "namespaces": namespaces(),
             "iptables": iptables_rules(), "sysctls": sysctls()}
 
 

@@ -17,7 +17,8 @@ def baseline():
 
 
 def test_no_capture_process_left(baseline):
-    left = sorted(set(leaks.capture_processes()) - set(baseline["capture_processes"]))
+    run = os.environ.get(leaks.RUN_ID_VAR)   # only what this test run started
+    left = sorted(set(leaks.capture_processes(run_id=run)) - set(baseline["capture_processes"]))
     assert not left, f"capture processes still running: {left}"
 
 
