@@ -155,3 +155,19 @@ def test_rejects_bad_values():
         sendfile_methods(size_mb=0)
     with pytest.raises(ParameterError, match="out of range"):
         sendfile_methods(bufsize=100)
+
+
+def test_sink_is_its_own_process_and_cpu_comparison():
+    """The receiver runs in a process of its own (not a thread of the notebook's kernel):
+    its CPU is its own, and the system-wide busy CPU of each transfer is recorded."""
+    import os
+    from helpers.experiments.sendfile import _Sink, cpu_comparison, sendfile_methods
+    with _Sink(0) as sink:
+        assert sink.proc.pid != os.getpid() and sink.port > 0
+        assert sink.records() == []
+    r = sendfile_methods(size_mb=4, bufsize=65536)
+    cc = cpu_comparison(r)
+    cc.check()
+    for m in r.data["methods"]:
+        assert len(m["system_busy_all_s"]) == r.data["repeats"] and all(x >= 0 for x in m["system_busy_all_s"])
+    assert "receiver's (its own process)" in cc.sentence()

@@ -16,7 +16,9 @@ System calls are counted twice:
 
 The sender's CPU time is getrusage's user + system time: only the sum is exact (the kernel
 splits it between user and system from timer ticks), so only the sum is reported. The sink
-(a thread of the parent) records its own CPU time per connection (``time.thread_time``).
+is a process of its own too (:func:`sink_main`): it records its CPU time per connection
+(getrusage) and the system-wide busy CPU over the same span (/proc/stat: every process on
+the machine, in 10 ms ticks).
 ``compare_buffers`` runs several buffer sizes interleaved in one child, so every size sees
 the same machine state.
 
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 from ..params import Param
 from .base import Result, experiment
@@ -212,45 +215,83 @@ def _make_file(path: str, size: int) -> None:
             pass
 
 
+def _cpu_stat() -> tuple[float, float]:
+    """System-wide CPU seconds (busy, total) from the first line of /proc/stat (USER_HZ
+    ticks, 10 ms each): every process's and every softirq's work on every CPU."""
+    with open("/proc/stat") as fh:
+        vals = [int(x) for x in fh.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return (sum(vals[:8]) - idle) / hz, sum(vals[:8]) / hz
+
+
+def sink_main(expected: int) -> list[dict]:
+    """The receiver, a process of its own: listen on 127.0.0.1, print the port, then serve
+    *expected* connections one after another: read each to EOF, count the bytes, answer
+    "ok <bytes>". For each connection: bytes, this process's CPU time (getrusage: its copy
+    out of the socket and the share of TCP's work charged to it), the time from the first
+    byte to the end, and the system-wide busy CPU time over the same span (/proc/stat)."""
+    import resource
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(8)
+    lst.settimeout(CHILD_TIMEOUT)
+    print(lst.getsockname()[1], flush=True)
+    buf = bytearray(MB)
+    out = []
+    for _ in range(expected):
+        conn, _ = lst.accept()
+        with conn:
+            conn.settimeout(CHILD_TIMEOUT)
+            n, first, r0, s0 = 0, None, None, None
+            while True:
+                k = conn.recv_into(buf)
+                if first is None:
+                    first = time.perf_counter()
+                    r0 = resource.getrusage(resource.RUSAGE_SELF)
+                    s0 = _cpu_stat()
+                if not k:
+                    break
+                n += k
+            wall = time.perf_counter() - first
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            s1 = _cpu_stat()
+            conn.sendall(f"ok {n}".encode())
+        out.append({"bytes": n, "wall_s": wall,
+                    "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+                    "system_busy_s": s1[0] - s0[0], "system_total_s": s1[1] - s0[1]})
+    lst.close()
+    return out
+
+
 class _Sink:
-    """A loopback listener that reads every connection to EOF, counts the bytes, answers
-    "ok <bytes>" and closes. It runs in the parent, one thread per connection, and records
-    for each connection the bytes, its thread's CPU time (``time.thread_time``: the
-    receiver's copy out of the socket and its share of TCP's work) and the time from the
-    first byte to the end of the stream."""
+    """The sink process (:func:`sink_main`) as a context manager: started with the number
+    of connections it will serve; ``records()`` waits for its report."""
 
-    def __init__(self):
-        from ..servers import Server
-        self.received: list[dict] = []
-        self.server = Server(self._handle)
-
-    def _handle(self, conn: socket.socket, addr) -> None:
-        buf = bytearray(MB)
-        n = 0
-        conn.settimeout(CHILD_TIMEOUT)
-        c0 = time.thread_time()
-        first = None
-        while True:
-            k = conn.recv_into(buf)
-            if first is None:
-                first = time.perf_counter()
-            if not k:
-                break
-            n += k
-        wall = time.perf_counter() - first
-        self.received.append({"bytes": n, "cpu_s": time.thread_time() - c0, "wall_s": wall})
-        conn.sendall(f"ok {n}".encode())
+    def __init__(self, expected: int):
+        self.expected = expected
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
 
     def __enter__(self):
-        self.server.__enter__()
+        self.proc = subprocess.Popen([sys.executable, "-m", "helpers.experiments.sendfile", "--sink",
+                                      str(self.expected)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.port = int(self.proc.stdout.readline().strip() or 0)
         return self
 
-    def __exit__(self, *exc):
-        return self.server.__exit__(*exc)
+    def records(self) -> list[dict]:
+        out, err = self.proc.communicate(timeout=CHILD_TIMEOUT)
+        if self.proc.returncode != 0:
+            from ..errors import CourseError
+            raise CourseError(f"the sink failed: {err.strip()[-400:]}", "re-run; check the machine is not overloaded.")
+        return json.loads(out.strip().splitlines()[-1])
 
-    @property
-    def port(self) -> int:
-        return self.server.port
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        return False
 
 
 def _run_child(path: str, port: int, bufsizes: list[int], repeats: int, trace_to: str | None = None) -> dict:
@@ -284,6 +325,9 @@ def _summarise(runs: dict[str, list], sink: list[dict]) -> list[dict]:
             "cpu_s": statistics.median(r["cpu_s"] for r in rs),
             "cpu_best_s": min(r["cpu_s"] for r in rs),
             "sink_cpu_s": statistics.median(g["cpu_s"] for g in got) if got else None,
+            "sink_cpu_all_s": [g["cpu_s"] for g in got],
+            "system_busy_s": statistics.median(g["system_busy_s"] for g in got) if got else None,
+            "system_busy_all_s": [g["system_busy_s"] for g in got],
             # the share of its receiving time the sink spent on the CPU (1.0 = never waited)
             "sink_busy": statistics.median(g["cpu_s"] / g["wall_s"] for g in got if g["wall_s"] > 0)
             if got else None,
@@ -305,18 +349,19 @@ def _measure(size_mb: float, bufsizes: list[int], repeats: int, trace: bool = Fa
         path = os.path.join(tmp, "payload.bin")
         progress.report(0.05, f"writing a {size_mb} MB file")
         _make_file(path, size)
-        with _Sink() as sink:
+        with _Sink(repeats * nb * nm) as sink:
             progress.report(0.2, f"sending it {repeats} times per method")
             child = _run_child(path, sink.port, bufsizes, repeats)
-            received = list(sink.received)
-            trace_text = None
-            if trace:
-                progress.report(0.7, "once more under strace")
-                log = os.path.join(tmp, "strace.txt")
+            received = sink.records()
+        trace_text, received_traced = None, []
+        if trace:
+            progress.report(0.7, "once more under strace")
+            log = os.path.join(tmp, "strace.txt")
+            with _Sink(nm) as sink:
                 _run_child(path, sink.port, bufsizes[:1], 1, trace_to=log)
-                with open(log) as fh:
-                    trace_text = fh.read()
-            received_traced = sink.received[len(received):]
+                received_traced = sink.records()
+            with open(log) as fh:
+                trace_text = fh.read()
     by_buffer = {}
     for j, b in enumerate(bufsizes):
         # connection order: round, then buffer size, then method
@@ -390,7 +435,7 @@ def sendfile_methods(run, size_mb: int = 16, bufsize: int = 65536, trace: bool =
     A fresh child process sends the file *repeats* times per method (interleaved). Wall
     time and throughput are medians over the repeats; the sender's CPU time (user + system,
     the child's own) is the best of the repeats, because other processes' network work can
-    be charged to a transfer; the receiver's CPU time is the sink thread's, median. With
+    be charged to a transfer; the receiver's CPU time is the sink process's, median. With
     *trace* and strace installed, a second child runs under ``strace -f`` and every system
     call between the marks of each transfer is counted.
     """
@@ -463,9 +508,57 @@ def table(result: Result):
                      "wall ms (median)": round(m["wall_s"] * 1e3, 1),
                      f"sender CPU ms (best of {d['repeats']})": round(m["cpu_best_s"] * 1e3, 1),
                      "receiver CPU ms (median)": round(m["sink_cpu_s"] * 1e3, 1),
+                     "system-wide busy CPU ms (median)": round(m["system_busy_s"] * 1e3)
+                     if m.get("system_busy_s") is not None else "not measured",
                      "system calls (program)": m["syscalls"],
                      "system calls (strace)": sum(m["strace"].values()) if m["strace"] else "not counted"})
     return pd.DataFrame(rows).set_index("method")
+
+
+@dataclass
+class CpuComparison:
+    """read/write against sendfile in one run of :func:`sendfile_methods`: the sender's
+    CPU (each transfer), the receiver's (the sink process, each transfer), the system-wide
+    busy CPU over each transfer (/proc/stat, 10 ms ticks, every process on the machine) and
+    the throughput."""
+    size_mb: float
+    sender: dict                 # method -> list of CPU seconds per transfer
+    receiver: dict
+    system: dict
+    mb_per_s: dict               # method -> median
+
+    @staticmethod
+    def _range(xs) -> str:
+        return f"{min(xs) * 1e3:.1f}–{max(xs) * 1e3:.1f} ms"
+
+    def sentence(self) -> str:
+        rw, sf = "read/write", "sendfile"
+        return (f"{self.size_mb:g} MB: the sender's CPU per transfer ranged {self._range(self.sender[rw])} with "
+                f"read/write and {self._range(self.sender[sf])} with sendfile; the receiver's (its own "
+                f"process) {self._range(self.receiver[rw])} and {self._range(self.receiver[sf])}; the whole "
+                f"machine's busy CPU during a transfer (every process, in 10 ms ticks) "
+                f"{self._range(self.system[rw])} and {self._range(self.system[sf])}; throughput (median) "
+                f"{self.mb_per_s[rw]:.0f} and {self.mb_per_s[sf]:.0f} MB/s.")
+
+    def check(self) -> None:
+        rw, sf = "read/write", "sendfile"
+        assert min(self.sender[sf]) < min(self.sender[rw]), \
+            "sendfile's sender spends less CPU than read/write's (best transfer of each)"
+        assert statistics.median(self.receiver[sf]) >= min(self.receiver[rw]), \
+            "sendfile does not take the receiver's CPU below what it was with read/write: it still copies every byte"
+        assert self.mb_per_s[sf] <= 1.1 * self.mb_per_s[rw], \
+            "no speed-up on loopback: sendfile's throughput at most 10 % above read/write's (medians)"
+
+
+def cpu_comparison(result: Result) -> CpuComparison:
+    d = result.data
+    by = {m["method"]: m for m in d["methods"]}
+    pick = ("read/write", "sendfile")
+    return CpuComparison(size_mb=d["size_mb"],
+                         sender={k: [r["cpu_s"] for r in by[k]["runs"]] for k in pick},
+                         receiver={k: by[k]["sink_cpu_all_s"] for k in pick},
+                         system={k: by[k]["system_busy_all_s"] for k in pick},
+                         mb_per_s={k: by[k]["mb_per_s"] for k in pick})
 
 
 def grouped_bars(results: list[Result]):
@@ -513,6 +606,9 @@ def render(result: Result) -> list:
                "system calls are the program's own count (tick \"count with strace too\" to check them)."))
     return [result, table(result), note, grouped_bars([result])]
 
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--sink":
+    print(json.dumps(sink_main(int(sys.argv[2]))))
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--child":
     _m, _path, _port, _bufs, _rep = sys.argv[2:7]

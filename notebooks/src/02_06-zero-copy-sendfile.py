@@ -20,7 +20,7 @@
 from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.caps import capabilities
 from helpers.experiments.sendfile import (sendfile_methods, compare_buffers, table, buffer_table, strace_table,
-                                          strace_extra_calls, grouped_bars, render, metric, MB)
+                                          strace_extra_calls, grouped_bars, render, metric, cpu_comparison, MB)
 from helpers.checks import check_value
 from helpers.widgets import Panel
 
@@ -48,10 +48,11 @@ print("strace:", capabilities().strace.detail if has_strace else
 #   references, but through a pipe the program owns, one pipe-full per call.
 #
 # The sender runs in a **fresh child process**, so its CPU time and system calls are its
-# own. It sends the file 5 times per method (interleaved) to a sink, a thread of this
-# notebook that reads and discards it and records its own CPU time. Throughput is the
-# median of the 5 transfers; the sender's CPU is the **best** of the 5, because other
-# processes' network work can be charged to a transfer. The file is written to a
+# own. It sends the file 5 times per method (interleaved) to a sink, another fresh
+# process, which reads and discards it and records its own CPU time and the whole
+# machine's (every process, from `/proc/stat`) for each transfer. Throughput is the median
+# of the 5 transfers; the sender's CPU is the **best** of the 5, because other processes'
+# network work can be charged to a transfer. The file is written to a
 # temporary directory and read once, so that it sits in the page cache: we compare
 # copies, not the disk.
 #
@@ -105,33 +106,34 @@ results = [r4, r16]
 fig = grouped_bars(results)
 
 # %% [markdown]
-# The next cell compares sendfile with read/write at each size: the sender's CPU (best of
-# 5), the receiver's CPU (the sink thread's, median of 5) and the throughput (median of 5).
+# The next cell compares sendfile with read/write at each size, transfer by transfer: the
+# sender's CPU, the receiver's CPU (the sink process), the whole machine's busy CPU while
+# the transfer ran, and the throughput (median of 5).
 
 # %%
 for r in results:
-    snd = {m: metric(r, m, "cpu_best_s") for m in ("read/write", "sendfile")}
-    rcv = {m: metric(r, m, "sink_cpu_s") for m in ("read/write", "sendfile")}
-    ratio = metric(r, "sendfile", "mb_per_s") / metric(r, "read/write", "mb_per_s")
-    print(f"{r.data['size_mb']:>3} MB: sender CPU read/write {snd['read/write'] * 1e3:.1f} ms, sendfile "
-          f"{snd['sendfile'] * 1e3:.1f} ms ({snd['sendfile'] / snd['read/write']:.0%}); receiver CPU "
-          f"{rcv['read/write'] * 1e3:.1f} ms, {rcv['sendfile'] * 1e3:.1f} ms ({rcv['sendfile'] / rcv['read/write']:.0%}); "
-          f"throughput sendfile/read-write {ratio:.2f}")
+    cc = cpu_comparison(r)
+    show([cc.sentence()])
+    cc.check()   # sender's CPU lower with sendfile; receiver's not below read/write's range; no speed-up
 
 # %% [markdown]
-# **Observe.** With 64 KB buffers the CPU times are printed but not asserted: `sendfile`
-# usually spends less CPU in the sender (the copy into the process and back is gone, and so
-# are 511 system calls), but each transfer lasts only milliseconds, and on loopback the
-# *receiving* side's TCP work is done in the kernel's softirq context and charged to
-# whichever process happens to be on the CPU, often the sender. On a shared 2-core machine
-# that swings a single run's CPU and throughput by a factor of two or more (run the cell
-# again and compare); one run cannot rank the methods on them. Section 3 shows a case where
-# the gap is wide enough to assert.
+# **Observe.** The ranges above are what one run measured, transfer by transfer, on this
+# machine; read them before the medians. The sender's CPU with `sendfile` fell below
+# read/write's in every size (checked: best transfer against best transfer): the copy into
+# the process and back is gone, and so are hundreds of system calls. The receiver's CPU did
+# not fall (checked: sendfile's median is not below read/write's range); in our runs it
+# often *rose*. The whole machine's busy CPU is counted in 10 ms ticks and includes every
+# other process on the machine, so it only gives the scale. The throughput did not improve
+# with sendfile (checked: its median at most 10 % above read/write's; the sentence gives
+# both).
 #
 # **Explain.** Zero-copy removes work from the *sender*: fewer copies, fewer system calls,
 # no user-space buffer. The receiver still copies every byte from the socket into its own
-# buffer, whatever the sender did (`recv()` always copies), so that copy remains, and on
-# loopback the receiver runs on the same two CPUs as the sender. The 1 MB file is left to
+# buffer, whatever the sender did (`recv()` always copies), so that copy remains. And on
+# loopback there is no wire: each segment the sender queues is delivered to the receiving
+# socket by the kernel's softirq work, which is charged to whichever process is on the CPU
+# at that moment; when the sender spends less time in its own loop, more of that work lands
+# on the receiver. The receiver runs on the same two CPUs as the sender. The 1 MB file is left to
 # the panel: the shorter the transfer, the more the sink's wake-ups weigh against the
 # method. Try 64 MB in the panel too: how much do the CPU times change from one run to
 # the next?
@@ -143,10 +145,10 @@ for r in results:
 # > **Myth vs measurement.** The source notes present `sendfile()` as the way to make
 # > static file serving fast ("the kernel can transfer data directly from the page cache
 # > … to the NIC"). Measured here: `sendfile` cut the system calls to one (asserted) and,
-# > against a read/write loop with small buffers, the sender's CPU to well under it
-# > (section 3, asserted), while the transfer time on loopback stayed in the noise of a
-# > shared machine. Zero-copy saves the sender's CPU; it is a speed-up only
-# > where the sender's CPU was the bottleneck.
+# > the sender's CPU below read/write's (section 2, and by far with small buffers in section
+# > 3, asserted), while the receiver's CPU did not fall and the throughput on loopback did
+# > not rise (section 2, asserted). Zero-copy saves the sender's CPU; it is a
+# > speed-up only where the sender's CPU was the bottleneck.
 #
 # ## 3 · The buffer size matters for read/write
 #
@@ -174,12 +176,16 @@ assert metric(b4k, "sendfile", "syscalls") == metric(b64k, "sendfile", "syscalls
 assert sf4k < rw4k, "against 8192 small system calls, sendfile's one call costs far less CPU"
 
 # %% [markdown]
+# %%
+show([f"read/write's CPU rose {rw4k / rw64k:.2f} times with the 4 KB buffer (best of {bufs['repeats']} "
+      f"transfers each); with 4 KB buffers sendfile needed {sf4k / rw4k:.2f} times read/write's CPU."])
+
+# %% [markdown]
 # **Explain.** Each system call costs a kernel entry and exit and the bookkeeping around
-# it, so read/write's CPU rose with the smaller buffer (asserted; by 1.3 to 1.9 times in our
-# runs, best of 10 transfers each: single CPU readings on loopback are noisy, see section 2).
-# `sendfile` does not use the buffer at all: the same one call with either size, and with
-# 4 KB buffers read/write spent more CPU than sendfile (asserted; sendfile needed 0.17 to
-# 0.54 times read/write's in our runs).
+# it, so read/write's CPU rose with the smaller buffer (asserted; the factor is printed
+# above, best of 10 transfers each, because single CPU readings on loopback vary, see
+# section 2). `sendfile` does not use the buffer at all: the same one call with either
+# size, and with 4 KB buffers read/write spent more CPU than sendfile (asserted).
 #
 # ## 4 · Your turn
 #
@@ -226,7 +232,7 @@ answer_2 = ...  # an integer, in bytes
 
 # %%
 check_value(answer_2, r16.data["size"] // metric(r16, "read/write", "syscalls"), name="bytes per system call",
-            hint="a read and the send after it handle the same bytes");
+            hint="count every system call: the table's read/write row has both the reads and the sends");
 
 # %% [markdown]
 # **3.** True or false: in section 3, read/write's sender CPU grew at least in proportion
@@ -246,8 +252,8 @@ check_value(answer_3, rw4k >= 16 * rw64k, name="CPU in proportion to system call
 #   process; read/write needs two calls per buffer and two copies.
 # * `splice` also avoids the copy but still makes two calls per pipe-full.
 # * The saving is CPU time in the sender (measured: a fraction of read/write's). The
-#   receiver still copies every byte (its CPU was not reduced), and on loopback the
-#   throughput did not improve.
+#   receiver still copies every byte (its CPU was not reduced; on loopback part of the
+#   kernel's delivery work moves to it), and on loopback the throughput did not improve.
 # * Count system calls with the program itself or with `strace -f`; measure CPU in a child
 #   process with `getrusage`.
 #
