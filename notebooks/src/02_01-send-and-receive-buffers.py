@@ -209,11 +209,13 @@ print("bytes queued / (2 × SO_SNDBUF + 2 × SO_RCVBUF):", ratio.round(2).tolist
 #   receive buffer held nearly its size in data, because
 #   on `lo` each packet carries up to 64 KiB and its memory (`reader_mem`, ss `skmem_r`)
 #   is barely more than its payload.
-# * The writer's queue can *exceed* a small `SO_SNDBUF`. The kernel checks the limit only
+# * On `lo` the writer's queue can end *above* a small `SO_SNDBUF`. The kernel checks the limit only
 #   before it starts a new packet buffer (`sk_buff`), and on `lo` one buffer can hold up to
 #   64 KiB (segmentation offload: TCP builds 64 KiB buffers and splits them late). The rule
 #   (`sk_stream_memory_free()`): `send()` fails once the queue's *memory* (`ss` `w`) has
 #   reached the buffer, and at most one skb beyond it; the asserts below check it per row.
+#   The payload itself may end above the buffer (one big skb on lo) or a little below it
+#   (many small skbs, each adding its overhead: Linux 6.1 stopped 27 bytes short of 32,768).
 # * That is why rows 0 and 1 (8 KiB and 32 KiB of send buffer) come out alike: both limits
 #   are smaller than one packet buffer of one segment (`snd_mss`), so in both the writer
 #   stops with one buffer queued, while the reader's side, with the same `SO_RCVBUF`,
@@ -228,16 +230,15 @@ assert r9.recv_q >= 0.85 * r9.reader_rcvbuf, f"the largest buffer holds nearly i
 assert r9.reader_mem < 1.1 * r9.recv_q, \
     f"64 KiB packets cost little more than their payload ({r9.reader_mem:,} B for {r9.recv_q:,} B)"
 small = sweep[(sweep.varied == "sndbuf") & (sweep.setting <= 16384)]
-shown = small[["setting", "writer_sndbuf", "send_q", "snd_mss", "recv_q"]].to_dict("records")
+shown = small[["setting", "writer_sndbuf", "writer_mem", "send_q", "snd_mss", "recv_q"]].to_dict("records")
 m = cap.machine_snapshot()
 for row in small.itertuples():   # EAGAIN: the queue's memory reached SO_SNDBUF, at most one skb beyond it
     rules.sk_stream_memory_free(m, row.writer_sndbuf).check(
         sweep.loc[row.Index, "writer_mem"], f"writer's send-queue memory, SO_SNDBUF {row.setting}", quiet=True)
-assert (small["send_q"] > small["writer_sndbuf"]).all(), f"on lo a small send buffer overshoots {shown}"
 assert (small["send_q"] <= 2 * small["snd_mss"]).all(), f"…and here by a segment or two {shown}"
 r0, r1 = small["recv_q"].iloc[0], small["recv_q"].iloc[1]
 assert 0.7 < r0 / r1 < 1.4, f"the same SO_RCVBUF, about the same bytes at the reader {shown}"
-small[["setting", "writer_sndbuf", "send_q", "snd_mss", "recv_q"]]
+small[["setting", "writer_sndbuf", "writer_mem", "send_q", "snd_mss", "recv_q"]]
 
 # %% [markdown]
 # ## 4 · Autotuning: leave the buffers alone and the kernel grows them

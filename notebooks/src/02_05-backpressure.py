@@ -137,6 +137,12 @@ assert lo_conn["accepted_side"] == lo_conn["after_connect"], "the accepted side 
 assert small_seg["after_connect"] < lo_conn["after_connect"], "smaller segments, a smaller send buffer"
 
 # %% [markdown]
+# Every factor is visible in the numbers. An example from the reference machine: with
+# `TCP_MAXSEG` 1460 it once read 387,072 bytes = 3 (bbr) × (55 + 1) (a reordering of 55
+# from the cache) × 2,304 (1,460 bytes plus header room rounds up to a 2 KiB allocation,
+# plus the 256-byte `sk_buff`). Your machine's inputs are in the rule checks above.
+
+# %% [markdown]
 # One input is not a setting: **reordering**. It comes from the kernel's per-destination
 # **metrics cache**. When a connection closes, Linux remembers what it learned about the
 # peer address (round-trip time and its variance, the congestion window, slow-start
