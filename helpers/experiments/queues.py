@@ -515,7 +515,9 @@ def render(result: Result) -> list:
         ax.lines[0].set_label("accept queue (completed, waiting for accept())")
         ax.step(times, [s[2] for s in d["samples"]], where="post", color=plots.PALETTE[1], ls="--", lw=2,
                 label="SYN queue (half-open, SYN-RECV)", zorder=4)
-        ax.legend(loc="upper left")
+    fig.axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.set_size_inches(11.0, 4.5)
+    fig.tight_layout()
     c = d["counters"]
     note = (f"ListenOverflows {c.get('TcpExtListenOverflows', 0)}, ListenDrops {c.get('TcpExtListenDrops', 0)}, "
             f"SYN retransmissions {c.get('TcpExtTCPSynRetrans', 0)}, resets sent "
