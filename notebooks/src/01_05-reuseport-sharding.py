@@ -213,7 +213,8 @@ print(f"{len(rows)} client ports ({h.data['probes']} tried to deal them evenly),
 steer = reuseport_steer(n=4, target=0)
 reuseport_steer.check(steer)
 print(f"program {steer.data['program']} (BPF_RET|BPF_K, k = 0): counts per listener {steer.data['counts']}")
-#
+
+# %% [markdown]
 # ## 4 · Who may join the group
 #
 # **Predict:** a listener holds a port. A second socket (the newcomer) binds the same
