@@ -440,8 +440,6 @@ def check_accept_queue(result: Result, *, quiet: bool = True) -> None:
     overflow_expected = k >= cap.value
     if k > cap.value:
         assert dropped_syns >= k - cap.value, "every waiting client retried its SYN at least once"
-        assert m.sysctls.get("tcp_syncookies") == 1 and d["sysctls"].get("net.ipv4.tcp_syncookies") in (1, "1"), \
-            "the namespace had SYN cookies on: the drops above happened anyway"
         check_retry_gaps(result, quiet=quiet)
     if overflow_expected or k > cap.value:
         assert c.get("TcpExtListenOverflows", 0) >= dropped_syns, "each dropped SYN counts as a ListenOverflow"
@@ -556,7 +554,6 @@ def check_listen_limits(result: Result, *, quiet: bool = True) -> None:
                    reference=result.reference(), quiet=quiet)
         assert case["send_q"] == pred.value - 1, \
             f"ss Send-Q (what listen() stored) is min(backlog, somaxconn) = {pred.value - 1}, got {case['send_q']}"
-        assert case["clients"] > pred.value, "the run offered more clients than the queue can take"
 
 
 @experiment(
@@ -805,6 +802,7 @@ class Retries:
     linear: Any
     first_waiting: int          # index of the first client that had to wait
     syns: int                   # SYNs it sent
+    synacks: int                # SYN-ACKs the server sent it
     answered_at: float | None   # when the server answered it (s)
     t_accept: float | None
 
@@ -817,7 +815,7 @@ class Retries:
         df = result.segments()
         sa = df[(df["dport"] == p) & (df["flags"] == "SYN+ACK")] if p is not None else df.iloc[:0]
         return cls(result, retry_gaps(result), m.sysctls.get("tcp_syn_linear_timeouts"), i,
-                   len(syn_attempts(result).get(p, [])), float(sa["t"].iloc[0]) if len(sa) else None,
+                   len(syn_attempts(result).get(p, [])), int(len(sa)), float(sa["t"].iloc[0]) if len(sa) else None,
                    d["t_accept"])
 
     def check(self, quiet: bool = False) -> None:
@@ -826,8 +824,8 @@ class Retries:
         check_retry_gaps(self.result, quiet=quiet)
         assert self.answered_at is not None and self.t_accept is not None and self.answered_at > self.t_accept, \
             "the server answered the waiting client only after the application made room"
-        sa = syn_attempts(self.result)[self.result.data["ordinary_ports"][self.first_waiting]]
-        assert self.syns == len(sa) and self.syns >= 2
+        assert self.syns >= 2 and self.synacks >= 1, \
+            f"{self.syns} SYNs, answered only after the application made room ({self.synacks} SYN-ACKs)"
 
     def segments(self):
         """The capture's segments of the first waiting client (for a ladder)."""
