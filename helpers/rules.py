@@ -613,13 +613,17 @@ def half_open_cap(m: Machine, backlog: int, cookies: int | None = None) -> Predi
     cookies = int(m.sysctls.get("tcp_syncookies") or 0) if cookies is None else int(cookies)
     smax = int(m.sysctls.get("somaxconn") or 4096)
     msb = int(m.sysctls.get("tcp_max_syn_backlog") or 256)
-    full = min(int(backlog), smax) + 1
+    strict = inet_csk_reqsk_queue_is_full_strict(m)     # 01_03/01_04 section: '>' (6.13+) or '>='
+    full = min(int(backlog), smax) + (1 if strict else 0)
     three_q = msb - (msb >> 2) + 1
     cap = full if cookies else min(full, three_q)
     return Prediction("tcp_conn_request()",
-                      "min(backlog, somaxconn) + 1" + ("" if cookies else ", and ≤ max − max/4 + 1 without cookies"),
+                      f"min(backlog, somaxconn){' + 1' if strict else ''}"
+                      + ("" if cookies else ", and ≤ max − max/4 + 1 without cookies"),
                       {"backlog": int(backlog), "somaxconn": smax, "tcp_max_syn_backlog": msb,
-                       "tcp_syncookies": cookies}, cap, unit="entries")
+                       "tcp_syncookies": cookies, "kernel": m.release or "?"}, cap, unit="entries",
+                      note="" if strict else "before Linux 6.13 (and its 2025 stable backports) the SYN queue "
+                                             "counted as full at min(backlog, somaxconn) entries, not above it")
 
 
 def tcp_timewait_len(m: Machine | None = None) -> Prediction:
@@ -904,6 +908,51 @@ def reqsk_timer_handler(m: Machine, qlen: int, young: int, backlog: int) -> Pred
                       {"tcp_synack_retries": r, "qlen": int(qlen), "young": int(young),
                        "max(8, backlog)": thresh}, mx, unit="retransmissions",
                       note=f"old entries are dropped until the queue holds {thresh // 2}")
+
+
+#: First stable releases with upstream commit 3479c7549fb1 ("tcp/dccp: allow a connection when
+#: sk_max_ack_backlog is zero", v6.13): inet_csk_reqsk_queue_is_full() compares with '>'.
+#: 5.10.234 and 5.15.177 are confirmed from the stable trees; the 6.1/6.6/6.12 (and 5.4)
+#: thresholds are the January 2025 stable releases, not confirmed patch by patch.
+REQSK_FULL_STRICT_FROM = {(5, 4): 290, (5, 10): 234, (5, 15): 177, (6, 1): 125, (6, 6): 72, (6, 12): 10}
+
+
+def inet_csk_reqsk_queue_is_full_strict(m: Machine) -> bool:
+    """Does this kernel's inet_csk_reqsk_queue_is_full() (include/net/inet_connection_sock.h)
+    count the SYN queue as full only *above* the backlog (qlen > backlog, Linux 6.13 and the
+    stable releases in :data:`REQSK_FULL_STRICT_FROM`), or already *at* it (qlen >= backlog,
+    older kernels: the half-open queue then stops at backlog, and listen(0) without cookies
+    takes nothing)? Decided from the release string; a distribution kernel that backported
+    the fix under an older version number is predicted wrongly (the check then says so)."""
+    v = m.version
+    if v == (0, 0):
+        return True
+    if v >= (6, 13):
+        return True
+    full = _upstream_version(m)
+    need = REQSK_FULL_STRICT_FROM.get(full[:2])
+    return need is not None and full[2] >= need
+
+
+def _upstream_version(m: Machine) -> tuple[int, int, int]:
+    """(major, minor, patch) of the upstream release *m* runs. A distribution's release
+    string often hides the patch level (Debian's "6.1.0-32-amd64" is 6.1.129): for the
+    running kernel, /proc/version ("Debian 6.1.129-1") or Ubuntu's /proc/version_signature
+    ("… 6.8.12") say it."""
+    texts = []
+    if m.release and m.release == platform.release():
+        for path in ("/proc/version_signature", "/proc/version"):
+            try:
+                texts.append(open(path).read())
+            except OSError:
+                pass
+    for text in texts:
+        found = re.findall(r"(?<![\d.])(\d+)\.(\d+)\.(\d+)(?![\d])", text.replace(m.release, " "))
+        for a, b, c in found:
+            if (int(a), int(b)) == m.version:
+                return int(a), int(b), int(c)
+    mm = re.match(r"(\d+)\.(\d+)\.(\d+)", m.release or "")
+    return (int(mm.group(1)), int(mm.group(2)), int(mm.group(3))) if mm else (*m.version, 0)
 
 
 def acceptq_and_cookies(m: Machine, backlog: int, clients: int) -> Prediction:

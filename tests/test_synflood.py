@@ -323,3 +323,15 @@ def test_live_refuses_out_of_bounds_flood(live_mode):
 
 def test_nothing_left_behind():
     assert not [n for n in netns.list_course_namespaces() if n.startswith(f"tcpcourse-{os.getpid()}-")]
+
+
+def test_syn_queue_full_comparison_follows_the_kernel_version():
+    from helpers import rules
+    base = {"somaxconn": 4096, "tcp_max_syn_backlog": 256}
+    new = rules.Machine(release="6.18.44", sysctls=base)
+    old = rules.Machine(release="6.1.100", sysctls=base)
+    assert rules.half_open_cap(new, 16, 1).value == 17, "6.13+: full only above the backlog"
+    assert rules.half_open_cap(old, 16, 1).value == 16, "before the 2025 fix: full at the backlog"
+    assert rules.half_open_cap(old, 1024, 0).value == 193, "the ¾ rule is the same on both"
+    assert rules.inet_csk_reqsk_queue_is_full_strict(rules.Machine(release="5.15.177"))
+    assert not rules.inet_csk_reqsk_queue_is_full_strict(rules.Machine(release="5.15.176"))

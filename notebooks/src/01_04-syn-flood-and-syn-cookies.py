@@ -115,6 +115,11 @@ show([f"{d['flood']['sent']} SYNs sent in {d['flood']['send_seconds'] * 1000:.0f
 # clients' SYNs are dropped just the same (one more `TCPReqQFullDrop` per client after the
 # flood): the kernel cannot tell them apart.
 #
+# (That "+ 1" is recent for this queue: before Linux 6.13 and the stable updates of early
+# 2025, `inet_csk_reqsk_queue_is_full()` compared with `>=`, so the half-open queue stopped
+# at the backlog itself, and `listen(0)` without cookies took nothing. The rule above reads
+# your kernel's version and says which comparison it expects.)
+#
 # The capture agrees: every spoofed SYN is on the wire, but only the entries got a SYN-ACK.
 
 # %%
