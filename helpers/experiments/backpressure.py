@@ -43,23 +43,10 @@ SAMPLE_S = 0.004
 MAX_SAMPLES = 5000
 SIOCOUTQ = termios.TIOCOUTQ          # bytes in the send queue: not yet acknowledged
 SIOCINQ = termios.FIONREAD           # bytes in the receive queue: not yet read
-GSO_FALLBACK = 65536                 # lo's gso_max_size when /sys does not say
 #: TCP_MAXSEG for the small-segment comparison: a full skb of 1,200 bytes plus any header room
 #: the kernel reserves (192..320 bytes, by kernel config) rounds up to 2 KiB: one truesize
 #: (2,304) on every x86_64 config, where 1,460 gives 2,304 or 4,352 depending on the config.
 SMALL_MSS = 1200
-
-
-def gso_max_size(dev: str = "lo") -> int:
-    """The largest packet buffer (skb) TCP builds for *dev*: ``gso_max_size`` (64 KB on lo).
-
-    ``tcp_sendmsg`` checks the send-buffer limit only before it starts a new skb, then
-    fills that skb up to this size: a send queue can exceed ``SO_SNDBUF`` by up to one."""
-    try:
-        with open(f"/sys/class/net/{dev}/gso_max_size") as fh:
-            return int(fh.read())
-    except (OSError, ValueError):
-        return GSO_FALLBACK
 
 
 def _cc(sock) -> str:
@@ -331,7 +318,7 @@ def send_blocks(run, sndbuf: int | None = None, pause: float = 0.3, extra: int =
             if s is not None:
                 s.close()
     return {"sndbuf": sndbuf, "sndbuf_before_connect": sndbuf_before, "sndbuf_got": sndbuf_got,
-            "cons_sndbuf": cons_sndbuf, "gso_max_size": gso_max_size(), "at_connect": at_connect,
+            "cons_sndbuf": cons_sndbuf, "at_connect": at_connect,
             "full": f.full, "pause": pause, "extra": extra, "queued": queued, "send_calls": calls, "eagain": eagain,
             "send_sizes": sizes, "fill_s": fill_s, "first_eagain": first_eagain, "writable_again": waits, **view,
             "tcp_info": {k: info.get(k) for k in ("snd_wnd", "notsent_bytes", "unacked", "snd_mss",
@@ -575,7 +562,6 @@ def producer_memory(run, producer: str = "asyncio + drain", total_mb: int = 8, r
     read_by_then = max((c["received"] for c in consumer if c["t"] <= produce_s), default=0)
     return {**data, "total": total, "total_mb": total_mb, "rate": rate, "rate_mb_s": rate_mb_s,
             "chunk": CHUNK, "kernel_buf": KERNEL_BUF, "rcvbuf_got": rcvbuf_got, "received": got,
-            "gso_max_size": gso_max_size(),
             "produce_s": produce_s, "flush_s": data["t_flushed"] - data["t_start"],
             "unread_at_produced": total - read_by_then,
             "consumer_s": consumer[-1]["t"] if consumer else None,

@@ -30,14 +30,10 @@ from ..kernel import fill_until_full
 from ..params import Param
 from .base import Result, experiment
 
-#: The largest payload one send-queue buffer (skb) can hold on ``lo``: GSO lets TCP build
-#: 64 KB buffers. The send-buffer limit is checked only before a new skb is started, so
-#: the queue can exceed SO_SNDBUF by at most one skb.
-SKB_MAX = 65536
 #: Where a writer stops: a bounded amount, whatever the buffers say.
 WRITE_LIMIT = 64 << 20
 CHUNK = 65536
-SETTLE = 0.05     # s without writability that counts as "full"
+SETTLE = 0.05     # s to wait for writability after an EAGAIN before asking whether the socket is full
 
 BUFFER_CHOICES = (None, 4096, 16384, 65536, 262144, 1048576)
 
@@ -448,7 +444,7 @@ def check_rcvbuf_before_listen(result: Result) -> None:
     assert d["before"]["rcv_wscale"] < d["after"]["rcv_wscale"], \
         "only SO_RCVBUF set before listen() lowers the window scale of accepted connections"
     assert d["after"]["rcv_wscale"] == d["default_wscale"], "after accept() the scale is already the default one"
-    trap, ok, plain = d["small_then_big"], d["default_then_big"], d["default"]
+    trap, ok = d["small_then_big"], d["default_then_big"]
     assert trap["rcvbuf"] == ok["rcvbuf"] == big, f"the buffer was enlarged after accept() (stored {big})"
     assert trap["rcv_wscale"] == 0, "a small SO_RCVBUF before listen() announces window scale 0"
     assert trap["max_snd_wnd"] <= MAX_UNSCALED, \
