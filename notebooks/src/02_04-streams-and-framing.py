@@ -230,7 +230,6 @@ assert d["loop_calls"] > 1 and max(d["loop_counts"]) < d["size"] - d["queued_bef
 # %%
 frame = encode(b"hello")
 print(frame, "=", frame[:2], "+ length", int.from_bytes(frame[2:6], "big"), "+", frame[6:])
-assert HEADER.size == 6 and frame[:2] == MAGIC and len(frame) == 6 + 5
 
 # %% [markdown]
 # The receiver runs a small state machine, `FrameParser`, fed with whatever `recv()`
