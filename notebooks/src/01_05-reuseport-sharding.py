@@ -73,7 +73,6 @@ fig = plots.bars(dict(enumerate(counts)), ylabel="connections accepted", xlabel=
 # %%
 p_exact = math.comb(1000, 250) * 0.25**250 * 0.75**750
 print(f"P(a given listener gets exactly 250 of 1000) = {p_exact:.3f}")
-assert 0.02 < p_exact < 0.04
 
 # %% [markdown]
 # The kernel's own view confirms that the four listeners really are four queues. Right after
@@ -128,7 +127,6 @@ assert abs(chi2_sf(7.815, 3) - 0.05) < 1e-4 and abs(chi2_sf(3.841, 1) - 0.05) < 
 
 t = chi_square(counts)
 print(spread_text(spread))
-assert t["dof"] == 3 and abs(t["expected"] - 250) < 1e-9
 assert t["p_value"] > P_MIN, "the spread is consistent with equal odds"
 assert all(abs(c - 250) <= 5 * t["sigma"] for c in counts), "every listener within 250 ± 5σ"
 
@@ -143,7 +141,6 @@ dealt = chi_square([250, 250, 250, 250])
 print(f"this run: p = {t['p_value']:.3f}, p_even = {t['p_even']:.3f};  "
       f"round-robin [250]*4: χ² = {dealt['statistic']:.0f}, p = {dealt['p_value']:.3f}, p_even = {dealt['p_even']:.3g}")
 assert t["p_even"] > P_MIN, "the kernel's counts are not suspiciously even"
-assert dealt["p_value"] == 1.0 and dealt["p_even"] < P_MIN, "only the lower tail rejects the dealer"
 
 # %% [markdown]
 #
@@ -430,7 +427,7 @@ for r in (eight, two):
     n, counts = r.data["n"], r.data["counts"]
     t = chi_square(counts)
     worst = max(abs(c - t["expected"]) for c in counts) / t["expected"]
-    assert t["p_value"] > P_MIN and t["dof"] == n - 1
+    assert t["p_value"] > P_MIN
     assert worst <= 5 * t["sigma"] / t["expected"], "every listener within its 5σ band"
     print(f"N={n}: σ/share = √((N−1)/1000) = {t['sigma'] / t['expected']:.3f} (arithmetic); "
           f"measured: largest miss {worst:.3f} of the share, χ² p = {t['p_value']:.2f}")
