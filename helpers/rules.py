@@ -58,13 +58,14 @@ TCP_RTO_MAX_S = 120.0              # cap of the exponential backoff (tcp_rto_max
 TCP_TIMEWAIT_LEN_S = 60.0          # how long TIME_WAIT lasts: a #define, not a sysctl
 TCP_MAX_WSCALE = 14
 U16_MAX = 65535
-# x86_64 sizes on 6.x (sizeof(struct sk_buff) aligned, skb_shared_info aligned, the
-# worst-case header room MAX_TCP_HEADER). The truesize rule rounds up to a power of two,
-# so the exact values barely matter: any overhead between 40 and 65,576 bytes gives the
-# same 131,328 on lo and 4,352 at MSS 1460.
+# x86_64 sizes on 6.x (sizeof(struct sk_buff) aligned, skb_shared_info aligned). The
+# worst-case header room MAX_TCP_HEADER depends on the kernel's config (see
+# max_tcp_header()): 192 on a kernel without wireless, Hyper-V or tunnels (this machine),
+# 320 on Debian's stock kernel. The truesize rule rounds up to a power of two, so on lo
+# (MSS 65,495) every config gives 131,328, but at MSS 1460 the two give 2,304 and 4,352.
 SKB_STRUCT = 256
 SKB_SHINFO = 320
-MAX_TCP_HEADER = 320
+MAX_TCP_HEADER = 320   # Debian's stock config; used only when the config cannot be read
 SOCK_MIN_BUF = 2048 + SKB_STRUCT   # SOCK_MIN_RCVBUF on 6.18 (2,304); Machine.read measures it
 TCP_DEFAULT_SCALING_RATIO = 128          # of 256: a fresh socket assumes half its buffer is payload
 
@@ -116,6 +117,7 @@ class Machine:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # addr -> ip tcp_metrics fields
     sock_min_rcvbuf: int | None = None   # SOCK_MIN_RCVBUF / SOCK_MIN_SNDBUF: compile-time floors,
     sock_min_sndbuf: int | None = None   # measured (SO_*BUF = 1 reads back as the floor)
+    max_tcp_header: int | None = None    # MAX_TCP_HEADER from the kernel config (None: unknown)
     where: str = "host"
 
     # ---- reading ---------------------------------------------------------------------
@@ -135,6 +137,7 @@ class Machine:
                 sysctls=values, where="host" if ns is None else f"namespace {getattr(ns, 'name', ns)}")
         m.metrics = {a: tcp_metrics(a, ns) for a in addresses}
         m.sock_min_rcvbuf, m.sock_min_sndbuf = _buffer_floors()
+        m.max_tcp_header = max_tcp_header()[0]
         return m
 
     @classmethod
@@ -243,6 +246,48 @@ def _lo_sizes(ns: Any) -> tuple[int, int | None]:
 
 
 _HZ_CACHE: tuple[int | None, str] | None = None
+_CONFIG_CACHE: tuple[dict[str, str], str] | None = None
+
+
+def kernel_config() -> tuple[dict[str, str], str]:
+    """The running kernel's build config ({"CONFIG_HZ": "250", ...}, where it was read);
+    ({}, "") when neither /proc/config.gz nor /boot/config-RELEASE is readable."""
+    global _CONFIG_CACHE
+    if _CONFIG_CACHE is not None:
+        return _CONFIG_CACHE
+    for path in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                cfg = dict(line.strip().split("=", 1) for line in f if line.startswith("CONFIG_") and "=" in line)
+            _CONFIG_CACHE = (cfg, path)
+            return _CONFIG_CACHE
+        except (OSError, ValueError, EOFError):
+            continue
+    _CONFIG_CACHE = ({}, "")
+    return _CONFIG_CACHE
+
+
+def max_tcp_header() -> tuple[int | None, str]:
+    """MAX_TCP_HEADER (include/net/tcp.h) = L1_CACHE_ALIGN(128 + MAX_HEADER), where
+    MAX_HEADER (include/linux/netdevice.h) is LL_MAX_HEADER (128 with Hyper-V networking or
+    an 802.11 mesh, 96 with wireless or AX.25, else 32), plus 48 when IP-in-IP, GRE, SIT or
+    IPv6 tunnels are built. (None, why) when the kernel config is not readable."""
+    cfg, path = kernel_config()
+    if not cfg:
+        return None, "kernel config not readable"
+    on = lambda k: cfg.get(k) in ("y", "m")   # noqa: E731
+    if on("CONFIG_HYPERV_NET"):
+        ll = 128
+    elif on("CONFIG_WLAN") or on("CONFIG_AX25"):
+        ll = 128 if on("CONFIG_MAC80211_MESH") else 96
+    else:
+        ll = 32
+    extra = 48 if any(on(k) for k in ("CONFIG_NET_IPIP", "CONFIG_NET_IPGRE", "CONFIG_IPV6_SIT",
+                                      "CONFIG_IPV6_TUNNEL")) else 0
+    line = 1 << int(cfg.get("CONFIG_X86_L1_CACHE_SHIFT", "6"))
+    raw = 128 + ll + extra
+    return (raw + line - 1) // line * line, f"from {path}"
 
 
 def kernel_hz() -> tuple[int | None, str]:
@@ -251,16 +296,10 @@ def kernel_hz() -> tuple[int | None, str]:
     global _HZ_CACHE
     if _HZ_CACHE is not None:
         return _HZ_CACHE
-    for path in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
-        try:
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt") as f:
-                for line in f:
-                    if line.startswith("CONFIG_HZ="):
-                        _HZ_CACHE = (int(line.split("=")[1]), f"CONFIG_HZ in {path}")
-                        return _HZ_CACHE
-        except (OSError, ValueError):
-            continue
+    cfg, path = kernel_config()
+    if cfg.get("CONFIG_HZ", "").isdigit():
+        _HZ_CACHE = (int(cfg["CONFIG_HZ"]), f"CONFIG_HZ in {path}")
+        return _HZ_CACHE
     _HZ_CACHE = (measure_hz(), "measured from TCP_INFO's jiffy granularity")
     return _HZ_CACHE
 
@@ -492,10 +531,11 @@ def tcp_mss_default(mtu: int, family: int = 4) -> int:
     return min(int(mtu), 65535) - (40 if family == 4 else 60)
 
 
-def skb_truesize_per_mss(mss: int) -> int:
+def skb_truesize_per_mss(mss: int, header: int | None = None) -> int:
     """Memory charged per full-sized skb in tcp_sndbuf_expand(): the MSS plus header room
-    and skb_shared_info, rounded up to a power of two (kmalloc), plus the sk_buff itself."""
-    per = int(mss) + MAX_TCP_HEADER + SKB_SHINFO
+    and skb_shared_info, rounded up to a power of two (kmalloc), plus the sk_buff itself.
+    *header*: MAX_TCP_HEADER of the machine (``Machine.max_tcp_header``); Debian's 320 if unknown."""
+    per = int(mss) + (MAX_TCP_HEADER if header is None else int(header)) + SKB_SHINFO
     return (1 << (per - 1).bit_length()) + SKB_STRUCT
 
 
@@ -519,7 +559,7 @@ def tcp_sndbuf_expand(m: Machine, *, cc: str | None = None, mss: int | None = No
     mss = mss or tcp_mss_default(m.lo_mtu)
     reo = m.reordering(addr) if reordering is None else int(reordering)
     segs = max(TCP_INIT_CWND, int(cwnd), reo + 1)
-    per = skb_truesize_per_mss(mss)
+    per = skb_truesize_per_mss(mss, m.max_tcp_header)
     factor = sndbuf_expand_factor(cc)
     wmem2 = (m.sysctls.get("tcp_wmem") or [0, 0, 4194304])[2]
     value = min(factor * segs * per, wmem2)
@@ -983,7 +1023,7 @@ def sk_stream_memory_free(m: Machine, sndbuf: int, mss: int | None = None) -> Pr
     carries up to 64 KB; a little below when many small skbs each add their overhead
     (Linux 6.1 stopped at 32,741 bytes for a 32,768-byte buffer)."""
     mss = mss or tcp_mss_default(m.lo_mtu)
-    per = skb_truesize_per_mss(mss)
+    per = skb_truesize_per_mss(mss, m.max_tcp_header)
     return Prediction("sk_stream_memory_free()", "sndbuf ≤ wmem_queued < sndbuf + truesize(one skb)",
                       {"sndbuf": int(sndbuf), "mss": mss, "truesize": per}, int(sndbuf),
                       low=int(sndbuf), high=int(sndbuf) + per - 1, unit="B")

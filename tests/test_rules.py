@@ -21,8 +21,10 @@ def fake(**sysctls) -> Machine:
 # -- hand-computed values ------------------------------------------------------------------
 def test_sndbuf_expand_reference_values():
     m = fake()
-    assert rules.skb_truesize_per_mss(65495) == 131328
-    assert rules.skb_truesize_per_mss(1460) == 4352
+    for header in (192, 320):                         # this machine's config, Debian's
+        assert rules.skb_truesize_per_mss(65495, header) == 131328
+    assert rules.skb_truesize_per_mss(1460, 320) == 4352
+    assert rules.skb_truesize_per_mss(1460, 192) == 2304
     assert rules.tcp_sndbuf_expand(m).value == 3 * 10 * 131328 == 3939840      # empty cache, bbr
     assert rules.tcp_sndbuf_expand(m, cc="cubic").value == 2626560             # the stock 6.1 value
     m.metrics = {"127.0.0.1": {"reordering": 12}}
@@ -62,6 +64,33 @@ def test_syn_retry_schedules():
     assert sum(rules.syn_retry_schedule(fake(tcp_syn_linear_timeouts=0)).value) == 127   # the classic 127 s
     assert rules.syn_retry_schedule(fake(tcp_syn_linear_timeouts=1), n=4).value == [1, 1, 2, 4]
     assert rules.synack_retry_schedule(fake()).value == [1, 2, 4, 8, 16]
+
+
+def test_max_tcp_header_from_config(monkeypatch):
+    base = {"CONFIG_X86_L1_CACHE_SHIFT": "6"}
+    for extra, want in (({}, 192), ({"CONFIG_WLAN": "y"}, 256),
+                        ({"CONFIG_HYPERV_NET": "m", "CONFIG_NET_IPGRE": "m"}, 320)):
+        monkeypatch.setattr(rules, "_CONFIG_CACHE", ({**base, **extra}, "test"))
+        assert rules.max_tcp_header()[0] == want
+    monkeypatch.setattr(rules, "_CONFIG_CACHE", ({}, ""))
+    assert rules.max_tcp_header()[0] is None
+
+
+@pytest.mark.netns
+def test_truesize_at_mss_1460_on_this_machine():
+    """In a namespace with MTU 1500 the send buffer at establishment is factor × 10 ×
+    truesize(1460): the header room of this kernel's config decides 2,304 or 4,352."""
+    from helpers.netns import Namespace, have_namespace_privileges
+    if not have_namespace_privileges():
+        pytest.skip("needs namespace privileges")
+    with Namespace(mtu=1500) as ns:
+        m = Machine.read(ns)
+        lst, c, s = _pair(ns.socket, cc="reno")
+        try:
+            want = rules.tcp_sndbuf_expand(m, cc="reno", mss=1460, reordering=3)
+            want.check(c.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), "MTU 1500, reno", quiet=True)
+        finally:
+            c.close(), s.close(), lst.close()
 
 
 def test_delack_band_from_hz():
