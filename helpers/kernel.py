@@ -450,10 +450,6 @@ def read_counter_files() -> dict[str, str]:
     return texts
 
 
-# the old private spellings (chapter modules imported them)
-_parse_snmp, _parse_snmp6, _read_counter_files, _require_ss = parse_snmp, parse_snmp6, read_counter_files, require_ss
-
-
 def _in_ns(ns: Any, fn, *args):
     if ns is None:
         return fn(*args)

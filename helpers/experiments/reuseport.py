@@ -172,8 +172,8 @@ def _listen_rows(port: int, group: Sequence[socket.socket] = ()) -> list[dict]:
     import re
     import subprocess
 
-    from ..kernel import _require_ss
-    _require_ss()
+    from ..kernel import require_ss
+    require_ss()
     index = {os.fstat(s.fileno()).st_ino: i for i, s in enumerate(group)}
     out = subprocess.run(["ss", "-tlnHe", f"sport = :{int(port)}"], capture_output=True, text=True,
                          timeout=10).stdout

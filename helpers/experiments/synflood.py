@@ -72,16 +72,16 @@ def syn_recv_count(ns: Any, port: int) -> int:
 def snapshot(ns: Any, port: int) -> tuple[int, dict[str, int]]:
     """SYN-RECV count and every counter, read by one thread inside *ns* (cheap enough to
     sample during a flood)."""
-    from ..kernel import _parse_snmp, _read_counter_files
+    from ..kernel import parse_snmp, read_counter_files
 
     def read():
         with open("/proc/thread-self/net/tcp") as f:
-            return f.read(), _read_counter_files()
+            return f.read(), read_counter_files()
     tcp, texts = ns.call(read)
     out: dict[str, int] = {}
     for key in ("snmp", "netstat"):
         if key in texts:
-            _parse_snmp(texts[key], out)
+            parse_snmp(texts[key], out)
     return _count_syn_recv(tcp, port), out
 
 
