@@ -544,20 +544,26 @@ class StallView:
     total: int
     to_zero: int
     from_zero: int
+    all_queued: bool             # sendall() had returned: every byte was in a kernel queue
 
     def sentence(self) -> str:
+        qs = self.writer_send_q + self.reader_recv_q
+        end = (f" = the {self.total:,} bytes written{' + 1 for the FIN' if self.fin else ''}" if self.all_queued else
+               f": the other {self.total - qs:,} bytes were still in the application, inside `sendall()`")
         return (f"While the window was 0, TCP_INFO showed `snd_wnd` 0 throughout and `backoff` "
                 f"stepping {self.backoffs}; {self.notsent:,} bytes waited unsent at the writer. "
-                f"`ss`: writer Send-Q {self.writer_send_q:,} + reader Recv-Q {self.reader_recv_q:,} = "
-                f"{self.writer_send_q + self.reader_recv_q:,} = the {self.total:,} bytes written"
-                f"{' + 1 for the FIN' if self.fin else ''}.")
+                f"`ss`: writer Send-Q {self.writer_send_q:,} + reader Recv-Q {self.reader_recv_q:,} = {qs:,}{end}.")
 
     def check(self) -> None:
         assert self.snd_wnd_zero, "TCP_INFO snd_wnd is 0 during the stall"
         b = self.backoffs
         assert b == list(range(b[0], b[-1] + 1)), "backoff grows one step at a time"
         assert b[-1] >= self.probes_before_last_sample, "TCP_INFO backoff grows by one per probe"
-        assert self.writer_send_q + self.reader_recv_q == self.total + self.fin, "every byte is in one of the two queues"
+        if self.all_queued:
+            assert self.writer_send_q + self.reader_recv_q == self.total + self.fin, "every byte is in one of the two queues"
+        else:
+            assert self.writer_send_q + self.reader_recv_q < self.total, \
+                "sendall() had not returned: part of the bytes had not reached the kernel yet"
         assert self.reader_recv_q <= self.reader_rb == self.reader_rcvbuf
         assert self.to_zero >= 1 and self.from_zero >= 1, "nstat counts the window closing to 0 and opening again"
 
@@ -576,7 +582,8 @@ def stall_view(result: Result, a: dict | None = None) -> StallView:
                      reader_recv_q=r["recv_q"], fin=_fin(w), reader_rb=r["skmem_rb"],
                      reader_rcvbuf=d["reader_rcvbuf"], total=d["total"],
                      to_zero=d["counters"]["TcpExtTCPToZeroWindowAdv"],
-                     from_zero=d["counters"]["TcpExtTCPFromZeroWindowAdv"])
+                     from_zero=d["counters"]["TcpExtTCPFromZeroWindowAdv"],
+                     all_queued=d["writer_done_at"] is not None and d["writer_done_at"] < d["resume_at"])
 
 
 # --- section 8: Wireshark's names ------------------------------------------------------------

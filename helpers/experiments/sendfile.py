@@ -281,7 +281,10 @@ class _Sink:
         return self
 
     def records(self) -> list[dict]:
-        out, err = self.proc.communicate(timeout=CHILD_TIMEOUT)
+        # not communicate(): with a timeout it reads the raw pipe and would lose what
+        # readline() already buffered; the report is small, so waiting first cannot block
+        self.proc.wait(timeout=CHILD_TIMEOUT)
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
         if self.proc.returncode != 0:
             from ..errors import CourseError
             raise CourseError(f"the sink failed: {err.strip()[-400:]}", "re-run; check the machine is not overloaded.")
@@ -526,6 +529,7 @@ class CpuComparison:
     receiver: dict
     system: dict
     mb_per_s: dict               # method -> median
+    cc: str = ""                 # the congestion control of the run's machine
 
     @staticmethod
     def _range(xs) -> str:
@@ -538,16 +542,20 @@ class CpuComparison:
                 f"process) {self._range(self.receiver[rw])} and {self._range(self.receiver[sf])}; the whole "
                 f"machine's busy CPU during a transfer (every process, in 10 ms ticks) "
                 f"{self._range(self.system[rw])} and {self._range(self.system[sf])}; throughput (median) "
-                f"{self.mb_per_s[rw]:.0f} and {self.mb_per_s[sf]:.0f} MB/s.")
+                f"{self.mb_per_s[rw]:.0f} and {self.mb_per_s[sf]:.0f} MB/s: sendfile was "
+                f"{'faster' if self.mb_per_s[sf] > self.mb_per_s[rw] else 'slower'} here"
+                f"{f' (congestion control {self.cc})' if self.cc else ''}; its receiver used "
+                f"{'more' if statistics.median(self.receiver[sf]) > statistics.median(self.receiver[rw]) else 'less'} "
+                f"CPU (medians).")
 
     def check(self) -> None:
+        """The one direction that held in every run and every kernel profile we tried: the
+        sender's CPU. The receiver's CPU and the throughput went either way with the
+        machine's settings (bbr on the reference host, reno in the test profile): the
+        sentence reports them, nothing asserts them."""
         rw, sf = "read/write", "sendfile"
         assert min(self.sender[sf]) < min(self.sender[rw]), \
             "sendfile's sender spends less CPU than read/write's (best transfer of each)"
-        assert statistics.median(self.receiver[sf]) >= min(self.receiver[rw]), \
-            "sendfile does not take the receiver's CPU below what it was with read/write: it still copies every byte"
-        assert self.mb_per_s[sf] <= 1.1 * self.mb_per_s[rw], \
-            "no speed-up on loopback: sendfile's throughput at most 10 % above read/write's (medians)"
 
 
 def cpu_comparison(result: Result) -> CpuComparison:
@@ -558,7 +566,8 @@ def cpu_comparison(result: Result) -> CpuComparison:
                          sender={k: [r["cpu_s"] for r in by[k]["runs"]] for k in pick},
                          receiver={k: by[k]["sink_cpu_all_s"] for k in pick},
                          system={k: by[k]["system_busy_all_s"] for k in pick},
-                         mb_per_s={k: by[k]["mb_per_s"] for k in pick})
+                         mb_per_s={k: by[k]["mb_per_s"] for k in pick},
+                         cc=str(result.machine_snapshot().tcp_congestion_control or ""))
 
 
 def grouped_bars(results: list[Result]):
