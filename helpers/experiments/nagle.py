@@ -245,7 +245,7 @@ def check_nagle(result: Result) -> None:
               doc="requests on one connection"),
     ],
     invariant=check_nagle,
-    claim="header+body writes stall ~44 ms per request after the first; NODELAY, CORK, one write, "
+    claim="header+body writes stall for the delayed ACK (DELACK_BAND) on every request after the first; NODELAY, CORK, one write, "
           "QUICKACK every recv or a body >= 1 MSS remove the stall",
 )
 def nagle(run, nodelay: bool = False, cork: bool = False, quickack: str = "off",
