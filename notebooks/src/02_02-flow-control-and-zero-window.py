@@ -376,7 +376,7 @@ Exercise("the sysctl", hint="section 4 printed it next to the unanswered probes"
 # * Wireshark labels Linux's probes "TCP Keep-Alive": same wire format, not `SO_KEEPALIVE`.
 #
 # **What's next:** [02_03 Nagle and delayed ACK](02_03-nagle-and-delayed-ack.ipynb): small
-# writes, the 40 ms delayed-ACK timer met in section 2, and the stall they make together.
+# writes, the delayed-ACK timer met in section 2, and the stall they make together.
 
 # %%
 assert nothing_left_behind() == []
