@@ -124,3 +124,21 @@ def test_probe0_rule_doubles_and_caps():
     assert p.value == 1600 and p.low < 1600 < p.high <= 1600 * 1.125 + 8 + 15
     assert rules.tcp_probe_timer_user_timeout(m, 1500).agrees(1510)
     assert rules.tcp_oow_rate_limited(m, [0.2, 0.6, 1.4, 3.0], 500).value == [True, False, True, True]
+
+
+def test_one_retransmission_detector():
+    """dissect.retransmitted is the course's one detector (plots and 02_02 use it): sequence
+    space sent again counts; pure ACKs, a zero-window probe at snd_nxt − 1 and new data do not."""
+    import pandas as pd
+    from helpers import dissect
+    rows = [  # (t, src, sport, flags, seq, len)
+        (0.0, "a", 1, "SYN", 0, 0), (0.1, "b", 2, "SYN+ACK", 0, 0), (0.2, "a", 1, "ACK", 1, 0),
+        (0.3, "a", 1, "PSH+ACK", 1, 100), (0.4, "a", 1, "PSH+ACK", 101, 100),
+        (0.5, "a", 1, "PSH+ACK", 101, 100),          # the second segment again
+        (0.6, "a", 1, "ACK", 200, 0),                # a zero-window probe: empty, at snd_nxt − 1
+        (0.7, "a", 1, "SYN", 0, 0),                  # a SYN sent again
+        (0.8, "b", 2, "ACK", 1, 0)]
+    df = pd.DataFrame(rows, columns=["t", "src", "sport", "flags", "seq", "len"])
+    assert list(dissect.retransmitted(df)) == [False, False, False, False, False, True, False, True, False]
+    rt = dissect.retransmissions(df)
+    assert list(rt["t"]) == [0.5, 0.7] and list(rt["orig_t"]) == [0.4, 0.0]
