@@ -206,6 +206,7 @@ def check_nagle(result: Result) -> None:
     band = rules.delack_band(m)
     assert d["requests"] >= 5, "at least five requests are needed to judge"
     later = d["latency_ms"][1:]
+    waited = sum(x > stall_ms(m) for x in later)      # the first request is judged on its own
     if d["expect_stall"]:
         assert d["first_ms"] < band.low, \
             f"the first request must not wait for the delayed ACK (DELACK_BAND from {band.low:g} ms), " \
@@ -214,18 +215,18 @@ def check_nagle(result: Result) -> None:
         rules.assert_rule(result, rules.delack_share, rules.share_in_band(band, later),
                           what="share of the requests after the first in DELACK_BAND")
         if d.get("counters_scope") == "namespace":
-            assert d["delayed_acks"] == d["stalled"], \
-                f"one delayed ACK (the namespace's TcpExtDelayedACKs {d['delayed_acks']}) per stall ({d['stalled']})"
+            assert d["delayed_acks"] == waited, \
+                f"one delayed ACK (the namespace's TcpExtDelayedACKs {d['delayed_acks']}) per stall ({waited})"
         else:
-            assert d["delayed_acks"] >= d["stalled"], \
+            assert d["delayed_acks"] >= waited, \
                 "the host's TcpExtDelayedACKs rose at least once per stall (other traffic can only add)"
     else:
         assert d["median_ms"] < stall_ms(m), \
             f"with this setting nothing waits for the delayed-ACK timer: median {d['median_ms']:.2f} ms, " \
             f"half the floor is {stall_ms(m):g} ms"
         if d.get("counters_scope") == "namespace":
-            assert d["delayed_acks"] == d["stalled"], \
-                f"the namespace's TcpExtDelayedACKs {d['delayed_acks']} = requests that waited {d['stalled']}"
+            assert d["delayed_acks"] <= waited, \
+                f"a delayed ACK ({d['delayed_acks']} in the namespace) only where a request waited ({waited})"
 
 
 @experiment(
