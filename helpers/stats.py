@@ -5,6 +5,7 @@ equal shares, with both tails.
   are too *uneven*)
 - :func:`chi2_cdf` -- P(X <= x) (the lower tail: counts that are too *even*, e.g. a
   round-robin dealer whose counts never wobble)
+- :func:`even_tail` -- the lower tail for whole-number counts (simulated draws)
 - :func:`chi_square` -- the test of a list of counts against equal shares
 
 Used by 01_05 (SO_REUSEPORT spreads); general enough for any "is this uniform?" question.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["chi2_sf", "chi2_cdf", "chi_square"]
+__all__ = ["chi2_sf", "chi2_cdf", "chi_square", "even_tail"]
 
 
 def chi2_sf(x: float, dof: int) -> float:
@@ -65,8 +66,24 @@ def chi_square(counts: Sequence[int]) -> dict:
     stat = sum((c - expected) ** 2 for c in counts) / expected
     dof = n - 1
     return {"statistic": stat, "dof": dof, "p_value": chi2_sf(stat, dof) if dof else None,
-            "p_even": chi2_cdf(stat, dof) if dof else None,
+            "p_even": even_tail(counts, stat) if dof else None,
             "expected": expected, "sigma": math.sqrt(total * (1 / n) * (1 - 1 / n))}
+
+
+def even_tail(counts: Sequence[int], stat: float, samples: int = 100_000, seed: int = 0) -> float:
+    """P(statistic ≤ *stat*) when *sum(counts)* items each pick one of the categories with
+    equal odds: the lower tail, counted on simulated multinomial draws (fixed seed).
+
+    The continuous chi-square CDF is no good here: counts are whole numbers, so an exactly
+    even split has a real chance (about 2.5 % for 1000 items in two categories), while the
+    continuous lower tail at 0 is 0 and would call every such run "dealt in turn"."""
+    import numpy as np
+    n, total = len(counts), int(sum(counts))
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(total, [1.0 / n] * n, size=samples)
+    expected = total / n
+    sim = ((draws - expected) ** 2).sum(axis=1) / expected
+    return float(np.count_nonzero(sim <= stat + 1e-9)) / samples
 
 
 def chi2_cdf(x: float, dof: int) -> float:

@@ -20,7 +20,12 @@ def test_the_lower_tail_rejects_counts_that_are_too_even():
     """Round-robin counts (exactly equal) pass the usual upper-tail test with p = 1; only
     the lower tail (p_even) calls them suspicious."""
     t = chi_square([250, 250, 250, 250])
-    assert t["statistic"] == 0 and t["p_value"] == 1.0 and t["p_even"] == 0.0
+    assert t["statistic"] == 0 and t["p_value"] == 1.0 and t["p_even"] < 1e-4
+    # but counts are whole numbers: an exactly even split of 1000 in two happens 2.5 % of
+    # the time by chance (binomial: C(1000, 500) / 2^1000), and must not be called dealt
+    import math
+    two = chi_square([500, 500])
+    assert two["p_even"] == pytest.approx(math.comb(1000, 500) / 2 ** 1000, rel=0.1)
     assert chi2_cdf(0.352, 3) == pytest.approx(0.05, rel=5e-3)      # the 5 % lower critical value
     assert chi2_cdf(7.815, 3) + chi2_sf(7.815, 3) == pytest.approx(1.0)
 

@@ -114,8 +114,11 @@ assert all(b == spread.data["backlog"] for b in first["backlogs"]), "each listen
 # This test looks at one tail only: counts that are too *uneven*. Counts that are too
 # *even* pass it with flying colours: a dealer that hands connections out in turn gives
 # exactly 250 each, χ² = 0 and p = 1. Independent random choices almost never look that
-# tidy, so the *lower* tail tells: P(χ² ≤ observed) (`p_even` below) close to 0, or
-# equivalently a p-value close to 1, says "too even to be chance".
+# tidy, so the *lower* tail tells: P(χ² ≤ observed) (`p_even` below) close to 0 says "too
+# even to be chance". Counts are whole numbers, so the course counts this tail on 100,000
+# simulated draws instead of reading the continuous curve: an exact 500/500 split of 1000
+# connections over two listeners happens about 2.5 % of the time by chance, while the
+# continuous lower tail at χ² = 0 is 0 and would call every such run "dealt in turn".
 #
 # The course computes the p-value without scipy (`chi2_sf`, closed forms for whole degrees
 # of freedom). First check it against a printed table: with 3 degrees of freedom the 5 %
