@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import dissect
+from helpers import dissect, wireshark
 from helpers.dissect import (COLUMNS, expert, pyshark_summary, scapy_packets, segments,
                              with_expert)
 from helpers.errors import BadPcapError, MissingToolError, ParameterError
@@ -773,7 +773,7 @@ asyncio.run(cell())
 
 
 def test_expert_without_tshark(monkeypatch):
-    monkeypatch.setattr(dissect.shutil, "which", lambda name, *a, **k: None)
+    monkeypatch.setattr(wireshark.shutil, "which", lambda name, *a, **k: None)
     with pytest.raises(MissingToolError, match="tshark") as e:
         expert(DATA / "lo_ipv4.pcap")
     assert e.value.tool == "tshark" and "apt-get install tshark" in str(e.value)
