@@ -15,7 +15,7 @@ Modules, each named for what it holds:
 - ``plots``      the course style, ladder diagrams, time-sequence graphs
 - ``widgets``    experiment panels
 - ``checks``     exercise checkers that print a clear pass/fail with the reason
-- ``corpus``     record every experiment over its grid; verify the manifest
+- ``corpus``     the manifest and hash-checked reads of recorded files (replay)
 - ``experiments`` one module per chapter topic
 """
 __version__ = "0.1.0"
