@@ -1,5 +1,6 @@
 """The 01_01 / 01_02 rules (helpers.rules, section "01_01 / 01_02") against hand-computed
 values and against this machine, and the 01_02 experiments that use them."""
+import dataclasses
 import socket
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from helpers import rules
 from helpers.experiments.fds import fd_reuse, fds, listen_step
 from helpers.experiments.handshake import (autotuning, handshake, rcvbuf_autotuning, reader_agreement,
-                                           sack_blocks, sack_view, syn_checks, synack_options,
+                                           sack_blocks, sack_view, scaled_window, syn_checks, synack_options,
                                            synack_prediction, synack_seen)
 
 from conftest import needs_live, needs_netns
@@ -103,6 +104,20 @@ def test_handshake_replay_rules_and_readers(replay_each):
             assert syn_checks(r)[0].syn["wscale"] == rules.default_wscale(m).value
         ra = reader_agreement(r, wireshark=False)
         ra.check(quiet=True)
+
+
+def test_scaled_window_agrees_with_wireshark(replay_each):
+    pytest.importorskip("pyshark")
+    from helpers.caps import capabilities
+    if not capabilities().tshark:
+        pytest.skip("no tshark")
+    for params, r in list(replay_each(handshake, points=12))[:2]:
+        sw = scaled_window(r, wireshark=True)
+        assert sw.wireshark is not None
+        sw.check()
+        if sw.shift:        # a reader that forgot the scale is caught
+            with pytest.raises(AssertionError):
+                dataclasses.replace(sw, window=sw.field).check()
 
 
 def test_synack_options_replay(replay_each):

@@ -58,10 +58,11 @@ df[["frame", "t", "stream", "src", "sport", "dst", "dport", "flags", "seq", "ack
 # %%
 handshake.check(result)   # the chapter's claims on this capture; each assert names its claim
 sw = scaled_window(result)
-sw.check()
+sw.check()                # our dissector and Wireshark must read the same window in bytes
 show([f"Segments per connection: {df.groupby('stream').size().to_dict()}. The first segment after "
       f"the handshake comes from {sw.sender}, whose own {sw.sender_segment} announced window scale "
-      f"{sw.shift}: its window field {sw.field} means {sw.field} × 2^{sw.shift} = **{sw.window:,} bytes**."])
+      f"{sw.shift}: its window field {sw.field} means {sw.field} × 2^{sw.shift} = **{sw.window:,} bytes**"
+      + (f"; Wireshark reads {sw.wireshark:,} bytes too." if sw.wireshark is not None else ".")])
 
 # %% [markdown]
 # ## 2 · SYN, SYN-ACK, ACK and the ISN arithmetic
