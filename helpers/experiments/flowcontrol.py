@@ -232,54 +232,94 @@ class SendallTiming:
     """When the writer's ``sendall()`` returned, and why (sk_stream_memory_free in
     include/net/sock.h): a blocking send returns once every byte is *queued*, which needs the
     bytes the reader's buffer cannot take to fit in the writer's send buffer. The buffer is
-    charged with packet memory (ss ``skmem_w`` for ``Send-Q`` payload bytes), not payload."""
+    charged with packet memory (ss ``skmem_w`` for ``Send-Q`` payload bytes), not payload.
+
+    The prediction comes from the kernel's own bounds on that charge, not from the charge
+    measured afterwards: at least one byte per payload byte, at most the worst-case truesize
+    of a full segment (:func:`helpers.rules.skb_truesize_per_mss`, what tcp_sndbuf_expand()
+    budgets) per segment of the capture's size. If even the worst case fits in the send
+    buffer, sendall() must return during the pause; if even the payload alone does not, it
+    cannot (beyond one segment's slack); in between, the rule leaves it open and the run's outcome is only reported."""
     total: int
     reader_holds: int          # payload the reader's buffer took (the zero-window ACK number − 1)
     must_queue: int            # total − reader_holds: what the writer's buffer has to hold
-    charge_per_byte: float     # skmem_w / Send-Q at the stall (the writer's own accounting)
+    mss: int                   # the writer's largest segment in the capture
+    truesize: int              # rules.skb_truesize_per_mss(mss, MAX_TCP_HEADER): worst case per segment
+    queued: int                # Send-Q payload at the stall (ss)
+    charged: int               # its memory at the stall (ss skmem_w)
     sndbuf: int                # the writer's send buffer at the stall (skmem_tb)
     sndbuf_at_connect: int | None
-    predicted_returns: bool
+    predicted_returns: bool | None   # None: between the two bounds, the rule does not decide
     done_at: float | None
     resume_at: float
     returned_before_resume: bool
+
+    @property
+    def worst_case(self) -> int:
+        """Memory the writer's queue would need at the kernel's worst-case charge."""
+        return -(-self.must_queue // self.mss) * self.truesize
 
     def sentence(self) -> str:
         when = (f"returned after {self.done_at * 1000:.1f} ms, while the reader was still paused"
                 if self.returned_before_resume else
                 f"returned only after the reader resumed ({self.done_at - self.resume_at:+.3f} s)")
+        verdict = {True: "so the rule says it returns during the pause",
+                   False: "so the rule says it waits for the reader",
+                   None: "so the rule alone does not decide: the real charge does"}[self.predicted_returns]
         return (f"`sendall()` of {self.total:,} bytes {when}. The reader's buffer took "
-                f"{self.reader_holds:,} bytes, so the writer had to queue {self.must_queue:,}; its send "
-                f"buffer charges {self.charge_per_byte:.2f} bytes of memory per payload byte, "
-                f"{self.must_queue * self.charge_per_byte:,.0f} bytes, against a send buffer of "
-                f"{self.sndbuf:,}" + (f" (it was {self.sndbuf_at_connect:,} right after connect(); the kernel "
-                                       f"grows it with the congestion window)" if self.sndbuf_at_connect
-                                      and self.sndbuf_at_connect != self.sndbuf else "") + ".")
+                f"{self.reader_holds:,} bytes, so the writer had to queue {self.must_queue:,}: between "
+                f"{self.must_queue:,} and {self.worst_case:,} bytes of memory ({self.truesize:,} per "
+                f"{self.mss:,}-byte segment at worst), against a send buffer of {self.sndbuf:,}"
+                + (f" (it was {self.sndbuf_at_connect:,} right after connect(); the kernel grows it with "
+                   f"the congestion window)" if self.sndbuf_at_connect and self.sndbuf_at_connect != self.sndbuf
+                   else "") + f", {verdict}. Measured at the stall: {self.charged:,} bytes of memory for "
+                f"{self.queued:,} queued ({self.charged / max(self.queued, 1):.2f} per byte).")
 
     def check(self, result: Result | None = None) -> None:
         from .. import rules
-        need = self.must_queue * self.charge_per_byte
-        pred = rules.Prediction(
-            "sk_stream_memory_free()", "sendall() returns during the pause iff what the reader cannot "
-            "hold, as charged memory, fits in the send buffer",
-            {"must_queue": self.must_queue, "charge_per_byte": round(self.charge_per_byte, 3),
-             "sndbuf": self.sndbuf, "needed": round(need)}, self.predicted_returns)
-        pred.check(self.returned_before_resume, "sendall() returned before the reader resumed")
+        ref = result.reference() if result is not None else None
+        segs = -(-self.queued // self.mss)
+        rules.Prediction(
+            "tcp_sendmsg_locked()", "payload ≤ skmem_w ≤ segments × truesize(one full segment)",
+            {"Send-Q": self.queued, "mss": self.mss, "segments": segs, "truesize": self.truesize},
+            self.queued, low=self.queued, high=segs * self.truesize, unit="B",
+        ).check(self.charged, "the writer's send-queue memory at the stall (ss skmem_w)", reference=ref)
+        if self.predicted_returns is None:
+            print(f"sendall() {'returned' if self.returned_before_resume else 'did not return'} during the "
+                  f"pause: the bounds ({self.must_queue:,} … {self.worst_case:,} B against {self.sndbuf:,}) "
+                  "leave it open, so this is a measurement, not a checked claim")
+            return
+        rules.Prediction(
+            "sk_stream_memory_free()", "returns during the pause if worst-case memory ≤ sndbuf; "
+            "never if payload > sndbuf + truesize",
+            {"must_queue": self.must_queue, "worst case": self.worst_case, "truesize": self.truesize,
+             "sndbuf": self.sndbuf},
+            self.predicted_returns).check(self.returned_before_resume, "sendall() returned before the reader resumed",
+                                          reference=ref)
 
 
 def sendall_timing(result: Result, a: dict | None = None) -> SendallTiming:
+    from .. import rules
     a = analyse(result) if a is None else a
     d = result.data
     w = d["stall_ss"]["writer"]
     holds = a["zero_ack"] - 1
     must = d["total"] - holds
-    queued = max(w["send_q"] - _fin(w), 1)
-    charge = w["skmem_w"] / queued
+    df = result.segments()
+    sent = df[(df["dport"] == d["port"]) & (df["len"] > 0)]
+    mss = int(sent["len"].max())
+    m = _machine(result)
+    per = rules.skb_truesize_per_mss(mss, m.max_tcp_header, m.skb_shinfo)
+    sndbuf = w["skmem_tb"]
+    worst = -(-must // mss) * per
+    # sk_stream_memory_free(): bytes are appended to the tail skb unchecked, so up to one
+    # segment's truesize beyond sndbuf still gets queued (rules.sk_stream_memory_free's band)
+    predicted = True if worst <= sndbuf else (False if must > sndbuf + per else None)
     done = d["writer_done_at"]
-    return SendallTiming(total=d["total"], reader_holds=holds, must_queue=must, charge_per_byte=charge,
-                         sndbuf=w["skmem_tb"], sndbuf_at_connect=d.get("writer_sndbuf_at_connect"),
-                         predicted_returns=must * charge <= w["skmem_tb"], done_at=done,
-                         resume_at=d["resume_at"],
+    return SendallTiming(total=d["total"], reader_holds=holds, must_queue=must, mss=mss, truesize=per,
+                         queued=max(w["send_q"] - _fin(w), 0), charged=w["skmem_w"], sndbuf=sndbuf,
+                         sndbuf_at_connect=d.get("writer_sndbuf_at_connect"),
+                         predicted_returns=predicted, done_at=done, resume_at=d["resume_at"],
                          returned_before_resume=done is not None and done < d["resume_at"])
 
 
