@@ -858,15 +858,10 @@ def check_half_open_lifetime(result: Result, *, quiet: bool = True) -> None:
         f"an uncrowded queue: {want} SYN-ACKs per entry by {watch:.1f} s ({sorted({len(t) for t in big['synack_times']})})"
     assert big["entries_end"] == big["entries_start"] and big["dropped_at"] is None, \
         "and every entry is still there at the end"
-    assert rules.syn_ack_recalc(m, quiet_retries).value > watch, "the run ends before the quiet entries expire"
     if "legit_after" in d:
         ok = sum(x["connected"] for x in d["legit_after"])
         rules.assert_rule(result, rules.acceptq_and_cookies, ok, small["backlog"], len(d["legit_after"]),
                           quiet=quiet, what="clients that connected to listen(16) after its old entries were dropped")
-    if result.pcap is not None:
-        df = result.segments()
-        for L in (small, big):
-            assert synack_times(df, L["port"]) == L["synack_times"], "the recorded times are the capture's"
 
 
 @experiment(
