@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import math
-import os
 import platform
 import re
 import shutil
@@ -66,7 +64,11 @@ U16_MAX = 65535
 SKB_STRUCT = 256
 SKB_SHINFO = 320
 MAX_TCP_HEADER = 320   # Debian's stock config; used only when the config cannot be read
-SOCK_MIN_BUF = 2048 + SKB_STRUCT   # SOCK_MIN_RCVBUF on 6.18 (2,304); Machine.read measures it
+# SOCK_MIN_RCVBUF = TCP_SKB_MIN_TRUESIZE = 2048 + SKB_DATA_ALIGN(sizeof(struct sk_buff));
+# SOCK_MIN_SNDBUF = 2 × that (include/net/sock.h)
+SOCK_MIN_RCVBUF = 2048 + SKB_STRUCT
+SOCK_MIN_SNDBUF = 2 * SOCK_MIN_RCVBUF
+SOCK_MIN_BUF = SOCK_MIN_RCVBUF
 TCP_DEFAULT_SCALING_RATIO = 128          # of 256: a fresh socket assumes half its buffer is payload
 
 _SYSCTLS = {
@@ -118,6 +120,9 @@ class Machine:
     sock_min_rcvbuf: int | None = None   # SOCK_MIN_RCVBUF / SOCK_MIN_SNDBUF: compile-time floors,
     sock_min_sndbuf: int | None = None   # measured (SO_*BUF = 1 reads back as the floor)
     max_tcp_header: int | None = None    # MAX_TCP_HEADER from the kernel config (None: unknown)
+    skb_shinfo: int | None = None        # SKB_DATA_ALIGN(sizeof(struct skb_shared_info)), from the config
+    proc_version: str = ""               # /proc/version: the upstream patch level a release string hides
+    reqsk_full_strict: bool | None = None  # SYN queue full only *above* the backlog (measured)
     where: str = "host"
 
     # ---- reading ---------------------------------------------------------------------
@@ -131,6 +136,11 @@ class Machine:
                 values[key] = _coerce(key, sysctl(name, ns))
             except Exception:   # absent on this kernel, or host-wide and invisible in a namespace
                 values[key] = None
+            if values[key] is None and ns is not None:
+                try:   # host-wide on this kernel (net.core.rmem_max on 6.1): the host's value applies
+                    values[key] = _coerce(key, sysctl(name))
+                except Exception:
+                    pass
         hz, how = kernel_hz()
         mtu, gso = _lo_sizes(ns)
         m = cls(release=platform.release(), hz=hz, hz_source=how, lo_mtu=mtu, lo_gso_max_size=gso,
@@ -138,6 +148,12 @@ class Machine:
         m.metrics = {a: tcp_metrics(a, ns) for a in addresses}
         m.sock_min_rcvbuf, m.sock_min_sndbuf = _buffer_floors()
         m.max_tcp_header = max_tcp_header()[0]
+        m.skb_shinfo = skb_shinfo_size()
+        try:
+            m.proc_version = open("/proc/version").read().strip()
+        except OSError:
+            pass
+        m.reqsk_full_strict = probe_reqsk_full_strict()
         return m
 
     @classmethod
@@ -177,10 +193,9 @@ class Machine:
 
     def reordering(self, addr: str = "127.0.0.1") -> int:
         """The reordering the next connection to *addr* starts with: the metrics cache's
-        value when it holds one (and saving metrics is on), else ``tcp_reordering``."""
+        value when it holds one, else ``tcp_reordering``. (tcp_init_metrics() reads a cached
+        reordering even with ``tcp_no_metrics_save`` = 1, which only stops saving.)"""
         base = self.sysctls.get("tcp_reordering") or 3
-        if self.sysctls.get("tcp_no_metrics_save"):
-            return base
         cached = (self.metrics.get(addr) or {}).get("reordering")
         return int(cached) if cached else base
 
@@ -268,6 +283,47 @@ def kernel_config() -> tuple[dict[str, str], str]:
     return _CONFIG_CACHE
 
 
+def skb_shinfo_size() -> int:
+    """SKB_DATA_ALIGN(sizeof(struct skb_shared_info)): 48 bytes plus 16 per fragment slot,
+    MAX_SKB_FRAGS of them (17 unless CONFIG_MAX_SKB_FRAGS says otherwise, from 6.5), rounded
+    up to the cache line: 320 on x86_64 with 17."""
+    cfg, _ = kernel_config()
+    frags = int(cfg.get("CONFIG_MAX_SKB_FRAGS", "17") or 17)
+    line = 1 << int(cfg.get("CONFIG_X86_L1_CACHE_SHIFT", "6") or 6)
+    raw = 48 + 16 * frags
+    return (raw + line - 1) // line * line
+
+
+_STRICT_CACHE: list = []
+
+
+def probe_reqsk_full_strict() -> bool | None:
+    """Measure, once per process, whether the SYN queue counts as full only *above* the
+    backlog (Linux 6.13+ and stable backports of commit 3479c7549fb1, Jan 2025) or already
+    at it: in a throwaway course namespace with cookies off, listen(0) and one connect. It
+    gets in within 0.3 s only when the check is ``qlen > backlog``. None without namespace
+    privileges (the version table then decides)."""
+    if _STRICT_CACHE:
+        return _STRICT_CACHE[0]
+    result = None
+    try:
+        from .netns import Namespace, have_namespace_privileges
+        if have_namespace_privileges():
+            import select
+            with Namespace(sysctls={"net.ipv4.tcp_syncookies": 0}) as ns:
+                lst, cli = ns.socket(), ns.socket()
+                lst.bind(("127.0.0.1", 0))
+                lst.listen(0)
+                cli.setblocking(False)
+                cli.connect_ex(lst.getsockname())
+                _, w, _ = select.select([], [cli], [], 0.3)
+                result = bool(w) and cli.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    except Exception:
+        result = None
+    _STRICT_CACHE.append(result)
+    return result
+
+
 def max_tcp_header() -> tuple[int | None, str]:
     """MAX_TCP_HEADER (include/net/tcp.h) = L1_CACHE_ALIGN(128 + MAX_HEADER), where
     MAX_HEADER (include/linux/netdevice.h) is LL_MAX_HEADER (128 with Hyper-V networking or
@@ -276,11 +332,14 @@ def max_tcp_header() -> tuple[int | None, str]:
     cfg, path = kernel_config()
     if not cfg:
         return None, "kernel config not readable"
-    on = lambda k: cfg.get(k) in ("y", "m")   # noqa: E731
-    if on("CONFIG_HYPERV_NET"):
+    # netdevice.h tests `defined(CONFIG_X)` (built in only) for Hyper-V, WLAN and mesh, and
+    # IS_ENABLED() (built in or a module) for AX.25 and the tunnels
+    built_in = lambda k: cfg.get(k) == "y"           # noqa: E731
+    on = lambda k: cfg.get(k) in ("y", "m")          # noqa: E731
+    if built_in("CONFIG_HYPERV_NET"):
         ll = 128
-    elif on("CONFIG_WLAN") or on("CONFIG_AX25"):
-        ll = 128 if on("CONFIG_MAC80211_MESH") else 96
+    elif built_in("CONFIG_WLAN") or on("CONFIG_AX25"):
+        ll = 128 if built_in("CONFIG_MAC80211_MESH") else 96
     else:
         ll = 32
     extra = 48 if any(on(k) for k in ("CONFIG_NET_IPIP", "CONFIG_NET_IPGRE", "CONFIG_IPV6_SIT",
@@ -464,8 +523,9 @@ def sock_setsockopt_buf(requested: int, cap: int, *, which: str = "SO_RCVBUF",
     ``wmem_max``/``rmem_max``, then doubled (room for the kernel's bookkeeping), and never
     below SOCK_MIN_{SND,RCV}BUF (*floor*; a compile-time constant, measured by
     :meth:`Machine.read`: 2,304 on 6.18)."""
-    floor = SOCK_MIN_BUF if floor is None else int(floor)
-    val = min(max(int(requested), 0), int(cap))
+    floor = (SOCK_MIN_RCVBUF if which == "SO_RCVBUF" else SOCK_MIN_SNDBUF) if floor is None else int(floor)
+    # min_t(u32, val, cap): a negative request is a huge unsigned one, so it gets the cap
+    val = int(cap) if int(requested) < 0 else min(int(requested), int(cap))
     val = max(val * 2, floor)
     capname = "rmem_max" if which == "SO_RCVBUF" else "wmem_max"
     return Prediction("sock_setsockopt()", f"max(2 × min(request, {capname}), SOCK_MIN)",
@@ -516,10 +576,11 @@ def default_wscale(m: Machine, rcvbuf: int | None = None, mss: int | None = None
     mss = mss or tcp_mss_default(m.lo_mtu)
     if rcvbuf is None:
         space = tcp_win_from_space((m.sysctls.get("tcp_rmem") or [0, 131072, 0])[1])
-        full = tcp_select_initial_window(m, space, mss)
+        full = tcp_select_initial_window(m, space, mss, wscale_ok=m.sysctls.get("tcp_window_scaling") != 0)
     else:
         space = tcp_win_from_space(rcvbuf)
-        full = tcp_select_initial_window(m, space, mss, window_clamp=space)
+        full = tcp_select_initial_window(m, space, mss, window_clamp=space,
+                                         wscale_ok=m.sysctls.get("tcp_window_scaling") != 0)
     return Prediction("tcp_select_initial_window()", full.formula,
                       {**full.inputs, "SO_RCVBUF (stored)": rcvbuf if rcvbuf is not None else "unset"},
                       full.value["rcv_wscale"])
@@ -528,14 +589,16 @@ def default_wscale(m: Machine, rcvbuf: int | None = None, mss: int | None = None
 def tcp_mss_default(mtu: int, family: int = 4) -> int:
     """The MSS announced on a device of this MTU: an IP packet is at most 65,535 bytes,
     minus the IP and TCP headers (40 for IPv4, 60 for IPv6)."""
-    return min(int(mtu), 65535) - (40 if family == 4 else 60)
+    if family == 4:
+        return min(int(mtu), 65535) - 40
+    return min(int(mtu) - 40, 65535) - 20   # IPv6's length field excludes its own 40-byte header
 
 
-def skb_truesize_per_mss(mss: int, header: int | None = None) -> int:
+def skb_truesize_per_mss(mss: int, header: int | None = None, shinfo: int | None = None) -> int:
     """Memory charged per full-sized skb in tcp_sndbuf_expand(): the MSS plus header room
     and skb_shared_info, rounded up to a power of two (kmalloc), plus the sk_buff itself.
     *header*: MAX_TCP_HEADER of the machine (``Machine.max_tcp_header``); Debian's 320 if unknown."""
-    per = int(mss) + (MAX_TCP_HEADER if header is None else int(header)) + SKB_SHINFO
+    per = int(mss) + (MAX_TCP_HEADER if header is None else int(header)) + (shinfo or SKB_SHINFO)
     return (1 << (per - 1).bit_length()) + SKB_STRUCT
 
 
@@ -559,12 +622,13 @@ def tcp_sndbuf_expand(m: Machine, *, cc: str | None = None, mss: int | None = No
     mss = mss or tcp_mss_default(m.lo_mtu)
     reo = m.reordering(addr) if reordering is None else int(reordering)
     segs = max(TCP_INIT_CWND, int(cwnd), reo + 1)
-    per = skb_truesize_per_mss(mss, m.max_tcp_header)
+    per = skb_truesize_per_mss(mss, m.max_tcp_header, m.skb_shinfo)
     factor = sndbuf_expand_factor(cc)
-    wmem2 = (m.sysctls.get("tcp_wmem") or [0, 0, 4194304])[2]
-    value = min(factor * segs * per, wmem2)
+    _, wmem1, wmem2 = (m.sysctls.get("tcp_wmem") or [4096, 16384, 4194304])
+    sndmem = factor * segs * per
+    value = wmem1 if wmem1 >= sndmem else min(sndmem, wmem2)   # it only ever raises the buffer
     return Prediction("tcp_sndbuf_expand()",
-                      "min(factor(cc) × max(10, cwnd, reordering + 1) × truesize(mss), tcp_wmem[2])",
+                      "min(factor(cc) × max(10, cwnd, reordering + 1) × truesize(mss), tcp_wmem[2]) if above tcp_wmem[1]",
                       {"cc": cc, "factor": factor, "cwnd": cwnd, "reordering": reo, "mss": mss,
                        "truesize": per, "tcp_wmem[2]": wmem2}, value, unit="B",
                       note=(f"reordering {reo} comes from the metrics cache for {addr}"
@@ -579,7 +643,8 @@ def sk_acceptq_is_full(m: Machine, backlog: int) -> Prediction:
     min(backlog, somaxconn) and the queue counts as full only when it holds *more* than
     that, so it stops at min(backlog, somaxconn) + 1 (listen(0) still takes one)."""
     smax = int(m.sysctls.get("somaxconn") or 4096)
-    eff = min(max(int(backlog), 0), smax)
+    # __sys_listen() compares as unsigned: a negative backlog becomes somaxconn
+    eff = smax if int(backlog) < 0 else min(int(backlog), smax)
     return Prediction("sk_acceptq_is_full()", "min(backlog, somaxconn) + 1",
                       {"backlog": int(backlog), "somaxconn": smax}, eff + 1, unit="connections")
 
@@ -591,12 +656,16 @@ def syn_retry_schedule(m: Machine, n: int | None = None) -> Prediction:
     """When a client resends an unanswered SYN (tcp_retransmit_timer): the first gap is
     TCP_TIMEOUT_INIT (1 s); the RTO stays 1 s while the retry count is at most
     ``tcp_syn_linear_timeouts`` (Linux 6.5+; absent before, i.e. 0) and doubles after
-    that, up to TCP_RTO_MAX. connect() gives up with ETIMEDOUT one RTO after the last of
-    ``tcp_syn_retries`` retries. Value: the list of gaps in seconds."""
+    that, up to TCP_RTO_MAX. The linear retries come on top of ``tcp_syn_retries``
+    (tcp_write_timeout() allows syn_retries + linear_timeouts), and connect() gives up with
+    ETIMEDOUT one RTO after the last. Value: the list of gaps in seconds, the last one
+    being the wait before giving up."""
     lin = m.sysctls.get("tcp_syn_linear_timeouts")
     retries = int(m.sysctls.get("tcp_syn_retries") or 6)
-    count = (retries + 1) if n is None else n
     linear = int(lin or 0)
+    # tcp_write_timeout(): a connecting socket may retransmit syn_retries + linear_timeouts
+    # times, then gives up one RTO after the last
+    count = (retries + linear + 1) if n is None else n
     gaps, rto = [], TCP_TIMEOUT_INIT_S
     for k in range(1, count + 1):     # gap before retry k (or, for k = retries + 1, the give-up)
         gaps.append(rto)
@@ -613,7 +682,7 @@ def synack_retry_schedule(m: Machine, n: int | None = None) -> Prediction:
     1 s, then doubling, ``tcp_synack_retries`` times; then the half-open entry is dropped."""
     retries = int(m.sysctls.get("tcp_synack_retries") or 5)
     count = retries if n is None else n
-    gaps = [TCP_TIMEOUT_INIT_S * (2 ** k) for k in range(count)]
+    gaps = [min(TCP_TIMEOUT_INIT_S * (2 ** k), _rto_max(m)) for k in range(count)]
     return Prediction("reqsk_timer_handler()", "1 s × 2^k for k < tcp_synack_retries",
                       {"tcp_synack_retries": retries}, gaps, unit="s")
 
@@ -728,7 +797,7 @@ def overview(m: Machine, reference: Machine | None = None) -> list[dict[str, Any
             ("window scale offered (SO_RCVBUF unset)", default_wscale(mm)),
             ("send buffer at establishment (lo, default cc, cache as now)", tcp_sndbuf_expand(mm)),
             ("SO_RCVBUF 1 MiB reads back as",
-             sock_setsockopt_buf(1 << 20, mm.sysctls["rmem_max"], floor=mm.sock_min_rcvbuf)
+             sock_setsockopt_buf(1 << 20, mm.sysctls["rmem_max"])
              if mm.sysctls.get("rmem_max") else Prediction("sock_setsockopt()", "", {}, None)),
             ("accept queue of listen(128)", sk_acceptq_is_full(mm, 128)),
             ("half-open entries of listen(1024), cookies off", half_open_cap(mm, 1024, cookies=0)),
@@ -964,6 +1033,8 @@ def inet_csk_reqsk_queue_is_full_strict(m: Machine) -> bool:
     older kernels: the half-open queue then stops at backlog, and listen(0) without cookies
     takes nothing)? Decided from the release string; a distribution kernel that backported
     the fix under an older version number is predicted wrongly (the check then says so)."""
+    if m.reqsk_full_strict is not None:      # measured on that machine: no guessing
+        return bool(m.reqsk_full_strict)
     v = m.version
     if v == (0, 0):
         return True
@@ -979,8 +1050,8 @@ def _upstream_version(m: Machine) -> tuple[int, int, int]:
     string often hides the patch level (Debian's "6.1.0-32-amd64" is 6.1.129): for the
     running kernel, /proc/version ("Debian 6.1.129-1") or Ubuntu's /proc/version_signature
     ("… 6.8.12") say it."""
-    texts = []
-    if m.release and m.release == platform.release():
+    texts = [m.proc_version] if m.proc_version else []
+    if not texts and m.release and m.release == platform.release():
         for path in ("/proc/version_signature", "/proc/version"):
             try:
                 texts.append(open(path).read())
@@ -1023,7 +1094,7 @@ def sk_stream_memory_free(m: Machine, sndbuf: int, mss: int | None = None) -> Pr
     carries up to 64 KB; a little below when many small skbs each add their overhead
     (Linux 6.1 stopped at 32,741 bytes for a 32,768-byte buffer)."""
     mss = mss or tcp_mss_default(m.lo_mtu)
-    per = skb_truesize_per_mss(mss, m.max_tcp_header)
+    per = skb_truesize_per_mss(mss, m.max_tcp_header, m.skb_shinfo)
     return Prediction("sk_stream_memory_free()", "sndbuf ≤ wmem_queued < sndbuf + truesize(one skb)",
                       {"sndbuf": int(sndbuf), "mss": mss, "truesize": per}, int(sndbuf),
                       low=int(sndbuf), high=int(sndbuf) + per - 1, unit="B")

@@ -88,7 +88,7 @@ def test_live_listen_limits_and_expiry(live_mode):
 def test_syn_retry_rule_follows_the_kernel():
     def m(**kw):
         return rules.Machine(release="6.18", hz=250, sysctls={"tcp_syn_retries": 6, **kw})
-    assert rules.syn_retry_schedule(m(tcp_syn_linear_timeouts=4)).value == [1, 1, 1, 1, 1, 2, 4]
+    assert rules.syn_retry_schedule(m(tcp_syn_linear_timeouts=4)).value == [1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 64]
     assert rules.syn_retry_schedule(m(tcp_syn_linear_timeouts=0)).value == [1, 2, 4, 8, 16, 32, 64]
     assert rules.syn_retry_schedule(m()).value == [1, 2, 4, 8, 16, 32, 64], "absent (before 6.5) = 0"
     assert rules.syn_retry_schedule(m(tcp_syn_linear_timeouts=1), 3).value == [1, 1, 2]

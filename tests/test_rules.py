@@ -29,8 +29,11 @@ def test_sndbuf_expand_reference_values():
     assert rules.tcp_sndbuf_expand(m, cc="cubic").value == 2626560             # the stock 6.1 value
     m.metrics = {"127.0.0.1": {"reordering": 12}}
     assert rules.tcp_sndbuf_expand(m).value == 4194304                         # 13 segs: capped
-    m.sysctls["tcp_no_metrics_save"] = 1
-    assert rules.tcp_sndbuf_expand(m).value == 3939840                         # cache ignored
+    m.sysctls["tcp_no_metrics_save"] = 1          # stops saving, not reading (tcp_init_metrics)
+    assert rules.tcp_sndbuf_expand(m).value == 4194304
+    m.metrics = {}
+    m.sysctls["tcp_wmem"] = [4096, 4_000_000, 8_000_000]
+    assert rules.tcp_sndbuf_expand(m).value == 4_000_000   # tcp_wmem[1] already above: never lowered
 
 
 def test_window_scale_follows_the_largest_buffer():
@@ -46,20 +49,25 @@ def test_window_scale_follows_the_largest_buffer():
 def test_setsockopt_doubling_and_caps():
     assert rules.sock_setsockopt_buf(4096, 4194304).value == 8192
     assert rules.sock_setsockopt_buf(1 << 20, 212992).value == 425984           # stock cap
-    assert rules.sock_setsockopt_buf(1, 4194304, floor=2304).value == 2304
+    assert rules.sock_setsockopt_buf(1, 4194304).value == 2304                  # SOCK_MIN_RCVBUF
+    assert rules.sock_setsockopt_buf(1, 4194304, which="SO_SNDBUF").value == 4608   # SOCK_MIN_SNDBUF
+    assert rules.sock_setsockopt_buf(-1, 4194304, which="SO_SNDBUF").value == 8388608  # u32: capped
 
 
 def test_queue_rules():
     assert rules.sk_acceptq_is_full(fake(), 2).value == 3
     assert rules.sk_acceptq_is_full(fake(), 0).value == 1
     assert rules.sk_acceptq_is_full(fake(somaxconn=4), 100).value == 5
+    assert rules.sk_acceptq_is_full(fake(somaxconn=4), -1).value == 5          # unsigned compare
     assert rules.half_open_cap(fake(tcp_max_syn_backlog=256), 1024, cookies=0).value == 193
     assert rules.half_open_cap(fake(tcp_max_syn_backlog=256), 1024, cookies=1).value == 1025
     assert rules.half_open_cap(fake(), 16, cookies=0).value == 17
 
 
 def test_syn_retry_schedules():
-    assert rules.syn_retry_schedule(fake()).value == [1, 1, 1, 1, 1, 2, 4]
+    # linear retries come on top of tcp_syn_retries (tcp_write_timeout): 6 + 4 retries, 131 s
+    assert rules.syn_retry_schedule(fake()).value == [1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 64]
+    assert sum(rules.syn_retry_schedule(fake()).value) == 131
     assert rules.syn_retry_schedule(fake(tcp_syn_linear_timeouts=None)).value == [1, 2, 4, 8, 16, 32, 64]
     assert sum(rules.syn_retry_schedule(fake(tcp_syn_linear_timeouts=0)).value) == 127   # the classic 127 s
     assert rules.syn_retry_schedule(fake(tcp_syn_linear_timeouts=1), n=4).value == [1, 1, 2, 4]
@@ -171,9 +179,9 @@ def test_setsockopt_rule_on_this_machine():
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, asked)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, asked)
-            rules.sock_setsockopt_buf(asked, m.rmem_max, floor=m.sock_min_rcvbuf).check(
+            rules.sock_setsockopt_buf(asked, m.rmem_max).check(
                 s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), quiet=True)
-            rules.sock_setsockopt_buf(asked, m.wmem_max, which="SO_SNDBUF", floor=m.sock_min_sndbuf).check(
+            rules.sock_setsockopt_buf(asked, m.wmem_max, which="SO_SNDBUF").check(
                 s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), quiet=True)
 
 

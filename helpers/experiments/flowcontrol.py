@@ -400,7 +400,7 @@ def window_closing(result: Result, a: dict | None = None) -> WindowClosing:
 @dataclass
 class LossProbes:
     """The writer's retransmissions (dissect.retransmissions): tail loss probes, sent
-    before the reader's delayed ACK covered the original, all before the zero window."""
+    before the reader's delayed ACK covered the original."""
     rows: Any                    # DataFrame: t, seq, len, first_sent, after_ms
     covered_after: list[bool]    # the first ACK covering the original came after the re-send
     first_zero_t: float
@@ -409,8 +409,9 @@ class LossProbes:
 
     def sentence(self) -> str:
         c = self.counters
+        before = int((self.rows["t"] < self.first_zero_t).sum())
         return (f"{len(self.rows)} retransmissions, {', '.join(f'{x:.1f}' for x in self.rows['after_ms'])} ms "
-                f"after the original, all before the zero window at {self.first_zero_t:.3f} s; nstat "
+                f"after the original, {before} of them before the zero window at {self.first_zero_t:.3f} s; nstat "
                 f"TCPLossProbes {c['TcpExtTCPLossProbes']}, TcpRetransSegs {c['TcpRetransSegs']}, "
                 f"TCPTimeouts {c['TcpExtTCPTimeouts']}; D-SACKs sent by the reader "
                 f"{c['TcpExtTCPDSACKOldSent']}, received by the writer {c['TcpExtTCPDSACKRecv']}; "
@@ -425,7 +426,8 @@ class LossProbes:
             "every retransmission is a tail loss probe, none a timeout"
         assert c["TcpExtTCPDSACKRecv"] == c["TcpExtTCPDSACKOldSent"] == len(self.rows), "each one was a duplicate"
         assert all(self.covered_after), "each was sent before an ACK covered the original"
-        assert (self.rows["t"] < self.first_zero_t).all(), "every retransmission comes before the zero window"
+        # when they come relative to the zero window is timing (the probe timer against the
+        # reader's pause), not a rule: reported by sentence(), not asserted
         floor = rules.tcp_delack_min(result.machine_snapshot()).value
         assert (self.rows["after_ms"] < floor).all(), \
             f"the loss probe fires before the delayed-ACK floor ({floor:g} ms)"
