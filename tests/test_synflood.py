@@ -162,6 +162,18 @@ def test_queue_caps_follow_the_kernel_rules():
     assert queue_caps(_m(tcp_syncookies=0), 1024)["cap"] == 193, "cookies default to the machine's sysctl"
 
 
+def test_queue_caps_before_the_2025_fix():
+    """Linux 6.1.0 without the backport counted the SYN queue full at the backlog itself."""
+    from helpers.experiments.synflood import cap_phrase, full_queue_cap
+    from helpers.rules import Machine
+    old = Machine(release="6.1.0", hz=250, sysctls={"somaxconn": 4096, "tcp_max_syn_backlog": 256})
+    assert queue_caps(old, 16, 1)["cap"] == full_queue_cap(old, 16) == 16
+    assert queue_caps(old, 16, 0)["limit"] == "full queue"
+    assert queue_caps(old, 1024, 1)["cap"] == 1024
+    assert cap_phrase(old, 16) == "min(16, somaxconn 4096) = 16"
+    assert cap_phrase(_m(), 16) == "min(16, somaxconn 4096) + 1 = 17"
+
+
 def test_half_open_lifetime_rules():
     from helpers import rules
     m = _m()

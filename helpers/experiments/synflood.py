@@ -22,8 +22,8 @@ Experiments:
 - :func:`syn_flood` (panel: cookies on/off, flood size, backlog): SYN-RECV count, the
   counters (TCPReqQFullDrop, ListenDrops, SyncookiesSent/Recv) and whether 10 legitimate
   clients still get in (with cookies on, as many as the accept queue holds: cookies protect
-  the SYN queue, not the accept queue); the two limits of the half-open queue (backlog + 1,
-  and ¾ of ``tcp_max_syn_backlog`` without cookies).
+  the SYN queue, not the accept queue); the two limits of the half-open queue (min(backlog,
+  somaxconn) + 1 on kernels with the 2025 fix, 6.13+ and stable backports, backlog before; and ¾ of ``tcp_max_syn_backlog`` without cookies).
 - :func:`syn_cookie_anatomy`: what a cookie encodes, read from SYN-ACKs to crafted SYNs
   (statelessness, client ISN, MSS index, the options in the timestamp), what a cookie
   connection costs (an MSS rounded down to msstab: nothing at Ethernet's 1460, 1460 instead
@@ -94,17 +94,32 @@ def queue_caps(m: "rules.Machine", backlog: int, cookies: int | None = None) -> 
     that also names which limit applies.
 
     - full queue: a SYN finds it full when it already holds more than min(backlog,
-      somaxconn), so it stops at that + 1 (then: a cookie, or a drop counted in TCPReqQFullDrop);
+      somaxconn), so it stops at that + 1 (kernels with the 2025 fix, 6.13+ and stable
+      backports; older ones stop at min(backlog, somaxconn)) (then: a cookie, or a drop counted in TCPReqQFullDrop);
     - without cookies, the last quarter of ``tcp_max_syn_backlog`` is kept for peers
       proven alive: a SYN from anyone else is dropped once the queue holds more than
       max - max/4 entries, so it stops at max - max//4 + 1 (counted only in ListenDrops).
     """
     pred = rules.half_open_cap(m, backlog, cookies)
     ins = pred.inputs
-    full = min(ins["backlog"], ins["somaxconn"]) + 1
+    full = full_queue_cap(m, ins["backlog"])
     three_quarters = ins["tcp_max_syn_backlog"] - (ins["tcp_max_syn_backlog"] >> 2) + 1
     return {"backlog_effective": full - 1, "full_cap": full, "three_quarter_cap": three_quarters,
-            "cap": pred.value, "limit": "backlog + 1" if pred.value == full else "3/4 of tcp_max_syn_backlog"}
+            "cap": pred.value, "limit": "full queue" if pred.value == full else "3/4 of tcp_max_syn_backlog"}
+
+
+def full_queue_cap(m: "rules.Machine", backlog: int) -> int:
+    """Where a full half-open queue stops (inet_csk_reqsk_queue_is_full()): min(backlog,
+    somaxconn) + 1 on kernels with the 2025 fix (6.13+, and stable backports), min(backlog,
+    somaxconn) on older ones: :func:`helpers.rules.half_open_cap` with cookies on."""
+    return rules.half_open_cap(m, backlog, 1).value
+
+
+def cap_phrase(m: "rules.Machine", backlog: int) -> str:
+    """"min(16, somaxconn 4096) + 1 = 17" for machine *m*: the full-queue cap, spelled out."""
+    p = rules.half_open_cap(m, backlog, 1)
+    plus = " + 1" if rules.inet_csk_reqsk_queue_is_full_strict(m) else ""
+    return f"min({backlog}, somaxconn {p.inputs['somaxconn']}){plus} = {p.value}"
 
 
 def legit_connects(ns: Any, port: int, n: int = LEGIT_CLIENTS, wait: float = LEGIT_WAIT) -> list[dict]:
@@ -183,7 +198,7 @@ def check_syn_flood(result: Result, *, quiet: bool = True) -> None:
     assert d["ss_syn_recv"] == expect, "ss must agree with /proc/net/tcp on the SYN-RECV count"
     c = d["counters_flood"]
     beyond = sent - expect
-    full = min(p["backlog"], cap.inputs["somaxconn"]) + 1
+    full = full_queue_cap(result.machine_snapshot(), p["backlog"])
     if p["cookies"]:
         assert c["TcpExtSyncookiesSent"] == beyond, \
             f"with cookies on, every SYN beyond the full queue gets a cookie: {beyond}, counted {c['TcpExtSyncookiesSent']}"
@@ -352,7 +367,7 @@ def flood_plot(results: Sequence[Result] | Result, *, title: str | None = None):
     """One small plot per run, side by side (two per row): what became of each spoofed SYN
     as the flood went on. Solid: SYN-RECV entries; dotted: cookies sent; dash-dot: SYNs
     dropped (ListenDrops); thin dashed: the run's cap. A symlog y axis shared by all, so
-    17, 193 and 2000 all show."""
+    caps like 17, 193 and 2000 all show."""
     import math
 
     import matplotlib.pyplot as plt
@@ -725,7 +740,8 @@ def syn_cookie_anatomy(run) -> dict:
 #: How long :func:`half_open_lifetime` watches, and how often it reads the queue.
 LIFETIME_WATCH = 9.0
 LIFETIME_STEP = 0.1
-#: The two listeners of :func:`half_open_lifetime`: both hold 17 unanswered entries, one
+#: The two listeners of :func:`half_open_lifetime`: about 17 unanswered entries each (a full
+#: listen(16) queue holds 17 with the 2025 fix, 16 before), one
 #: in a full listen(16) queue (over half full), one in a listen(1024) queue (not).
 LIFETIME_BACKLOGS = (16, 1024)
 LIFETIME_FLOODS = {16: 200, 1024: 17}
@@ -875,8 +891,8 @@ def half_open_lifetime(run) -> dict:
     """Watch two listeners' unanswered half-open entries for :data:`LIFETIME_WATCH` seconds.
 
     One namespace, tcp_syncookies = 0: a ``listen(16)`` listener gets 200 spoofed SYNs (it
-    keeps 17, a queue over half full) and a ``listen(1024)`` listener gets 17 (the same
-    17 entries, in a queue far from half full). Nobody answers their SYN-ACKs. The
+    keeps its full queue, 17 or 16 by kernel, over half full) and a ``listen(1024)`` listener
+    gets 17 (in a queue far from half full). Nobody answers their SYN-ACKs. The
     SYN-RECV counts are read every :data:`LIFETIME_STEP` s; the capture holds every SYN-ACK
     and its retransmissions. Reports progress (the wait is the phenomenon: about 9 s).
     """

@@ -124,9 +124,15 @@ show([retries.sentence()])
 #
 # Look at the times of the retries in the table: clients that sent their first SYN a few
 # milliseconds apart retried at *the same* moment. The kernel's timer wheel files a 1 s timer
-# in a slot 8 jiffies wide (32 ms at HZ = 250) and fires the whole slot together; the rule's
-# band allows for that slot (`rules.timer_wheel_granularity`).
-#
+# in a slot several jiffies wide and fires the whole slot together; the rule's band allows
+# for that slot (`rules.timer_wheel_granularity`, evaluated on the run's machine below).
+
+# %%
+wheel = rules.timer_wheel_granularity(r0.machine_snapshot(), 1.0)
+show([f"On the run's machine (HZ = {wheel.inputs['HZ']}), a 1 s timer sits in level {wheel.inputs['level']} "
+      f"of the timer wheel, in a slot {8 ** wheel.inputs['level']} jiffies wide: **{wheel.value * 1000:.0f} ms**."])
+
+# %% [markdown]
 # > **Myth vs measurement.** "SYN retries back off exponentially: 1, 3, 7 seconds." That is
 # > the rule only where `tcp_syn_linear_timeouts` is 0 or absent; the run above shows what
 # > this kernel does with its own setting.

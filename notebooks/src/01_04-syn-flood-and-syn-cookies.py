@@ -30,7 +30,7 @@ from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.rawsyn import send_flood, MAX_FLOOD, MAX_SECONDS, SPOOF_NET
 from helpers.experiments.synflood import (syn_flood, syn_cookie_anatomy, half_open_lifetime, outcome_table,
                                           flood_plot, probe_table, render, queue_caps, lifetime_table,
-                                          lifetime_plot, client_max_window, capture_summary, legit_connected,
+                                          lifetime_plot, client_max_window, capture_summary, legit_connected, cap_phrase,
                                           largest_server_segment, resent_at, mss_index, MSSTAB)
 from helpers.errors import UnsafeTargetError
 from helpers import rules
@@ -105,12 +105,16 @@ show([f"{d['flood']['sent']} SYNs sent in {d['flood']['send_seconds'] * 1000:.0f
       f"({d['flood']['wall_seconds'] * 1000:.0f} ms with the 20 samples of the queue). SYN-RECV stopped at "
       f"**{d['ss_syn_recv']}** entries; `TCPReqQFullDrop` counted {d['counters_flood']['TcpExtTCPReqQFullDrop']} "
       f"during the flood and {d['counters_legit']['TcpExtTCPReqQFullDrop']} after it; legitimate clients "
-      f"connected: **{legit_connected(off)}/{len(d['legit'])}**."])
+      f"connected: **{legit_connected(off)}/{len(d['legit'])}**.",
+      f"The rule on this run's kernel (Linux {off.machine_snapshot().release}): the queue stops at "
+      f"{cap_phrase(off.machine_snapshot(), 16)}."])
 
 # %% [markdown]
-# **Observe.** The queue stopped at one more than the backlog: a SYN finds the queue "full"
-# only when it already holds *more* than `backlog` entries (the same `backlog + 1` you met
-# for the accept queue in 01_03). Every SYN after that was dropped without an answer; the
+# **Observe.** The queue stopped at the cap printed above. On kernels with the 2025 fix
+# (6.13+, and stable backports) a SYN finds the queue "full" only when it already holds
+# *more* than min(backlog, somaxconn) entries, so it stops at min(backlog, somaxconn) + 1
+# (the same `backlog + 1` you met for the accept queue in 01_03); older kernels stop at the
+# backlog itself. Every SYN after that was dropped without an answer; the
 # kernel counts each in `TcpExtTCPReqQFullDrop` (and `TcpExtListenDrops`). The legitimate
 # clients' SYNs are dropped just the same (one more `TCPReqQFullDrop` per client after the
 # flood): the kernel cannot tell them apart.
@@ -131,8 +135,8 @@ off.segments()[["t", "src", "sport", "dst", "dport", "flags", "seq_raw", "mss"]]
 # %% [markdown]
 # ## 2 · The same flood, SYN cookies on
 #
-# **Predict:** with `tcp_syncookies = 1`, does the queue grow past 17? Do the legitimate
-# clients get in?
+# **Predict:** with `tcp_syncookies = 1`, does the queue grow past where it stopped in
+# section 1? Do the legitimate clients get in?
 
 # %%
 on = syn_flood(cookies=1, flood=2000, backlog=16)
@@ -191,9 +195,10 @@ show([f"`listen(4)`, cookies on: **{legit_connected(few)} of {len(fd['legit'])}*
 #
 # ## 3 · A bigger backlog
 #
-# With `listen(16)` the queue stopped at 17. Now `listen(1024)`, the same 2000 SYNs, once with
-# cookies off and once on. The namespace sets `net.ipv4.tcp_max_syn_backlog = 256`.
-# **Predict:** does the queue reach 1025 in both runs?
+# With `listen(16)` the queue stopped at the cap of section 1. Now `listen(1024)`, the same
+# 2000 SYNs, once with cookies off and once on. The namespace sets
+# `net.ipv4.tcp_max_syn_backlog = 256`.
+# **Predict:** does the queue reach min(1024, somaxconn) (+ 1 with the 2025 fix) in both runs?
 
 # %%
 big_off = syn_flood(cookies=0, flood=2000, backlog=1024)
@@ -215,14 +220,15 @@ m = big_off.data["max_syn_backlog"]
 show([f"`tcp_max_syn_backlog` = {m} in the namespace: cookies off → **{big_off.data['ss_syn_recv']}** = "
       f"{m} − {m}/4 + 1, and {big_off.data['counters_flood']['TcpExtListenDrops']} SYNs dropped although "
       f"`TCPReqQFullDrop` stayed {big_off.data['counters_flood']['TcpExtTCPReqQFullDrop']}; cookies on → "
-      f"**{big_on.data['ss_syn_recv']}** = 1024 + 1."])
+      f"**{big_on.data['ss_syn_recv']}** = {cap_phrase(big_on.machine_snapshot(), 1024)}."])
 
 # %% [markdown]
 # **Explain.** Without cookies, Linux keeps the last quarter of `tcp_max_syn_backlog` for
 # peers it has already seen complete a connection ("proven" peers, in `tcp_input.c`): once the queue
 # holds more than `max − max/4` entries, a SYN from anyone else is dropped. That drop is
 # counted only in `ListenDrops`, not in `TCPReqQFullDrop`: the queue was not full. With
-# cookies on, this rule is skipped; the queue fills to `backlog + 1` and cookies take over.
+# cookies on, this rule is skipped; the queue fills to its full-queue cap (min(backlog,
+# somaxconn) + 1 on kernels with the 2025 fix, the backlog on older ones) and cookies take over.
 # So the half-open queue is bounded by `listen()`'s backlog, and without cookies also by
 # `tcp_max_syn_backlog`; there is no separate "SYN queue size" to set.
 #
@@ -247,8 +253,8 @@ show([f"At each of the {n_samples} samples: SYN-RECV entries + cookies sent + SY
 # and from that moment every further SYN went to exactly one of the other two lines: a drop
 # with cookies off, a cookie with cookies on. No SYN is lost from the books. Only the
 # bottom-left run (cookies off, `listen(1024)`) stops below its backlog, at the ¾ limit, and
-# drops the rest; with cookies on the same backlog lets the queue reach 1025 before the first
-# cookie. (On a log scale, 0 sits at the bottom: a line lying there counted nothing.)
+# drops the rest; with cookies on the same backlog lets the queue reach its full-queue cap
+# before the first cookie. (On a log scale, 0 sits at the bottom: a line lying there counted nothing.)
 #
 # ## 4 · Your turn: cookies, flood size, backlog
 #
@@ -287,7 +293,8 @@ show([f"{small.data['flood']['sent']} SYNs fit in `listen(1024)`'s queue: "
 # where H1 and H2 are keyed hashes (the key never leaves the kernel) and the MSS index points
 # into a table of four MSS values, `msstab = (536, 1300, 1440, 1460)`. We cannot compute the
 # hashes, but we can send SYNs that differ in one field and compare the cookies they get.
-# The namespace here has cookies on, a full `listen(16)` queue (17 spoofed SYNs first), and
+# The namespace here has cookies on, a `listen(16)` queue filled first with 17 spoofed SYNs
+# (enough on any kernel: the queue holds 16 or 17), and
 # `net.ipv4.tcp_timestamps = 2`: timestamps without the random per-address offset that
 # normally hides the TSval's low bits.
 #
@@ -388,8 +395,9 @@ assert not ao["server_wscale_ok"] and not ao["server_sack"]
 # With cookies off, a flood's entries sit in the queue. Nobody will ever answer them: does the
 # kernel give up on them, and when? The namespace keeps the default
 # `net.ipv4.tcp_synack_retries`, which the run reads. Two listeners, cookies off, each left
-# with 17 unanswered entries: `listen(16)` after 200 spoofed SYNs (a full queue) and
-# `listen(1024)` after 17 (a nearly empty one). The run watches both queues for 9 seconds and
+# with unanswered entries: `listen(16)` after 200 spoofed SYNs (a full queue) and
+# `listen(1024)` after 17 (a nearly empty one; the run prints how many each holds). The
+# run watches both queues for 9 seconds and
 # captures every SYN-ACK (a live run takes about 10 s: the waiting *is* the experiment); then
 # 10 legitimate clients try `listen(16)` again.
 #
@@ -414,15 +422,19 @@ dropped16 = L16["entries_start"] - L16["entries_end"]
 show([f"`tcp_synack_retries` in the namespace: {ml.sysctls.get('tcp_synack_retries')}, so an entry would be "
       f"given up after {rules.syn_ack_recalc(ml).value:g} s. `listen(1024)`: every entry resent at about "
       f"{', '.join(f'{x:.1f}' for x in resent_at(life, L1024['backlog']))} s "
+      f"({L1024['entries_start']} entries at the start) "
       f"and all {L1024['entries_end']} still there at {life.data['watch_seconds']:.1f} s. `listen(16)`: "
-      f"**{dropped16} entries dropped at {L16['dropped_at']:.1f} s** after 2 retransmissions; the other "
+      f"{L16['entries_start']} entries at the start, **{dropped16} dropped at {L16['dropped_at']:.1f} s** "
+      f"after 2 retransmissions; the other "
       f"{L16['entries_end']} resent a third time and kept. Afterwards {legit_connected(life, 'legit_after')} of "
-      f"{len(life.data['legit_after'])} legitimate clients got into `listen(16)` at once."])
+      f"{len(life.data['legit_after'])} legitimate clients got into `listen(16)` at once. "
+      f"(HZ = {rules.timer_wheel_granularity(ml, 4.0).inputs['HZ']}: a 4 s timer's slot of the timer wheel is "
+      f"{rules.timer_wheel_granularity(ml, 4.0).value * 1000:.0f} ms wide.)"])
 
 # %% [markdown]
 # **Observe.** An unanswered SYN-ACK is resent with exponential backoff: 1 s, then 2 s, then
 # 4 s later (the timer starts at 1 s and doubles; the 4 s timer sits in a coarser slot of the
-# kernel's timer wheel, so it fires up to a quarter of a second late). In the nearly empty
+# kernel's timer wheel, so it may fire up to one slot late: the width is printed above). In the nearly empty
 # `listen(1024)` queue every entry got its third retransmission and is still there at the
 # end; with `tcp_synack_retries` retries the kernel would go on resending and give up at the
 # time printed above (we stopped watching at 9 s). The full `listen(16)` queue is treated
@@ -452,15 +464,16 @@ show([f"`tcp_synack_retries` in the namespace: {ml.sysctls.get('tcp_synack_retri
 # > "the SYN queue fills up, preventing legitimate connections", holds only with cookies off
 # > and only while the flood lasts; with cookies on (this kernel's default,
 # > `tcp_syncookies = 1`) the legitimate clients got in, up to what the accept queue holds.
-# > And the half-open queue is not capped at 128.
+# > And the half-open queue has no fixed cap of 128: it follows `listen()`'s backlog and
+# > `somaxconn`.
 
 # %%
 show([f"Cookies on: SYN-RECV {on.data['ss_syn_recv']} while {on.data['counters_flood']['TcpExtSyncookiesSent']} "
       f"cookies went out; {legit_connected(on)}/{len(on.data['legit'])} legitimate clients in. Cookies off: the "
       f"flooded entries were dropped at {L16['dropped_at']:.1f} s, the quiet ones were all there at "
       f"{life.data['watch_seconds']:.1f} s. `listen(1024)` with cookies held {big_on.data['ss_syn_recv']} half-open "
-      f"entries."])
-assert big_on.data["ss_syn_recv"] > 128
+      f"entries: {cap_phrase(big_on.machine_snapshot(), 1024)}, no fixed 128."])
+assert big_on.data["ss_syn_recv"] == rules.half_open_cap(big_on.machine_snapshot(), 1024, 1).value
 
 # %% [markdown]
 # ## Check your understanding
@@ -516,7 +529,8 @@ check_value(answer_4, capture_summary(on)["sources answered"], name="spoofed sou
 
 # %% [markdown]
 # ## Summary
-# * A listener's half-open queue holds min(backlog, somaxconn) + 1 entries; without cookies,
+# * A listener's half-open queue holds min(backlog, somaxconn) + 1 entries on kernels with
+#   the 2025 fix (6.13+, and stable backports), the backlog on older ones; without cookies,
 #   also no more than `tcp_max_syn_backlog − tcp_max_syn_backlog/4 + 1` for unproven peers.
 # * Cookies off: a flood fills it, every later SYN (legitimate or not) is dropped
 #   (`TCPReqQFullDrop`, `ListenDrops`) and new clients cannot connect while the flood's
