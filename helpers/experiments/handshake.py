@@ -340,10 +340,23 @@ def handshake(run, mss: int | None = None, rcvbuf: int | None = None, connection
                         "snd_mss": info.get("snd_mss"), "rcv_mss": info.get("rcv_mss"),
                         "rcv_wscale": info.get("rcv_wscale"), "snd_wscale": info.get("snd_wscale"),
                     })
-                time.sleep(0.01)  # let the FIN exchange finish inside the capture
+                _wait_for_time_wait(clients[-1]["port"])  # both FINs are in the capture
             time.sleep(0.02)
     return {"server_port": srv.port, "connections": connections, "params_mss": mss,
             "params_rcvbuf": rcvbuf, "client": clients}
+
+
+def _wait_for_time_wait(port: int, timeout: float = 2.0) -> None:
+    """Wait (bounded) until the connection of client port *port* has finished its teardown:
+    every socket of it gone or in TIME-WAIT (whichever side closed first), so both FINs
+    and their ACKs are on the wire. A fixed sleep lost the last FIN on a busy machine."""
+    from ..kernel import ss
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = ss(port=port)
+        if (rows["state"] == "TIME-WAIT").all():
+            return
+        time.sleep(0.005)
 
 
 def syn_options(result: Result):
