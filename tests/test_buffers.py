@@ -1,6 +1,7 @@
 """Chapter 02_01: send and receive buffers. No privileges needed: everything runs live,
 whatever the mode, and needs no corpus."""
 import copy
+import socket
 
 import pytest
 
@@ -43,15 +44,24 @@ def test_queue_capacity_accounts_for_every_byte(sndbuf, rcvbuf):
     assert d["written"] == d["ss"]["writer"]["send_q"] + d["ss"]["reader"]["recv_q"]
     if rcvbuf:
         m = r.machine_snapshot()
-        assert d["reader_rcvbuf"] == rules.sock_setsockopt_buf(rcvbuf, m.rmem_max, floor=m.sock_min_rcvbuf).value
-    assert r.seconds < 3
+        assert d["reader_rcvbuf"] == rules.sock_setsockopt_buf(rcvbuf, m.rmem_max).value
 
 
 def test_queue_capacity_grows_with_both_buffers():
+    """A bigger buffer on either side queues more, in proportion to what the kernel really
+    stored (1 MiB asked is 2 MiB with 4 MiB caps, only 425,984 B with a stock 212,992 cap)."""
+    m = rules.machine()
     small = queue_capacity(sndbuf=65536, rcvbuf=65536).data["written"]
     more_snd = queue_capacity(sndbuf=1048576, rcvbuf=65536).data["written"]
     more_rcv = queue_capacity(sndbuf=65536, rcvbuf=1048576).data["written"]
-    assert more_snd > 3 * small and more_rcv > 3 * small
+    grow_snd = (rules.sock_setsockopt_buf(1048576, m.wmem_max, which="SO_SNDBUF").value
+                - rules.sock_setsockopt_buf(65536, m.wmem_max, which="SO_SNDBUF").value)
+    grow_rcv = (rules.sock_setsockopt_buf(1048576, m.rmem_max).value
+                - rules.sock_setsockopt_buf(65536, m.rmem_max).value)
+    # at least a quarter of the extra memory holds payload (skb overhead on the sender,
+    # the window's payload share on the receiver)
+    assert more_snd - small >= grow_snd / 4, (small, more_snd, grow_snd)
+    assert more_rcv - small >= grow_rcv / 4, (small, more_rcv, grow_rcv)
 
 
 def test_invariant_catches_a_wrong_result():
@@ -121,4 +131,6 @@ def test_window_closed_only_when_the_peer_has_no_room():
         assert not window_closed(p.writer), "a little data and a wide window: not full"
         written, eagain = fill(p.writer)
         assert eagain >= 1 and window_closed(p.writer), "filled against a reader that never reads"
-        assert written > 1_500_000, f"a 2 MiB receive buffer takes most of the bytes (wrote {written:,})"
+        stored = p.reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert written > stored / 2, \
+            f"the reader's {stored:,}-byte receive buffer takes its payload share (wrote {written:,})"

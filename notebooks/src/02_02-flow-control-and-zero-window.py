@@ -70,8 +70,11 @@ timing.check()
 # window of packets) the rest fits and `sendall()` returns at once. On Debian 12's stock
 # Linux 6.1 (cubic: twice the window; larger per-packet charges) the same run measured an
 # 87,040-byte send buffer, the rest did *not* fit, and `sendall()` returned only 5 ms
-# after the reader resumed. The rule above predicts both: the check is the rule, not the
-# reference machine's outcome.
+# after the reader resumed. The check bounds the packet memory the rest needs (between its
+# payload and one full skb's charge per segment): when even the upper bound fits, `sendall()`
+# must return during the pause; when even the payload overflows the buffer by more than one
+# skb, it cannot; in between (as on the reference run) the rule leaves it open and the cell
+# reports what happened. The check is the rule, not the reference machine's outcome.
 #
 # ## 2 · The window falls to 0
 #
