@@ -81,7 +81,7 @@ print(f"bounds: at most {MAX_FLOOD} SYNs and {MAX_SECONDS:g} s per flood; spoofe
 # A listener on `127.0.0.1` calls `listen(16)` and never calls `accept()`. With
 # `net.ipv4.tcp_syncookies = 0` inside the namespace, a Python loop sends 2000 spoofed SYNs
 # as fast as it can (the run below prints how long that took); then 10 legitimate clients
-# try to connect and get 0.15 s (their first SYN retry would come only after 1 s).
+# try to connect and get `LEGIT_WAIT` = 0.4 s (their first SYN retry would come only after 1 s).
 #
 # **Predict:** how many half-open (SYN-RECV) entries does the listener hold after the flood?
 # How many of the 10 legitimate clients get in?
