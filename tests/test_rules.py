@@ -77,7 +77,9 @@ def test_syn_retry_schedules():
 def test_max_tcp_header_from_config(monkeypatch):
     base = {"CONFIG_X86_L1_CACHE_SHIFT": "6"}
     for extra, want in (({}, 192), ({"CONFIG_WLAN": "y"}, 256),
-                        ({"CONFIG_HYPERV_NET": "m", "CONFIG_NET_IPGRE": "m"}, 320)):
+                        ({"CONFIG_HYPERV_NET": "y", "CONFIG_NET_IPGRE": "m"}, 320),
+                        # netdevice.h tests defined(CONFIG_HYPERV_NET): a module does not count
+                        ({"CONFIG_HYPERV_NET": "m", "CONFIG_NET_IPGRE": "m"}, 256)):
         monkeypatch.setattr(rules, "_CONFIG_CACHE", ({**base, **extra}, "test"))
         assert rules.max_tcp_header()[0] == want
     monkeypatch.setattr(rules, "_CONFIG_CACHE", ({}, ""))
