@@ -457,13 +457,18 @@ def check_producer_memory(result: Result) -> None:
         f"the receive queue (peak {d['peak_inq']}) stays within the receive buffer ({d['rcvbuf_got']})"
     growth = d["peak_rss"] - d["rss_before"]
     if p == "asyncio, no drain":
-        assert d["peak_app_buffer"] >= 0.8 * total, \
-            f"without drain() asyncio buffers most of the data: peak {d['peak_app_buffer']} of {total} bytes"
-        assert growth >= 0.8 * total, f"without backpressure memory grows with the data: +{growth} bytes"
-        # bytes, not time: on a loaded machine the child may be descheduled for a while
-        assert d["app_at_produced"] >= 0.25 * total, \
+        # bytes against the kernel's own bounds, not fractions of the total: how far the
+        # producer gets ahead depends on how fast it runs on a busy machine
+        kernel_room = d["sndbuf_got"] + d["rcvbuf_got"]
+        assert d["app_at_produced"] > kernel_room, \
             (f"without backpressure the producer runs ahead of the consumer: when it was done, "
-             f"{d['app_at_produced']} of {total} bytes were still in its own buffer")
+             f"{d['app_at_produced']} bytes were still in its own buffer, more than the kernel's "
+             f"send and receive buffers ({kernel_room}) could ever hold")
+        assert d["peak_app_buffer"] >= 8 * kernel_room, \
+            (f"without drain() asyncio's buffer grows far past the kernel's queues: peak "
+             f"{d['peak_app_buffer']} bytes against {kernel_room}")
+        assert growth >= 0.8 * d["peak_app_buffer"], \
+            f"without backpressure that buffer is the producer's memory: +{growth} bytes for a {d['peak_app_buffer']}-byte peak"
     else:
         assert growth < max(4 * MB, total / 4), f"with backpressure memory stays bounded: +{growth} bytes"
         # bytes, not time: the consumer's clock starts before the child is up
