@@ -232,7 +232,15 @@ print("bytes queued / (2 × SO_SNDBUF + 2 × SO_RCVBUF):", ratio.round(2).tolist
 rows = sweep.reset_index(drop=True)
 r5, r9 = rows.loc[5], rows.loc[9]
 assert r5.recv_q <= 0.6 * r5.reader_rcvbuf, f"8 KiB of buffer, about 4 KiB of data (got {r5.recv_q:,} B)"
-assert r9.recv_q >= 0.85 * r9.reader_rcvbuf, f"the largest buffer holds nearly its size in data (got {r9.recv_q:,} of {r9.reader_rcvbuf:,} B)"
+# From Linux 6.6 the receiver learns its buffer's payload share (scaling_ratio) from the
+# packets it gets, nearly all of it for lo's 64 KB packets; before, tcp_adv_win_scale = 1
+# fixed the window at half the buffer (Linux 6.1 measured 0.77 here: the queue may pass the
+# window a little). A version difference, stated as such:
+learned = cap.machine_snapshot().version >= (6, 6)
+share = 0.85 if learned else 0.5
+print(f"the largest receive buffer holds {r9.recv_q / r9.reader_rcvbuf:.2f} of its size in payload "
+      f"(at least {share} expected on {'6.6+' if learned else 'a kernel before 6.6'})")
+assert r9.recv_q >= share * r9.reader_rcvbuf, f"the largest buffer's payload share (got {r9.recv_q:,} of {r9.reader_rcvbuf:,} B)"
 assert r9.reader_mem < 1.1 * r9.recv_q, \
     f"64 KiB packets cost little more than their payload ({r9.reader_mem:,} B for {r9.recv_q:,} B)"
 small = sweep[(sweep.varied == "sndbuf") & (sweep.setting <= 16384)]
