@@ -43,7 +43,7 @@ __all__ = [
     "tcp_mss_default", "skb_truesize_per_mss", "sndbuf_expand_factor", "tcp_sndbuf_expand",
     "sk_acceptq_is_full", "accept_queue_limit", "syn_retry_schedule", "synack_retry_schedule",
     "tcp_delack_min", "delack_band", "half_open_cap", "tcp_timewait_len",
-    "keepalive_deadline", "compare_to_reference", "assert_rule", "overview",
+    "keepalive_deadline", "compare_to_reference", "assert_rule", "overview", "tcp_try_rmem_schedule",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -733,6 +733,18 @@ def half_open_cap(m: Machine, backlog: int, cookies: int | None = None) -> Predi
                        "tcp_syncookies": cookies, "kernel": m.release or "?"}, cap, unit="entries",
                       note="" if strict else "before Linux 6.13 (and its 2025 stable backports) the SYN queue "
                                              "counted as full at min(backlog, somaxconn) entries, not above it")
+
+
+def tcp_try_rmem_schedule(m: Machine, rcvbuf: int, mss: int | None = None) -> Prediction:
+    """How much a receive queue can hold (net/ipv4/tcp_input.c tcp_try_rmem_schedule()):
+    an arriving skb is refused (and the queue pruned) only when the memory already queued
+    *exceeds* ``sk_rcvbuf``, so the last one admitted may carry the queue past the buffer
+    by up to one skb: payload ≤ rcvbuf + truesize(one full skb)."""
+    mss = mss or tcp_mss_default(m.lo_mtu)
+    per = skb_truesize_per_mss(mss, m.max_tcp_header, m.skb_shinfo)
+    return Prediction("tcp_try_rmem_schedule()", "queued payload ≤ sk_rcvbuf + truesize(one skb)",
+                      {"sk_rcvbuf": int(rcvbuf), "mss": mss, "truesize": per}, int(rcvbuf),
+                      low=0, high=int(rcvbuf) + per, unit="B")
 
 
 def tcp_timewait_len(m: Machine | None = None) -> Prediction:
