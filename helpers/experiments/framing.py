@@ -560,7 +560,6 @@ def check_coalescing(result: Result) -> None:
     """Ten 100-byte sends to a peer that delays its ACKs: with Nagle the first leaves
     alone and the other nine wait for its ACK and leave coalesced; with TCP_NODELAY every
     send is a segment of its own."""
-    from .. import rules
     v = coalescing_view(result)
     v.check(result)
 

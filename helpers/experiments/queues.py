@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from typing import Any
 
 from .. import progress, rules
 from ..errors import CourseError
