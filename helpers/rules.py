@@ -43,7 +43,7 @@ __all__ = [
     "tcp_mss_default", "skb_truesize_per_mss", "sndbuf_expand_factor", "tcp_sndbuf_expand",
     "sk_acceptq_is_full", "accept_queue_limit", "syn_retry_schedule", "synack_retry_schedule",
     "tcp_delack_min", "delack_band", "half_open_cap", "tcp_timewait_len",
-    "keepalive_deadline", "compare_to_reference", "assert_rule", "overview", "tcp_try_rmem_schedule",
+    "keepalive_deadline", "assert_rule", "overview", "tcp_try_rmem_schedule",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -68,7 +68,6 @@ MAX_TCP_HEADER = 320   # Debian's stock config; used only when the config cannot
 # SOCK_MIN_SNDBUF = 2 × that (include/net/sock.h)
 SOCK_MIN_RCVBUF = 2048 + SKB_STRUCT
 SOCK_MIN_SNDBUF = 2 * SOCK_MIN_RCVBUF
-SOCK_MIN_BUF = SOCK_MIN_RCVBUF
 TCP_DEFAULT_SCALING_RATIO = 128          # of 256: a fresh socket assumes half its buffer is payload
 
 _SYSCTLS = {
@@ -762,16 +761,6 @@ def keepalive_deadline(m: Machine, idle: int | None = None, intvl: int | None = 
     probes = int(probes if probes is not None else m.sysctls.get("tcp_keepalive_probes") or 9)
     return Prediction("tcp_keepalive_timer()", "idle + probes × intvl",
                       {"idle": idle, "intvl": intvl, "probes": probes}, idle + probes * intvl, unit="s")
-
-
-def compare_to_reference(here: Prediction, reference_machine: Machine, rule, *args, **kw) -> str:
-    """A sentence saying whether this machine's rule gives the same value as the reference
-    machine's (for replays: "this machine would give X, the recording shows Y")."""
-    there = rule(reference_machine, *args, **kw)
-    if there.value == here.value:
-        return f"{here.rule}: this machine and the recording's machine give the same value, {here.expected_text()}."
-    return (f"{here.rule}: this machine would give {here.expected_text()}; the recording's machine "
-            f"(Linux {reference_machine.release}) gives {there.expected_text()}.")
 
 
 def assert_rule(result: Any, rule, measured: Any, *args, what: str = "", quiet: bool = False, **kw) -> Prediction:
