@@ -43,7 +43,7 @@ __all__ = [
     "tcp_mss_default", "skb_truesize_per_mss", "sndbuf_expand_factor", "tcp_sndbuf_expand",
     "sk_acceptq_is_full", "accept_queue_limit", "syn_retry_schedule", "synack_retry_schedule",
     "tcp_delack_min", "delack_band", "half_open_cap", "tcp_timewait_len",
-    "keepalive_deadline", "assert_rule", "overview", "tcp_try_rmem_schedule",
+    "keepalive_deadline", "assert_rule", "overview", "spot_checks", "tcp_try_rmem_schedule",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -819,6 +819,36 @@ def overview(m: Machine, reference: Machine | None = None) -> list[dict[str, Any
             row["same?"] = "yes" if r.expected_text() == p.expected_text() else "differs"
         out.append(row)
     return out
+
+
+def spot_checks(m: Machine | None = None) -> list[Prediction]:
+    """Two rules checked live on real sockets in a fraction of a second, for the index page:
+    SO_RCVBUF is capped and doubled (sock_setsockopt), and a listen(2) listener that never
+    accepts completes backlog + 1 handshakes out of 5 (sk_acceptq_is_full). Prints each
+    check and raises :class:`RuleMismatch` on a disagreement; returns the predictions."""
+    from .kernel import ss
+    m = m or machine()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 100_000)
+        buf = sock_setsockopt_buf(100_000, m.rmem_max)
+        buf.check(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), "SO_RCVBUF read back")
+    socks = [socket.socket() for _ in range(6)]
+    try:
+        listener, clients = socks[0], socks[1:]
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(2)
+        for c in clients:
+            c.setblocking(False)
+            c.connect_ex(listener.getsockname())
+        time.sleep(0.2)
+        queued = int(ss(state="listening", sport=listener.getsockname()[1]).iloc[0]["recv_q"])
+    finally:
+        for s in socks:
+            s.close()
+    print()
+    acc = sk_acceptq_is_full(m, 2)
+    acc.check(queued, f"ss Recv-Q of the listener, {len(clients)} clients")
+    return [buf, acc]
 
 
 # ======================================================================================

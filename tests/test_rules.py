@@ -235,3 +235,9 @@ def test_sndbuf_at_establishment_cold_and_warm_cache():
                         got += len(s.recv(65536))
                 finally:
                     c.close(), s.close(), lst.close()
+
+
+def test_index_spot_checks_run_and_agree(capsys):
+    preds = rules.spot_checks()
+    assert [p.rule for p in preds] == ["sock_setsockopt()", "sk_acceptq_is_full()"]
+    assert capsys.readouterr().out.count("agree ✓") == 2

@@ -115,23 +115,7 @@ overview
 # backlog + 1 handshakes.
 
 # %%
-import socket, time
-from helpers import kernel
-with socket.socket() as s:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 100_000)
-    rules.sock_setsockopt_buf(100_000, here.rmem_max).check(
-        s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), "SO_RCVBUF read back")
-listener = socket.socket()
-listener.bind(("127.0.0.1", 0)); listener.listen(2)
-clients = [socket.socket() for _ in range(5)]
-for c in clients:
-    c.setblocking(False); c.connect_ex(listener.getsockname())
-time.sleep(0.2)
-queued = int(kernel.ss(state="listening", sport=listener.getsockname()[1]).iloc[0]["recv_q"])
-for c in clients + [listener]:
-    c.close()
-print()
-rules.sk_acceptq_is_full(here, 2).check(queued, "ss Recv-Q of the listener, 5 clients");
+rules.spot_checks(here);
 
 # %% [markdown]
 # ## Live or replay: choosing the mode
