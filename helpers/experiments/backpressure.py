@@ -181,8 +181,7 @@ def sndbuf_got_rule(result: Result) -> rules.Prediction:
     m = result.machine_snapshot()
     if d["sndbuf"] is None:
         return sndbuf_rule(m, d["at_connect"])
-    return rules.sock_setsockopt_buf(d["sndbuf"], m.wmem_max or d["sndbuf"], which="SO_SNDBUF",
-                                     floor=m.sock_min_sndbuf)
+    return rules.sock_setsockopt_buf(d["sndbuf"], m.wmem_max or d["sndbuf"], which="SO_SNDBUF")
 
 
 def eagain_rule(result: Result) -> rules.Prediction:

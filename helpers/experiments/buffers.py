@@ -436,8 +436,7 @@ def stored_rcvbuf(result: Result, requested: int) -> int:
     """What SO_RCVBUF *requested* reads back on the machine *result* ran on
     (:func:`helpers.rules.sock_setsockopt_buf`: doubled, capped at 2 × rmem_max)."""
     m = result.machine_snapshot()
-    return rules.sock_setsockopt_buf(requested, m.rmem_max or result.data["rmem_max"],
-                                     floor=m.sock_min_rcvbuf).value
+    return rules.sock_setsockopt_buf(requested, m.rmem_max or result.data["rmem_max"]).value
 
 
 def check_rcvbuf_before_listen(result: Result) -> None:

@@ -110,8 +110,7 @@ def client_rcvbuf(m: rules.Machine, requested: int | None) -> rules.Prediction |
     """SO_RCVBUF as the kernel stores it (doubled, capped by rmem_max); None when unset."""
     if requested is None:
         return None
-    return rules.sock_setsockopt_buf(requested, m.sysctls.get("rmem_max") or 0,
-                                     floor=getattr(m, "sock_min_rcvbuf", None))
+    return rules.sock_setsockopt_buf(requested, m.sysctls.get("rmem_max") or 0)
 
 
 def syn_window(m: rules.Machine, *, stored_rcvbuf: int | None, mss: int) -> rules.Prediction:
