@@ -23,8 +23,9 @@ mkdir -p "$VM"
 BASE=$VM/rootfs            # cached bookworm root (kernel + tools); /opt/course is replaced per run
 IMG=${VM_IMG:-$VM/disk.img}   # VM_IMG=... to run a second VM beside a running one
 # the Debian mirrors this machine's apt already uses (first: main archive, second: security)
-apt_uris() { { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}';
-               grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'; } | awk '!seen[$0]++'; }
+# (either file may be missing: a deb822-only machine has no sources.list)
+apt_uris() { { cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '$1 == "URIs:" {print $2}' || true;
+               cat /etc/apt/sources.list 2>/dev/null | awk '$1 == "deb" {print $2}' || true; } | awk '!seen[$0]++'; }
 MIRROR=${VM_MIRROR:-$(apt_uris | grep -v security | head -n1)}
 SECURITY=${VM_SECURITY_MIRROR:-$(apt_uris | grep security | head -n1)}
 REV=$(git -C "$SRC" rev-parse --verify "${1:-HEAD}^{commit}"); shift || true   # pinned: HEAD moves while we build
