@@ -1,11 +1,14 @@
 """What this machine lets the course do, detected once per process.
 
-``capabilities()`` answers four questions and caches the answer:
+``capabilities()`` answers five questions and caches the answer:
 
 - live capture: is tcpdump installed, and can it really capture on ``lo``?
-- namespaces: may this process create network namespaces (CAP_SYS_ADMIN + CAP_NET_ADMIN)?
+- namespaces: can this process create a named network namespace, run a command in it and
+  delete it, as the experiments do (CAP_SYS_ADMIN + CAP_NET_ADMIN, and a mount setup that
+  lets ``ip netns`` work: a chroot or container may refuse it despite the capabilities)?
 - tshark: is Wireshark's command-line dissector there (pyshark needs it)?
 - raw sockets: may this process open a raw IP socket (CAP_NET_RAW; scapy sending)?
+- strace: can strace trace a child here?
 
 ``table()`` shows them, each with what a missing one means for the learner; 00_00-index
 displays it. ``mode()`` reads the run mode from ``TCPCOURSE_MODE`` (auto/live/replay).
@@ -13,6 +16,7 @@ displays it. ``mode()`` reads the run mode from ``TCPCOURSE_MODE`` (auto/live/re
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import shutil
 import socket
@@ -140,27 +144,69 @@ def _probe_tcpdump() -> Capability:
     return Capability(name, False, why, if_missing)
 
 
+#: Each probe namespace gets its own label: ``tcpcourse-<pid>-capsprobe-<n>``.
+_PROBE_COUNTER = itertools.count()
+#: Bound on each step of the namespace probe (add, exec, delete), in seconds.
+PROBE_TIMEOUT = 10.0
+
+
 def _probe_namespaces() -> Capability:
+    """Do what the experiments do: create a named namespace ``tcpcourse-<pid>-capsprobe-<n>``
+    (``ip netns add``: a bind mount under /run/netns), run a command in it (``ip netns
+    exec``), open a socket inside (setns, as :meth:`helpers.netns.Namespace.socket`), and
+    delete it again, always. Capabilities alone are not enough: in a chroot whose root is
+    not a mount point, or in many containers, ``unshare --net`` works but ``ip netns add``
+    fails (``mount --make-rslave /run/netns failed: Operation not permitted``)."""
     name = "namespaces"
     if_missing = ("chapters that change sysctls, spoof sources or turn offloads off replay "
                   "their recorded results")
-    if not find_tool("ip"):
-        return Capability(name, False, "`ip` is not installed (apt-get install iproute2)", if_missing)
+    ip = shutil.which("ip")
+    if not ip:
+        where = find_tool("ip")
+        why = (f"`ip` is in {os.path.dirname(where)}, which is not on PATH (add it to PATH)"
+               if where else "`ip` is not installed (apt-get install iproute2)")
+        return Capability(name, False, why, if_missing)
     caps = effective_caps()
     missing = [n for n, b in (("CAP_SYS_ADMIN", CAP_SYS_ADMIN), ("CAP_NET_ADMIN", CAP_NET_ADMIN))
                if not caps >> b & 1]
     if missing:
         return Capability(name, False, "missing " + " and ".join(missing), if_missing)
-    # The real test: create (and at once drop) a network namespace.
-    unshare = shutil.which("unshare")
-    if unshare:
-        try:
-            out = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return Capability(name, False, f"unshare --net failed: {exc}", if_missing)
+    from .errors import CourseError
+    from .netns import Namespace
+    ns = Namespace(name=f"capsprobe-{next(_PROBE_COUNTER)}")
+    steps = iter((f"creating {ns.name}", f"`ip netns exec {ns.name} true`",
+                  f"a socket inside {ns.name}"))
+    step = next(steps)
+    failure = None
+    try:
+        ns.open()
+        step = next(steps)
+        out = ns.run(["true"], timeout=PROBE_TIMEOUT)
         if out.returncode != 0:
-            return Capability(name, False, f"unshare --net refused: {out.stderr.strip()[:120]}", if_missing)
-    return Capability(name, True, "created a test network namespace", if_missing)
+            raise CourseError(f"exited with {out.returncode}: {(out.stderr or out.stdout).strip()}")
+        step = next(steps)
+        ns.socket().close()
+    except (CourseError, OSError, subprocess.SubprocessError) as exc:
+        failure = f"{step} failed: {_first_words(exc)}"
+    finally:
+        try:
+            ns.close()      # always: kills what runs inside, deletes the namespace
+        except (CourseError, OSError, subprocess.SubprocessError) as exc:
+            failure = failure or f"`ip netns del {ns.name}` failed: {_first_words(exc)}"
+    if failure:
+        return Capability(
+            name, False,
+            f"{failure} (named network namespaces cannot be made here, as in a chroot whose / "
+            f"is not a mount point or in a container, although CAP_SYS_ADMIN and CAP_NET_ADMIN "
+            f"are present)", if_missing)
+    return Capability(name, True, f"created, entered and deleted a named network namespace "
+                      f"({ns.name})", if_missing)
+
+
+def _first_words(exc: BaseException, limit: int = 200) -> str:
+    """An error's problem (not its fix), on one line, at most *limit* characters."""
+    text = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _probe_tshark() -> Capability:
