@@ -16,6 +16,12 @@ Timed on the same file, in one run:
   pyshark                  FileCapture default (PDML), first --slow packets
   pyshark use_json         FileCapture(use_json=True), first --slow packets
 Reports packets/s and the ratio to segments(); --markdown prints a table for BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/bench_dissect.py --pcap FILE --baseline REV
+
+times segments() of this checkout against segments() of git revision REV on the same
+file in one run: each side in its own fresh interpreter, alternating, best of --rounds
+rounds of 3 calls each; prints both rates and their ratio (this / REV).
 """
 from __future__ import annotations
 
@@ -206,6 +212,40 @@ METHODS = [
 ]
 
 
+_TIMER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from helpers.dissect import segments
+best = float("inf")
+for _ in range(3):
+    t0 = time.perf_counter()
+    df = segments(sys.argv[2])
+    best = min(best, time.perf_counter() - t0)
+print(df.attrs["packets"], best)
+"""
+
+
+def compare_to_revision(path: Path, rev: str, rounds: int) -> tuple[float, float]:
+    """(packets/s of this checkout, packets/s of revision rev), alternating runs."""
+    import tarfile
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="bench_dissect_") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "helpers"],
+                                 capture_output=True, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        best = {"this": float("inf"), rev: float("inf")}
+        n = 0
+        for _ in range(rounds):
+            for name, root in (("this", str(ROOT)), (rev, tmp)):
+                out = subprocess.run([sys.executable, "-c", _TIMER, root, str(path)],
+                                     capture_output=True, text=True, check=True).stdout
+                n, sec = out.split()
+                best[name] = min(best[name], float(sec))
+        n = int(n)
+        return n / best["this"], n / best[rev]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pcap", type=Path, help="time this capture instead of making one")
@@ -214,8 +254,17 @@ def main(argv=None) -> int:
                     help="packets for the slow methods (scapy, pyshark)")
     ap.add_argument("--only", nargs="*", help="method names (substring) to run")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table too")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also time segments() of git revision REV on the same file")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds for --baseline")
     args = ap.parse_args(argv)
     path = args.pcap or make_capture(OUT / "bench_100k.pcap", args.packets)
+    if args.baseline:
+        this, base = compare_to_revision(path, args.baseline, args.rounds)
+        print(f"segments() this checkout: {this:,.0f} packets/s; {args.baseline}: "
+              f"{base:,.0f} packets/s; ratio {this / base:.3f}")
+        if args.only is not None and not args.only:
+            return 0
     total = segments(path).attrs["packets"]
     print(f"capture: {path} ({total} packets, {path.stat().st_size / 1e6:.1f} MB)")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "

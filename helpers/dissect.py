@@ -66,9 +66,12 @@ tshark 4.0 semantics reproduced here (each one is pinned by a test against tshar
 from __future__ import annotations
 
 from .pcapfile import LINKTYPES
-from .segtable import COLUMNS, retransmissions, retransmitted, segments
+from .segtable import (ANOMALY_BITS, ANOMALY_IP_LEN, ANOMALY_TS_FRACTION, ANOMALY_TUNNEL,
+                       COLUMNS, TUNNELS, NoTcpWarning, retransmissions, retransmitted,
+                       segments)
 from .wireshark import EXPERT_LABELS, expert, pyshark_summary, scapy_packets, with_expert
 
 __all__ = ["segments", "expert", "with_expert", "pyshark_summary", "scapy_packets",
            "retransmitted", "retransmissions",
-           "LINKTYPES", "EXPERT_LABELS", "COLUMNS"]
+           "LINKTYPES", "EXPERT_LABELS", "COLUMNS", "ANOMALY_BITS", "ANOMALY_IP_LEN",
+           "ANOMALY_TS_FRACTION", "ANOMALY_TUNNEL", "TUNNELS", "NoTcpWarning"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 from typing import Any
 
@@ -19,7 +20,11 @@ from .pcapfile import (_DT_IP4, _DT_IP6, _DT_TCP, _FLAG_NAMES, _OTHER_LINKTYPES,
 #: the columns of segments(), in order (the schema is described in helpers.dissect)
 COLUMNS = ["frame", "time", "t", "ipv", "src", "dst", "sport", "dport", "stream", "flags",
            "tcp_flags", "seq_raw", "ack_raw", "seq", "ack", "len", "win_raw", "win",
-           "mss", "wscale", "tsval", "tsecr", "sack_perm"]
+           "mss", "wscale", "tsval", "tsecr", "sack_perm", "anomaly"]
+
+
+class NoTcpWarning(UserWarning):
+    """segments() read a capture with packets but not one TCP segment in them."""
 
 
 # ============================================================================ dissection
@@ -55,15 +60,7 @@ def _link_layer(u8, rec: _Records, path) -> tuple[np.ndarray, np.ndarray, np.nda
             ok = c >= hl
             sel, p, c = sel[ok], p[ok], c[ok]
             et = _u16(u8, p + (12 if code == 1 else 14 if code == 113 else 0), True)
-            l3 = p + hl
-            for _ in range(2):                         # 802.1Q / 802.1ad tags
-                tag = ((et == 0x8100) | (et == 0x88A8) | (et == 0x9100)) & (l3 + 4 <= p + c)
-                if not tag.any():
-                    break
-                et = et.copy()
-                et[tag] = _u16(u8, l3[tag] + 2, True)
-                l3 = np.where(tag, l3 + 4, l3)
-            v = np.where(et == 0x0800, 4, np.where(et == 0x86DD, 6, 0))
+            l3, v = _ethertype(u8, et, p + hl, p + c)
         elif code in (0, 108):
             ok = c >= 5
             sel, p, c = sel[ok], p[ok], c[ok]
@@ -106,57 +103,228 @@ def _link_layer(u8, rec: _Records, path) -> tuple[np.ndarray, np.ndarray, np.nda
     return i, l3, v
 
 
+# Bits of the ``anomaly`` column (see helpers.dissect): what the row's numbers rest on.
+ANOMALY_IP_LEN = 1        # IP total / payload length exceeded the frame: clipped (tshark)
+ANOMALY_TS_FRACTION = 2   # the record's time-stamp fraction was >= 1 s: normalised
+ANOMALY_TUNNEL = 4        # TCP inside a tunnel: src/dst/ports are the inner packet's
+ANOMALY_BITS = {ANOMALY_IP_LEN: "ip_len_clipped", ANOMALY_TS_FRACTION: "ts_fraction",
+                ANOMALY_TUNNEL: "tunnel"}
+
+#: tunnel kinds (codes in _ip_layer's work items; 0 = not tunnelled)
+TUNNELS = {1: "vxlan", 2: "geneve", 3: "gre", 4: "ipip", 5: "6in4", 6: "4in6", 7: "6in6"}
+VXLAN_PORT, GENEVE_PORT = 4789, 6081
+
+#: why a packet gave no TCP row (the keys of df.attrs["skipped"])
+_SKIP = {1: "not IPv4/IPv6 (ARP, LLDP, ...) or cut before the IP header",
+         2: "IP but not TCP (UDP, ICMP, ...)",
+         3: "IP fragment after the first (no TCP header)",
+         4: "cut before the end of the TCP header (snap length)",
+         5: "bad IP header (header or total length impossible)",
+         6: "tunnel not opened (GRE version 1 / PPTP, GRE routing, payload not IP or "
+            "Ethernet)",
+         7: "tunnels nested deeper than 4"}
+
+
+def _ethertype(u8, et, l3, end):
+    """(l3 offset, IP version or 0) after an EtherType et whose payload starts at l3,
+    skipping up to two 802.1Q / 802.1ad tags."""
+    for _ in range(2):
+        tag = ((et == 0x8100) | (et == 0x88A8) | (et == 0x9100)) & (l3 + 4 <= end)
+        if not tag.any():
+            break
+        et = et.copy()
+        et[tag] = _u16(u8, l3[tag] + 2, True)
+        l3 = np.where(tag, l3 + 4, l3)
+    return l3, np.where(et == 0x0800, 4, np.where(et == 0x86DD, 6, 0))
+
+
+def _ether(u8, p, end):
+    """An Ethernet header at p inside a tunnel: (l3 offset, IP version or 0)."""
+    ok = p + 14 <= end
+    et = np.where(ok, _u16(u8, np.where(ok, p + 12, 0), True), 0)
+    return _ethertype(u8, et, p + 14, end)
+
+
+def _header(u8, sel, l3, cap_end, dt, skipped: list):
+    """(positions where sel holds and the IP header dt fits the captured bytes, the headers);
+    the others are counted in skipped as cut short."""
+    m = np.flatnonzero(sel)
+    short = l3[m] + dt.itemsize > cap_end[m]
+    if short.any():
+        skipped.append(np.full(int(short.sum()), 4))
+        m = m[~short]
+    return m, _gather(u8, l3[m], dt)
+
+
+def _clip(length, room):
+    """IP total/payload length clipped to the bytes the frame has room for, as tshark does
+    ("IPv4 total length exceeds packet length"); 0 (TSO, jumbogram) means the frame's
+    length to tshark. Returns (length, anomaly bits)."""
+    length = length.astype(np.int64)
+    length = np.where(length == 0, room, length)
+    over = length > room
+    if not over.any():
+        return length, np.zeros(len(length), np.int64)
+    return np.where(over, room, length), np.where(over, ANOMALY_IP_LEN, 0)
+
+
+def _rows(i, kind, m, ok, l4, total, ver, h, anom):
+    """One part of _ip_layer's result: the TCP rows among positions m (mask ok)."""
+    k = m[ok]
+    return (i[k], l4[ok], total[ok], np.full(len(k), ver), h["src"][ok], h["dst"][ok],
+            anom[ok] | np.where(kind[k] > 0, ANOMALY_TUNNEL, 0), kind[k])
+
+
 def _ip_layer(u8, rec: _Records, i, l3, v):
-    """IPv4/IPv6 -> TCP: (packet index, tcp offset, tcp bytes per IP, ipv, src, dst)."""
-    end = rec.off[i] + rec.caplen[i]
-    res = []
-    # ---- IPv4
-    m = np.flatnonzero((v == 4) & (l3 + 20 <= end))
-    if len(m):
-        h = _gather(u8, l3[m], _DT_IP4)
-        ihl = (h["vhl"] & 0x0F).astype(np.int64) * 4
-        tot = h["len"].astype(np.int64)
-        ok = (h["proto"] == 6) & (ihl >= 20) & ((h["frag"] & 0x1FFF) == 0)
-        tcp = l3[m] + ihl
-        ok &= tcp + 20 <= end[m]
-        # tcp.len uses the IP total length; 0 means "TSO, see frame length" to tshark
-        tot = np.where(tot == 0, rec.origlen[i[m]] - (l3[m] - rec.off[i[m]]), tot)
-        k = m[ok]
-        res.append((i[k], tcp[ok], (tot - ihl)[ok], np.full(len(k), 4), h["src"][ok],
-                    h["dst"][ok]))
-    # ---- IPv6
-    m = np.flatnonzero((v == 6) & (l3 + 40 <= end))
-    if len(m):
-        h = _gather(u8, l3[m], _DT_IP6)
-        nh = h["nh"].astype(np.int64)
-        pos = l3[m] + 40
-        e = end[m]
-        alive = np.ones(len(m), bool)
-        for _ in range(12):                            # extension headers
-            ext = alive & np.isin(nh, (0, 43, 60, 44, 51, 135, 139, 140))
-            if not ext.any():
-                break
-            x = np.flatnonzero(ext)
-            short = pos[x] + 8 > e[x]
-            alive[x[short]] = False
-            x = x[~short]
-            px = pos[x]
-            kind = nh[x]
-            nxt = u8[px].astype(np.int64)
-            ln = u8[px + 1].astype(np.int64)
-            size = np.where(kind == 44, 8, np.where(kind == 51, (ln + 2) * 4, (ln + 1) * 8))
-            frag_later = (kind == 44) & ((_u16(u8, px + 2, True) >> 3) != 0)
-            alive[x[frag_later]] = False
-            nh[x] = nxt
-            pos[x] = px + size
-        ok = alive & (nh == 6) & (pos + 20 <= e)
-        plen = h["plen"].astype(np.int64)
-        plen = np.where(plen == 0, rec.origlen[i[m]] - (l3[m] - rec.off[i[m]]) - 40, plen)
-        tcp_total = plen - (pos - l3[m] - 40)
-        k = m[ok]
-        res.append((i[k], pos[ok], tcp_total[ok], np.full(len(k), 6), h["src"][ok],
-                    h["dst"][ok]))
-    return res
+    """IPv4/IPv6 (and the tunnels they carry) -> TCP.
+
+    Returns (parts, skipped, rows_total) where parts is a list of (packet index, tcp
+    offset, tcp bytes per IP, ipv, src, dst, anomaly bits, tunnel code) tuples, and
+    skipped an array of skip-reason codes (one per packet that gave no TCP row after
+    the link layer)."""
+    parts = []
+    skipped = []
+    cap_end = rec.off[i] + rec.caplen[i]
+    lim = rec.off[i] + rec.origlen[i]          # the frame's reported (wire) end
+    lim = np.maximum(lim, cap_end)             # a record whose origlen < caplen: trust caplen
+    kind = np.zeros(len(i), np.int64)
+    for depth in range(5):
+        if not len(i):
+            break
+        if depth == 4:
+            skipped.append(np.full(len(i), 7))
+            break
+        nxt = []                                 # tunnel work for the next round
+        # ---- IPv4
+        m, h = _header(u8, v == 4, l3, cap_end, _DT_IP4, skipped)
+        if len(m):
+            ihl = (h["vhl"] & 0x0F).astype(np.int64) * 4
+            tot, anom = _clip(h["len"], lim[m] - l3[m])
+            bad = (ihl < 20) | (tot < ihl)
+            proto = h["proto"].astype(np.int64)
+            first = (h["frag"] & 0x1FFF) == 0
+            l4 = l3[m] + ihl
+            tcp = (proto == 6) & first & ~bad
+            cut = tcp & (l4 + 20 > cap_end[m])
+            ok = tcp & ~cut
+            parts.append(_rows(i, kind, m, ok, l4, tot - ihl, 4, h, anom))
+            if not ok.all():
+                rest = ~ok
+                code = np.where(bad, 5, np.where(~first, 3, np.where(cut, 4, 2)))[rest]
+                nxt.append((m[rest], l4[rest], l3[m][rest] + tot[rest], proto[rest], 4,
+                            code))
+        # ---- IPv6
+        m, h = _header(u8, v == 6, l3, cap_end, _DT_IP6, skipped)
+        if len(m):
+            nh = h["nh"].astype(np.int64)
+            pos = l3[m] + 40
+            e = cap_end[m]
+            plen, anom = _clip(h["plen"], lim[m] - l3[m] - 40)
+            alive = np.ones(len(m), bool)
+            code = np.zeros(len(m), np.int64)
+            for _ in range(12):                            # extension headers
+                ext = alive & np.isin(nh, (0, 43, 60, 44, 51, 135, 139, 140))
+                if not ext.any():
+                    break
+                x = np.flatnonzero(ext)
+                short = pos[x] + 8 > e[x]
+                alive[x[short]] = False
+                code[x[short]] = 4
+                x = x[~short]
+                px = pos[x]
+                kx = nh[x]
+                nxt_h = u8[px].astype(np.int64)
+                ln = u8[px + 1].astype(np.int64)
+                size = np.where(kx == 44, 8, np.where(kx == 51, (ln + 2) * 4, (ln + 1) * 8))
+                frag_later = (kx == 44) & ((_u16(u8, px + 2, True) >> 3) != 0)
+                alive[x[frag_later]] = False
+                code[x[frag_later]] = 3
+                nh[x] = nxt_h
+                pos[x] = px + size
+            tcp = alive & (nh == 6)
+            cut = tcp & (pos + 20 > e)
+            ok = tcp & ~cut
+            tcp_total = plen - (pos - l3[m] - 40)
+            parts.append(_rows(i, kind, m, ok, pos, tcp_total, 6, h, anom))
+            if not ok.all():
+                rest = ~ok
+                code = np.where(code != 0, code, np.where(cut, 4, 2))[rest]
+                nxt.append((m[rest], pos[rest], l3[m][rest] + 40 + plen[rest], nh[rest], 6,
+                            code))
+        # ---- tunnels: IP in IP, GRE, VXLAN, Geneve
+        if not nxt:
+            break
+        w = np.concatenate([x[0] for x in nxt])
+        p4 = np.concatenate([x[1] for x in nxt])
+        pend = np.concatenate([x[2] for x in nxt])
+        proto = np.concatenate([x[3] for x in nxt])
+        outer_v = np.concatenate([np.full(len(x[0]), x[4]) for x in nxt])
+        code = np.concatenate([x[5] for x in nxt])
+        cand = (code == 2) & np.isin(proto, (4, 41, 47, 17))
+        if not cand.any():
+            skipped.append(code)
+            break
+        skipped.append(code[~cand])
+        w, p4, pend, proto, outer_v = w[cand], p4[cand], pend[cand], proto[cand], outer_v[cand]
+        ce = cap_end[w]
+        il3 = np.zeros(len(w), np.int64)
+        iv = np.zeros(len(w), np.int64)
+        ik = np.zeros(len(w), np.int64)
+        why = np.full(len(w), 2)                       # plain UDP stays "not TCP"
+        # IP in IP: the inner header starts at the outer payload
+        s = np.flatnonzero(proto == 4)
+        il3[s], iv[s], ik[s] = p4[s], 4, np.where(outer_v[s] == 4, 4, 6)
+        s = np.flatnonzero(proto == 41)
+        il3[s], iv[s], ik[s] = p4[s], 6, np.where(outer_v[s] == 4, 5, 7)
+        # GRE version 0
+        s = np.flatnonzero((proto == 47) & (p4 + 4 <= ce))
+        if len(s):
+            fl = _u16(u8, p4[s], True)
+            pt = _u16(u8, p4[s] + 2, True)
+            hl = 4 + 4 * (((fl & 0xC000) != 0).astype(np.int64) + ((fl & 0x2000) != 0)
+                          + ((fl & 0x1000) != 0))
+            usable = ((fl & 0x4007) == 0)               # version 0, no source routing
+            inner = p4[s] + hl
+            el3, ev = _ether(u8, inner, ce[s])
+            il3[s] = np.where(pt == 0x6558, el3, inner)
+            iv[s] = np.where(~usable, 0, np.where(pt == 0x0800, 4, np.where(
+                pt == 0x86DD, 6, np.where(pt == 0x6558, ev, 0))))
+            ik[s] = 3
+            why[s] = 6
+        # VXLAN and Geneve on their UDP ports
+        s = np.flatnonzero((proto == 17) & (p4 + 16 <= ce))
+        if len(s):
+            sp = _u16(u8, p4[s], True)
+            dp = _u16(u8, p4[s] + 2, True)
+            vx = (sp == VXLAN_PORT) | (dp == VXLAN_PORT)
+            gn = ~vx & ((sp == GENEVE_PORT) | (dp == GENEVE_PORT))
+            t = s[vx]
+            if len(t):
+                il3[t], iv[t] = _ether(u8, p4[t] + 16, ce[t])
+                ik[t] = 1
+                why[t] = 6
+            t = s[gn]
+            if len(t):
+                b0 = u8[p4[t] + 8].astype(np.int64)
+                pt = _u16(u8, p4[t] + 10, True)
+                inner = p4[t] + 16 + (b0 & 0x3F) * 4
+                el3, ev = _ether(u8, inner, ce[t])
+                il3[t] = np.where(pt == 0x6558, el3, inner)
+                iv[t] = np.where(pt == 0x0800, 4, np.where(pt == 0x86DD, 6,
+                                 np.where(pt == 0x6558, ev, 0)))
+                ik[t] = 2
+                why[t] = 6
+        # the inner version nibble must agree with what the tunnel says it carries
+        has = il3 < ce
+        nib = np.where(has, u8[np.minimum(il3, len(u8) - 1)] >> 4, -1)
+        go = (iv != 0) & has & (nib == iv)
+        skipped.append(np.where((iv != 0) & ~has, 4, why)[~go])
+        if not go.any():
+            break
+        cap_end, lim, kind = cap_end[w[go]], np.minimum(lim[w[go]], pend[go]), ik[go]
+        i, l3, v = i[w[go]], il3[go], iv[go]
+    sk = np.concatenate(skipped) if skipped else np.zeros(0, np.int64)
+    return parts, sk
 
 
 def _options(u8, seg) -> None:
@@ -466,7 +634,8 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
     rec = _records(path, buf, size, allow_truncated)
     u8 = buf
     i, l3, v = _link_layer(u8, rec, path)
-    parts = _ip_layer(u8, rec, i, l3, v)
+    parts, skipped = _ip_layer(u8, rec, i, l3, v)
+    parts = [p for p in parts if len(p[0])]
     seg = _Seg()
     z = np.zeros(0, np.int64)
     seg.s4 = seg.d4 = np.zeros(0, np.uint32)
@@ -480,13 +649,19 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
         seg.tcp = np.concatenate(cols[1])[order]
         seg.tcp_total = np.concatenate(cols[2])[order]
         seg.ipv = np.concatenate(cols[3])[order].astype(np.int64)
-        for p in parts:
-            if p[3].size and p[3][0] == 4:
-                seg.s4, seg.d4 = p[4], p[5]
-            elif p[3].size:
-                seg.s6, seg.d6 = p[4], p[5]
+        seg.anomaly = np.concatenate(cols[6])[order].astype(np.int64)
+        seg.tunnel = np.concatenate(cols[7])[order].astype(np.int64)
+        for fam, (sa, da) in ((4, ("s4", "d4")), (6, ("s6", "d6"))):
+            fp = [p for p in parts if p[3][0] == fam]
+            if len(fp) == 1:
+                setattr(seg, sa, fp[0][4])
+                setattr(seg, da, fp[0][5])
+            elif fp:                     # several parts (tunnels): file order, as seg.pkt
+                o = np.argsort(np.concatenate([p[0] for p in fp]), kind="stable")
+                setattr(seg, sa, np.concatenate([p[4] for p in fp])[o])
+                setattr(seg, da, np.concatenate([p[5] for p in fp])[o])
     else:
-        seg.pkt = seg.tcp = seg.tcp_total = seg.ipv = z
+        seg.pkt = seg.tcp = seg.tcp_total = seg.ipv = seg.anomaly = seg.tunnel = z
     seg.end = rec.off[seg.pkt] + rec.caplen[seg.pkt]
     th = _gather(u8, seg.tcp, _DT_TCP)
     seg.sport = th["sport"].astype(np.int64)
@@ -505,9 +680,17 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
     n = len(seg.pkt)
     # time: integer seconds and fractions kept apart until the end for precision
     units = rec.units
+    ts_bad = np.zeros(0, np.int64)
     if rec.count:
         sec, frac = rec.sec, rec.frac
         u_all = units if np.ndim(units) else np.full(rec.count, units)
+        # a pcap record whose fraction is >= 1 s: normalised below (sec + frac / units),
+        # flagged (tshark prints it as it is, "Fractional second ... is invalid")
+        ts_bad = np.flatnonzero(frac >= u_all)
+        if len(ts_bad):
+            flagged = np.zeros(rec.count, np.int64)
+            flagged[ts_bad] = ANOMALY_TS_FRACTION
+            seg.anomaly = seg.anomaly | flagged[seg.pkt]
         t_all = (sec - sec[0]).astype(np.float64) + (frac / u_all - frac[0] / u_all[0])
         ps = seg.pkt
         time = sec[ps].astype(np.float64) + frac[ps] / u_all[ps]
@@ -543,13 +726,45 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
         "tsval": nullable(seg.tsval, seg.ts_ok),
         "tsecr": nullable(seg.tsecr, seg.ts_ok),
         "sack_perm": seg.sack_perm,
+        "anomaly": seg.anomaly,
     }, copy=False)
     df.attrs["path"] = str(path)
     df.attrs["packets"] = int(rec.count)
     df.attrs["linktypes"] = [LINKTYPES.get(lt, _OTHER_LINKTYPES.get(lt, f"LINKTYPE_{lt}"))
                              for lt in rec.linktypes]
     df.attrs["truncated"] = bool(rec.truncated)
+    _report(df, seg, rec, len(i), skipped, ts_bad, path)
     return df
+
+
+def _report(df, seg, rec, ip_packets: int, skipped, ts_bad, path) -> None:
+    """df.attrs "skipped", "anomalies", "tunnels"; a warning when no packet gave TCP."""
+    reasons: dict[str, int] = {}
+    if rec.count - ip_packets:
+        reasons[_SKIP[1]] = int(rec.count - ip_packets)
+    if len(skipped):
+        for code, cnt in zip(*np.unique(skipped, return_counts=True)):
+            reasons[_SKIP[int(code)]] = int(cnt)
+    anomalies: dict[str, int] = {}
+    if len(ts_bad):
+        anomalies["ts_fraction"] = int(len(ts_bad))        # records, TCP or not
+    if len(df):
+        for bit, name in ANOMALY_BITS.items():
+            if name != "ts_fraction":
+                cnt = int(np.count_nonzero(seg.anomaly & bit))
+                if cnt:
+                    anomalies[name] = cnt
+    tunnels: dict[str, int] = {}
+    if len(df) and seg.tunnel.any():
+        for code, cnt in zip(*np.unique(seg.tunnel[seg.tunnel > 0], return_counts=True)):
+            tunnels[TUNNELS[int(code)]] = int(cnt)
+    df.attrs["skipped"] = reasons
+    df.attrs["anomalies"] = anomalies
+    df.attrs["tunnels"] = tunnels
+    if rec.count and not len(df):
+        why = "; ".join(f"{n} {r}" for r, n in reasons.items())
+        warnings.warn(f"{path}: {rec.count} packets but no TCP segment ({why})",
+                      NoTcpWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------

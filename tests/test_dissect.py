@@ -230,7 +230,9 @@ def test_schema_and_attrs():
     assert pd.api.types.is_string_dtype(df["src"]) and pd.api.types.is_string_dtype(df["flags"])
     n = len(read_pcap(DATA / "lo_ipv4.pcap")[2])
     assert df.attrs == {"path": str(DATA / "lo_ipv4.pcap"), "packets": n,
-                        "linktypes": ["EN10MB"], "truncated": False}
+                        "linktypes": ["EN10MB"], "truncated": False, "skipped": {},
+                        "anomalies": {}, "tunnels": {}}
+    assert df["anomaly"].dtype == np.int64 and (df["anomaly"] == 0).all()
     assert df["frame"].is_monotonic_increasing and df["t"].iloc[0] == 0.0
     first = df.iloc[0]
     assert first["flags"] == "SYN" and first["seq"] == 0 and first["ack"] == 0
@@ -334,8 +336,10 @@ def test_ipv6_extension_headers(tmp_path):
     # a later fragment (offset != 0) carries no TCP header: skipped, still counted
     later = frag[:1] + b"\x00\x08" + frag[3:]
     d2 = _with_ipv6_ext(recs[0][3], [(44, later)])
-    df = segments(write_pcap(tmp_path / "frag2.pcap", 1, [(1, 0, len(d2), d2)] * 2))
+    with pytest.warns(dissect.NoTcpWarning, match="2 packets but no TCP segment"):
+        df = segments(write_pcap(tmp_path / "frag2.pcap", 1, [(1, 0, len(d2), d2)] * 2))
     assert len(df) == 0 and df.attrs["packets"] == 2
+    assert df.attrs["skipped"] == {"IP fragment after the first (no TCP header)": 2}
 
 
 @needs_tshark
@@ -361,6 +365,9 @@ def test_non_tcp_packets_are_counted(tmp_path):
     p = write_pcap(tmp_path / "mixed.pcap", 1, out)
     df = assert_matches_tshark(p)
     assert len(df) == len(recs) and df.attrs["packets"] == len(out)
+    assert df.attrs["skipped"] == {
+        "not IPv4/IPv6 (ARP, LLDP, ...) or cut before the IP header": 1,
+        "IP but not TCP (UDP, ICMP, ...)": 2, "IP fragment after the first (no TCP header)": 1}
     assert df["frame"].iloc[0] == 2 and abs(df["t"].iloc[0] - 1.0) < 1e-9  # t from the ARP
 
 
