@@ -28,16 +28,43 @@ VOLATILE = re.compile(r"(nf_conntrack_count|stable_secret|/veth|/tcpc|random|has
 
 #: ``course.py test`` sets this in the environment of everything it starts; a capture
 #: process carrying this run's value was started by this run (a learner's own Wireshark,
-#: or another job's tcpdump, does not carry it).
+#: or another job's tcpdump, does not carry it). tcpdump (helpers.capture) and tshark
+#: (pyshark, helpers.wireshark) inherit the environment they are started with, and so
+#: does the dumpcap that tshark starts to capture.
 RUN_ID_VAR = "TCPCOURSE_RUN_ID"
+#: How far up the process tree a capture process is traced to the run that started it.
+MAX_ANCESTORS = 64
 
 
-def _started_by_run(pid: str, run_id: str) -> bool:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:   # another user's process: not ours
-        return False
-    return f"{RUN_ID_VAR}={run_id}".encode() in env
+def _environ(pid: int | str) -> list[bytes]:
+    """A process's environment; OSError when it cannot be read (another user's process,
+    or a set-capability binary such as a setcap'd dumpcap, which the kernel marks
+    non-dumpable even for its own user)."""
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+def _parent(pid: int | str) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _started_by_run(pid: int | str, run_id: str) -> bool:
+    """Did test run *run_id* start process *pid*? Its environment says so. Where that
+    cannot be read, its nearest ancestor whose environment can be read decides (a dumpcap
+    with file capabilities, started by a tshark of this run, is this run's)."""
+    tag = f"{RUN_ID_VAR}={run_id}".encode()
+    for _ in range(MAX_ANCESTORS):
+        try:
+            return tag in _environ(pid)
+        except OSError:
+            pass
+        try:
+            pid = _parent(pid)
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
 
 
 def capture_processes(parent: int | None = None, run_id: str | None = None) -> list[str]:
@@ -49,31 +76,37 @@ def capture_processes(parent: int | None = None, run_id: str | None = None) -> l
             continue
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            if parent is not None and comm in CAPTURE_PROCS:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
-                    continue
-            if run_id is not None and comm in CAPTURE_PROCS and not _started_by_run(pid, run_id):
+            if comm not in CAPTURE_PROCS:
+                continue
+            if parent is not None and _parent(pid) != parent:
+                continue
+            if run_id is not None and not _started_by_run(pid, run_id):
                 continue
         except (OSError, ValueError, IndexError):
             continue
-        if comm in CAPTURE_PROCS:
-            try:
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except OSError:
-                args = comm
-            out.append(f"{pid} {args}")
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            args = comm
+        out.append(f"{pid} {args}")
     return sorted(out)
 
 
-def namespaces() -> list[str]:
-    """The course's network namespaces (``tcpcourse-*``); other namespaces on the machine
-    (a container runtime's, another tool's, a kernel profile's) are not the course's to check."""
-    from .netns import NS_PREFIX
-    try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith(NS_PREFIX))
-    except OSError:
-        return []
+def namespaces(run_id: str | None = None) -> list[str]:
+    """The course's network namespaces (``tcpcourse-<pid>-*``); other namespaces on the
+    machine (a container runtime's, another tool's, a kernel profile's) are not the course's
+    to check. With *run_id*, a namespace whose creator is still running but was not
+    started by that run is another job's, and is left out; one whose creator is gone is
+    kept (nobody else will remove it)."""
+    from .netns import NS_PREFIX, list_course_namespaces
+    out = []
+    for name in list_course_namespaces():
+        pid = name[len(NS_PREFIX):].split("-", 1)[0]
+        if run_id is not None and pid.isdigit() and Path(f"/proc/{pid}").exists() \
+                and not _started_by_run(pid, run_id):
+            continue
+        out.append(name)
+    return out
 
 
 def iptables_rules() -> list[str]:
@@ -107,7 +140,8 @@ def sysctls() -> dict[str, str]:
 
 
 def snapshot() -> dict:
-    return {"capture_processes": capture_processes(run_id=os.environ.get(RUN_ID_VAR)), "namespaces": namespaces(),
+    run_id = os.environ.get(RUN_ID_VAR)
+    return {"capture_processes": capture_processes(run_id=run_id), "namespaces": namespaces(run_id),
             "iptables": iptables_rules(), "sysctls": sysctls()}
 
 
