@@ -36,10 +36,33 @@ Column schema of :func:`segments` (shared with the plotting code)::
     win_raw    int    16-bit window field;  win: tshark tcp.window_size (scaled)
     mss, wscale, tsval, tsecr  Int64 (NA when the option is absent)
     sack_perm  bool
+    anomaly    int    bit field, 0 for an ordinary row (names in ANOMALY_BITS):
+                      1 ip_len_clipped  the IPv4 total length (IPv6 payload length)
+                        claimed more bytes than the frame (or the enclosing tunnel
+                        packet) has: ``len`` is clipped to what the frame holds, as
+                        tshark does ("IPv4 total length exceeds packet length"). A frame
+                        only cut by the snap length (caplen < wire length) is not
+                        flagged: its IP length is honest and ``len`` follows it.
+                      2 ts_fraction  the pcap record's fraction (µs or ns) was >= 1 s;
+                        ``time`` is normalised (seconds + fraction / units) where
+                        tshark prints the invalid value ("Fractional second ... is
+                        invalid"). pcapng time stamps cannot be out of range.
+                      4 tunnel  TCP found inside VXLAN (UDP 4789), Geneve (UDP 6081),
+                        GRE version 0 (IPv4, IPv6 or Ethernet inside, with or without
+                        checksum, key, sequence number), IP-in-IP, IPv6-in-IPv4,
+                        IPv4-in-IPv6 or IPv6-in-IPv6 (up to 4 levels): ``src``, ``dst``,
+                        ports and ``ipv`` are the inner packet's, as tshark's ``tcp``
+                        and innermost ``ip``/``ipv6`` fields.
 
 ``df.attrs``: ``path``, ``packets`` (packets in the file), ``linktypes`` (link-type
 names, one per capture interface), ``truncated`` (True when ``allow_truncated`` dropped
-a partial last record).
+a partial last record), ``skipped`` ({reason: packets} for every packet that gave no
+TCP row: not IP, IP but not TCP, later fragments, cut short, bad IP header, a tunnel not
+opened (GRE version 1/PPTP, ...), tunnels nested too deep; ``packets`` always equals
+``len(df) + sum(skipped.values())``), ``anomalies`` ({name: count}: rows for
+ip_len_clipped and tunnel, records for ts_fraction) and ``tunnels`` ({kind: rows}).
+A file that has packets but no TCP row raises a :class:`NoTcpWarning` naming the
+reasons.
 
 tshark 4.0 semantics reproduced here (each one is pinned by a test against tshark):
 
@@ -56,7 +79,8 @@ tshark 4.0 semantics reproduced here (each one is pinned by a test against tshar
   SYN-ACK without it, turns scaling off both ways; a SYN-ACK with it after a SYN
   without it stays unscaled. So with only the SYN captured, the client's windows are
   scaled and the server's are raw; with no handshake at all every window is raw.
-- len: IP total (or payload) length minus headers, never the captured length.
+- len: IP total (or payload) length minus headers, never the captured length, but
+  clipped to the frame's wire length when the IP header claims more (flagged).
 - Fragments (never seen on loopback, where TCP sets DF): the TCP header in a first
   fragment is read, later fragments are skipped. tshark differs here: it reassembles
   and shows the segment at the last fragment.

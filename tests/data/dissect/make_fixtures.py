@@ -190,28 +190,42 @@ def _len_exceeds(v6: bool):
     return fr, ol
 
 
+def _outer4(proto, body):
+    return eth(ip4(O4A, O4B, proto, body), 0x0800)
+
+
+def _outer6(nh, body):
+    return eth(ip6(O6A, O6B, nh, body), 0x86DD)
+
+
+_GOPT = struct.pack(">HBB", 0x0104, 0x01, 1) + b"\xde\xad\xbe\xef"  # class, type, 1 word
+
+#: (client port, inner IP version, kind as segments() names it, wrap(ip packet, fwd))
+TUNNELS = [
+    (41001, 4, "vxlan", lambda p, fwd: _outer4(17, udp(50000, 4789, vxlan(eth_ip(p))))),
+    (41002, 4, "geneve", lambda p, fwd: _outer4(17, udp(50001, 6081, geneve(eth_ip(p), opts=_GOPT)))),
+    (41003, 4, "gre", lambda p, fwd: _outer4(47, gre(p, 0x0800))),
+    (41004, 4, "gre", lambda p, fwd: _outer4(47, gre(p, 0x0800, key=99, seq=5))),
+    (41005, 4, "gre", lambda p, fwd: _outer4(47, gre(p, 0x0800, csum=True))),
+    (41006, 4, "gre", lambda p, fwd: _outer4(47, gre(eth_ip(p), 0x6558))),
+    (41007, 4, "ipip", lambda p, fwd: _outer4(4, p)),
+    (41008, 6, "6in4", lambda p, fwd: _outer4(41, p)),
+    (41009, 4, "4in6", lambda p, fwd: _outer6(4, p)),
+    (41010, 6, "vxlan", lambda p, fwd: _outer6(17, udp(50002, 4789, vxlan(eth_ip(p))))),
+    (41011, 6, "geneve", lambda p, fwd: _outer4(17, udp(50003, 6081, geneve(p, ptype=0x86DD)))),
+    (41012, 4, "gre", lambda p, fwd: _outer6(47, gre(p, 0x0800))),
+]
+
+
+def tunnel_packets(port, ver, wrap) -> list[bytes]:
+    c, s = (C6, S6) if ver == 6 else (C4, S4)
+    return packets(c, s, port, wrap)
+
+
 def _tunnels() -> list[bytes]:
     frames = packets(C4, S4, 41000)                                       # plain, for contrast
-
-    def outer4(proto, body):
-        return eth(ip4(O4A, O4B, proto, body), 0x0800)
-
-    def outer6(nh, body):
-        return eth(ip6(O6A, O6B, nh, body), 0x86DD)
-
-    frames += packets(C4, S4, 41001, lambda p, fwd: outer4(17, udp(50000, 4789, vxlan(eth_ip(p)))))
-    gopt = struct.pack(">HBB", 0x0104, 0x01, 1) + b"\xde\xad\xbe\xef"   # class, type, len=1 word
-    frames += packets(C4, S4, 41002, lambda p, fwd: outer4(17, udp(50001, 6081, geneve(eth_ip(p), opts=gopt))))
-    frames += packets(C4, S4, 41003, lambda p, fwd: outer4(47, gre(p, 0x0800)))
-    frames += packets(C4, S4, 41004, lambda p, fwd: outer4(47, gre(p, 0x0800, key=99, seq=5)))
-    frames += packets(C4, S4, 41005, lambda p, fwd: outer4(47, gre(p, 0x0800, csum=True)))
-    frames += packets(C4, S4, 41006, lambda p, fwd: outer4(47, gre(eth_ip(p), 0x6558)))
-    frames += packets(C4, S4, 41007, lambda p, fwd: outer4(4, p))                      # IP-in-IP
-    frames += packets(C6, S6, 41008, lambda p, fwd: outer4(41, p))                     # 6in4
-    frames += packets(C4, S4, 41009, lambda p, fwd: outer6(4, p))                      # 4in6
-    frames += packets(C6, S6, 41010, lambda p, fwd: outer6(17, udp(50002, 4789, vxlan(eth_ip(p)))))
-    frames += packets(C6, S6, 41011, lambda p, fwd: outer4(17, udp(50003, 6081, geneve(p, ptype=0x86DD))))
-    frames += packets(C4, S4, 41012, lambda p, fwd: outer6(47, gre(p, 0x0800)))
+    for port, ver, _kind, wrap in TUNNELS:
+        frames += tunnel_packets(port, ver, wrap)
     return frames
 
 
