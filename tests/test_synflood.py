@@ -337,6 +337,19 @@ def test_live_refuses_out_of_bounds_flood(live_mode):
         syn_flood(flood=MAX_FLOOD + 1)
 
 
+@pytest.mark.parametrize("mode", ["live", "auto", "replay"])
+@pytest.mark.parametrize("bad, match", [({"flood": MAX_FLOOD + 1}, "out of range"),
+                                        ({"flood": -1}, "out of range"),
+                                        ({"backlog": 0}, "out of range"),
+                                        ({"floods": 10}, "unknown parameter")])
+def test_bad_parameters_are_refused_before_privileges(mode, bad, match, monkeypatch):
+    """Bad parameters get their own error first, whoever asks: as root, as a plain user
+    (where live mode would otherwise stop at the missing privileges), in every mode."""
+    monkeypatch.setenv("TCPCOURSE_MODE", mode)
+    with pytest.raises(ParameterError, match=match):
+        syn_flood(**bad)
+
+
 def test_nothing_left_behind():
     assert not [n for n in netns.list_course_namespaces() if n.startswith(f"tcpcourse-{os.getpid()}-")]
 
