@@ -15,6 +15,9 @@ Three ways to look at the same packets, from fastest to richest:
     Wireshark's TCP expert analysis (retransmission, zero window, keep-alive, ...)
     and its summary lines, through pyshark (tshark underneath). Safe inside a running
     event loop (every Jupyter kernel): pyshark runs in a worker thread with its own loop.
+    :func:`assert_labels` asserts labels on any tshark version (3.6, 4.0, 4.2) and
+    says what differs from the version the corpus was dissected with
+    (:func:`version_report`, :func:`label_probe`).
 :func:`scapy_packets`
     The TCP packets as scapy objects, for per-packet inspection and crafting.
 
@@ -93,9 +96,13 @@ from .pcapfile import LINKTYPES
 from .segtable import (ANOMALY_BITS, ANOMALY_IP_LEN, ANOMALY_TS_FRACTION, ANOMALY_TUNNEL,
                        COLUMNS, TUNNELS, NoTcpWarning, retransmissions, retransmitted,
                        segments)
-from .wireshark import EXPERT_LABELS, expert, pyshark_summary, scapy_packets, with_expert
+from .wireshark import (EXPERT_LABELS, EXPERT_MESSAGES, WIRESHARK_CHANGES, assert_labels,
+                        expert, label_probe, manifest_tshark_version, pyshark_summary,
+                        scapy_packets, tshark_version, version_report, with_expert)
 
 __all__ = ["segments", "expert", "with_expert", "pyshark_summary", "scapy_packets",
            "retransmitted", "retransmissions",
            "LINKTYPES", "EXPERT_LABELS", "COLUMNS", "ANOMALY_BITS", "ANOMALY_IP_LEN",
-           "ANOMALY_TS_FRACTION", "ANOMALY_TUNNEL", "TUNNELS", "NoTcpWarning"]
+           "ANOMALY_TS_FRACTION", "ANOMALY_TUNNEL", "TUNNELS", "NoTcpWarning",
+           "EXPERT_MESSAGES", "WIRESHARK_CHANGES", "assert_labels", "label_probe",
+           "manifest_tshark_version", "tshark_version", "version_report"]

@@ -746,7 +746,7 @@ def test_expert_zero_window_labels():
     retx = df[df["labels"].apply(lambda x: "retransmission" in x)]
     assert retx["flags"].tolist() == ["SYN"]
     assert e.loc[e["labels"].apply(lambda x: "zero_window" in x), "info"].iloc[0] == \
-        "TCP Zero Window segment"
+        dissect.EXPERT_MESSAGES["zero_window"] == "TCP Zero Window segment"
 
 
 @needs_tshark
