@@ -626,9 +626,13 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
     Reads classic pcap (both byte orders, µs and ns) and pcapng (SHB/IDB/EPB/SPB, per
     interface link type and time resolution); link types EN10MB, LINUX_SLL,
     LINUX_SLL2, NULL, LOOP, RAW, IPV4, IPV6; IPv4 and IPv6 (extension headers
-    skipped), 802.1Q tags. Raises :class:`~helpers.errors.BadPcapError` for a missing,
-    empty, corrupt or cut-off file; ``allow_truncated=True`` keeps the complete packets
-    of a file whose last record is cut (and sets ``df.attrs["truncated"]``).
+    skipped), 802.1Q tags; TCP inside VXLAN, Geneve, GRE and IP-in-IP tunnels. Raises
+    :class:`~helpers.errors.BadPcapError` for a missing, empty, corrupt or cut-off file;
+    ``allow_truncated=True`` keeps the complete packets of a file whose last record is
+    cut (and sets ``df.attrs["truncated"]``). What was clipped, normalised or found in a
+    tunnel is flagged in the ``anomaly`` column; what gave no row is counted in
+    ``df.attrs["skipped"]``, and a file with packets but no TCP row warns
+    (:class:`NoTcpWarning`).
     """
     buf, size = _load(path)
     rec = _records(path, buf, size, allow_truncated)
