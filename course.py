@@ -3,7 +3,8 @@
 
     python3 course.py study    # install what is missing, then JupyterLab on the index
     python3 course.py test     # install what is missing, then the whole test suite
-                               # (on this machine, then under the "older-distro" kernel profile)
+                               # (on this machine, with a headless-Chromium stage driving
+                               # JupyterLab, then under the "older-distro" kernel profile)
     python3 course.py test --profile NAME|all|custom:net.x=v,...   # only these kernel profiles
 
 Both are safe to run again: apt packages are installed only when a tool is missing, the
@@ -18,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,12 +30,16 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STATE = ROOT / ".course"
 INDEX = "notebooks/00_00-index.ipynb"
+# what `study` opens: the index itself, in a lab whose root is the repository (README, pcaps/)
+INDEX_URL = "/lab/tree/" + INDEX
 # tool -> Debian package that provides it
 TOOLS = {
     "tcpdump": "tcpdump", "tshark": "tshark", "ip": "iproute2", "ss": "iproute2",
     "nstat": "iproute2", "ethtool": "ethtool", "iptables": "iptables", "strace": "strace",
     "setpriv": "util-linux", "ps": "procps", "git": "git",
 }
+# only the test command needs these: headless Chromium drives JupyterLab in the browser stage
+TEST_TOOLS = {"chromium": "chromium"}
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 DROP = "-net_raw,-net_admin,-sys_admin"
 
@@ -51,8 +57,8 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
 
 
 # -- system packages ------------------------------------------------------------
-def ensure_system() -> None:
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if not which(tool)})
+def ensure_system(tools: dict[str, str] = TOOLS) -> None:
+    missing = sorted({pkg for tool, pkg in tools.items() if not which(tool)})
     venv_ok = run([sys.executable, "-c", "import ensurepip, venv"], capture_output=True).returncode == 0
     if not venv_ok:
         missing.append(f"python3.{sys.version_info.minor}-venv")
@@ -111,22 +117,63 @@ def ensure_venv() -> None:
     stamp.write_text(want + "\n")
 
 
-def setup() -> None:
-    ensure_system()
+def setup(tools: dict[str, str] = TOOLS) -> None:
+    ensure_system(tools)
     ensure_venv()
 
 
 # -- study ------------------------------------------------------------------------------
-def study(extra: list[str]) -> int:
-    setup()
-    argv = [vpy(), "-m", "jupyter", "lab", INDEX]
+TRUST_CODE = """
+import sys
+import nbformat
+from nbformat.sign import NotebookNotary
+notary = NotebookNotary()
+signed = 0
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as f:
+        nb = nbformat.read(f, nbformat.NO_CONVERT)
+    if not notary.check_signature(nb):
+        notary.sign(nb)
+        signed += 1
+print(signed, len(sys.argv) - 1)
+"""
+
+
+def trust_notebooks(root: Path = ROOT, env: dict | None = None) -> None:
+    """Sign every chapter in this user's Jupyter trust database (what `jupyter trust` does),
+    so JupyterLab shows their saved outputs without a "not trusted" warning. The files are
+    not changed; a notebook that changed since it was signed is signed again."""
+    paths = sorted(str(p) for p in (root / "notebooks").glob("*.ipynb"))
+    out = run([vpy(), "-c", TRUST_CODE, *paths], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        say("could not mark the notebooks trusted (JupyterLab will ask before running them): "
+            + (out.stderr.strip().splitlines() or ["?"])[-1])
+        return
+    signed, total = out.stdout.split()
+    if int(signed):
+        say(f"marked {signed} of {total} notebooks trusted (jupyter trust)")
+
+
+def lab_argv(root: Path = ROOT, extra: list[str] | tuple = ()) -> list[str]:
+    """JupyterLab on 127.0.0.1 with *root* as its file browser's root (README, notebooks/,
+    pcaps/), opening the index: the printed URL is http://127.0.0.1:PORT/lab/tree/notebooks/
+    00_00-index.ipynb?token=..."""
+    argv = [vpy(), "-m", "jupyter", "lab", f"--ServerApp.root_dir={root}", "--ServerApp.ip=127.0.0.1",
+            f"--LabApp.default_url={INDEX_URL}"]
     if os.geteuid() == 0:
         argv.append("--allow-root")
     if not os.environ.get("DISPLAY"):
         argv.append("--no-browser")
-    say("starting JupyterLab: open the URL it prints (Ctrl-C twice to stop)")
+    return argv + list(extra)
+
+
+def study(extra: list[str]) -> int:
+    setup()
+    trust_notebooks()
+    argv = lab_argv(ROOT, extra)
+    say("starting JupyterLab on the index: open the URL it prints (Ctrl-C twice to stop)")
     os.chdir(ROOT)
-    os.execv(argv[0], argv + extra)
+    os.execv(argv[0], argv)
 
 
 # -- test -------------------------------------------------------------------------------
@@ -287,28 +334,228 @@ def choose_profiles(args: list[str]) -> tuple[list[tuple[str, dict | None]], lis
     return chosen, rest
 
 
-def stage(name: str, argv: list[str], env: dict, results: list) -> None:
-    xml = STATE / f"junit-{name.replace('/', '-')}.xml"
+# -- stages and their honest summary ---------------------------------------------------
+# course.py is also a pytest plugin: every stage runs pytest with ``-p course``, and these
+# hooks write to $TCPCOURSE_PROGRESS how many tests were collected and how each finished,
+# after every test. A stage that stops early (an interrupt, a crash, a kill) then says how
+# many collected tests did not run, instead of adding up only those that did.
+PROGRESS_ENV = "TCPCOURSE_PROGRESS"
+_progress = {"collected": 0, "finished": 0, "passed": 0, "failed": 0, "skipped": 0,
+             "done": False, "exitstatus": None}
+_outcome: dict[str, str] = {}
+
+
+def _progress_write() -> None:
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(_progress, f)
+    os.replace(f"{path}.tmp", path)
+
+
+def pytest_collection_finish(session) -> None:
+    _progress["collected"] = len(session.items)
+    _progress_write()
+
+
+def pytest_runtest_logreport(report) -> None:
+    worst = _outcome.get(report.nodeid, "passed")
+    if report.failed:
+        worst = "failed"
+    elif report.skipped and worst != "failed":
+        worst = "skipped"          # skipped in setup or call, xfail included
+    _outcome[report.nodeid] = worst
+    if report.when == "teardown":  # the test is over: count it once
+        _progress["finished"] += 1
+        _progress[worst] += 1
+        _progress_write()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _progress.update(done=True, exitstatus=int(exitstatus))
+    _progress_write()
+
+
+class StageResult:
+    """What one stage did: counts per outcome, collected tests that never ran, time, exit."""
+
+    def __init__(self, name: str, *, passed: int = 0, failed: int = 0, skipped: int = 0,
+                 not_run: int = 0, collected: int | None = None, secs: float = 0.0, code: int = 0,
+                 note: str = ""):
+        self.name, self.passed, self.failed, self.skipped = name, passed, failed, skipped
+        self.not_run, self.collected, self.secs, self.code, self.note = not_run, collected, secs, code, note
+
+    @property
+    def stopped(self) -> bool:
+        """Ended before running every collected test, or pytest itself did not end normally
+        (0: all passed, 1: some failed, 5: nothing collected)."""
+        return self.not_run > 0 or self.code not in (0, 1, 5)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.stopped
+
+    @property
+    def status(self) -> str:
+        if self.stopped:
+            return "STOPPED"
+        if self.failed:
+            return "FAILED"
+        return "ok" if self.passed or not self.skipped else "skipped"
+
+    def __repr__(self) -> str:
+        return (f"StageResult({self.name!r}, passed={self.passed}, failed={self.failed}, "
+                f"skipped={self.skipped}, not_run={self.not_run}, collected={self.collected}, "
+                f"code={self.code}, note={self.note!r})")
+
+
+def why_stopped(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return {2: "interrupted (pytest exit 2: an interrupt or collection errors)",
+            3: "pytest internal error (exit 3)", 4: "pytest usage error (exit 4)",
+            1: "ended before the last test (exit 1: -x, --maxfail or an exit from a test)"}.get(
+        code, f"pytest exit {code}")
+
+
+def junit_counts(xml: Path) -> dict[str, int]:
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    for suite in ET.parse(xml).getroot().iter("testsuite"):
+        tests, fail = int(suite.get("tests", 0)), int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skip = int(suite.get("skipped", 0))
+        counts["passed"] += tests - fail - skip
+        counts["failed"] += fail
+        counts["skipped"] += skip
+    return counts
+
+
+def stage_result(name: str, code: int, secs: float, progress: dict | None, junit: Path | None) -> StageResult:
+    """Counts from the plugin's progress file (junit XML when there is none), and whether
+    the stage stopped early, with how many collected tests did not run."""
+    r = StageResult(name, secs=secs, code=code)
+    if progress:
+        r.collected = int(progress.get("collected", 0))
+        r.passed, r.failed, r.skipped = (int(progress.get(k, 0)) for k in ("passed", "failed", "skipped"))
+        r.not_run = max(0, r.collected - int(progress.get("finished", 0)))
+    elif junit is not None and junit.exists():
+        c = junit_counts(junit)
+        r.passed, r.failed, r.skipped = c["passed"], c["failed"], c["skipped"]
+    if r.stopped:
+        why = why_stopped(code) if code not in (0, 5) else "ended before the last collected test"
+        if r.collected is None:
+            r.note = (f"stage {name} stopped early ({why}) before reporting what it collected: "
+                      f"the number of tests that did not run is unknown")
+        else:
+            r.note = (f"stage {name} stopped early ({why}): {r.not_run} of {r.collected} "
+                      f"collected tests did not run")
+    return r
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stop_group(proc: subprocess.Popen, sig: int, grace: float = 120.0) -> int:
+    """Send *sig* to the stage's process group, wait up to *grace* s for pytest to unwind
+    (namespaces, captures, the junit file), then SIGKILL what is left. Returns its exit."""
+    for s, wait in ((sig, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, s)
+        except ProcessLookupError:
+            pass
+        try:
+            return proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:   # Ctrl-C again: stop waiting politely
+            continue
+    return proc.wait()
+
+
+def run_isolated(argv: list[str], env: dict, cwd: Path) -> int:
+    """Run a stage in its own process group: a signal a test sends to its group (or a stray
+    SIGINT to a group) reaches the stage, never this runner. Ctrl-C at the terminal reaches
+    the runner, which passes it on to the stage and waits for the stage to clean up."""
+    kw = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, **kw)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop_group(proc, signal.SIGINT)
+        raise
+    except BaseException:        # SystemExit from SIGTERM/SIGHUP: unwind the stage too
+        stop_group(proc, signal.SIGTERM, grace=30.0)
+        raise
+
+
+def stage(name: str, argv: list[str], env: dict, results: list, *, state: Path = STATE,
+          cwd: Path = ROOT) -> StageResult:
+    slug = name.replace("/", "-")
+    xml, progress = state / f"junit-{slug}.xml", state / f"progress-{slug}.json"
     xml.unlink(missing_ok=True)
+    progress.unlink(missing_ok=True)
     say(f"stage {name}: {' '.join(argv)}")
     t0 = time.monotonic()
-    code = run(argv + [f"--junitxml={xml}"], env=env, cwd=ROOT).returncode
-    counts = {"passed": 0, "failed": 0, "skipped": 0}
-    if xml.exists():
-        for suite in ET.parse(xml).getroot().iter("testsuite"):
-            tests, fail = int(suite.get("tests", 0)), int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-            skip = int(suite.get("skipped", 0))
-            counts["passed"] += tests - fail - skip
-            counts["failed"] += fail
-            counts["skipped"] += skip
-    if code not in (0, 5) and counts["failed"] == 0:
-        counts["failed"] += 1  # pytest itself failed (collection error, crash)
-    results.append((name, counts, time.monotonic() - t0, code))
+    env = dict(env, **{PROGRESS_ENV: str(progress)})
+    code, interrupted = None, None
+    try:
+        code = run_isolated(argv + ["-p", "course", f"--junitxml={xml}"], env, cwd)
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+        code = 2
+    r = stage_result(name, code, time.monotonic() - t0, _read_json(progress), xml)
+    if interrupted is not None:
+        r.note = (r.note or f"stage {name} stopped early") + " (Ctrl-C)"
+    results.append(r)
+    if r.stopped:
+        say(r.note)
+    if interrupted is not None:
+        raise interrupted
+    return r
 
 
-def suite(label: str, prefix: list[str], env: dict, extra: list[str], results: list) -> None:
+# -- the browser stage -------------------------------------------------------------------
+BROWSER_TESTS = "tests/browser/browser_notebooks.py"
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium (apt package chromium); TCPCOURSE_CHROMIUM names another binary."""
+    want = os.environ.get("TCPCOURSE_CHROMIUM")
+    if want is not None:
+        return want if os.access(want, os.X_OK) else None
+    return which("chromium")
+
+
+def browser_stage(label: str, pytest: list[str], env: dict, results: list, **kw) -> StageResult:
+    """Headless Chromium drives JupyterLab: the notebooks and panels as a learner uses them.
+    Without Chromium the stage's tests are skipped, each with the reason, and so counted."""
+    name = f"{label}/browser"
+    chromium = find_chromium()
+    env = dict(env, TCPCOURSE_MODE="live")
+    if chromium:
+        env["TCPCOURSE_CHROMIUM"] = chromium
+    else:
+        env["TCPCOURSE_CHROMIUM"] = ""
+        say(f"stage {name}: SKIPPED: no Chromium ({os.environ.get('TCPCOURSE_CHROMIUM') or 'chromium'} "
+            f"not found); as root the test command installs it (apt-get install chromium)")
+    r = stage(name, pytest + [BROWSER_TESTS], env, results, **kw)
+    if not chromium:
+        r.note = "skipped: Chromium is not installed (apt-get install chromium)"
+    return r
+
+
+def suite(label: str, prefix: list[str], env: dict, extra: list[str], results: list,
+          browser: bool = False) -> None:
     """Every stage once: unit tests, notebooks live, notebooks replayed without capture
-    capabilities, leaks. *prefix* runs each inside a profile's namespace."""
+    capabilities, (on the machine run) the browser, leaks. *prefix* runs each inside a
+    profile's namespace."""
     pytest = prefix + [vpy(), "-m", "pytest", "-p", "no:cacheprovider"]
     nbval = pytest + ["--nbval-lax", "--nbval-cell-timeout=600", "--nbval-kernel-name=python3"]
     notebooks = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "notebooks").glob("[0-9][0-9]_[0-9][0-9]-*.ipynb"))
@@ -316,7 +563,8 @@ def suite(label: str, prefix: list[str], env: dict, extra: list[str], results: l
     run(prefix + [vpy(), "-m", "helpers.leaks", "snapshot", str(baseline)], check=True, cwd=ROOT, env=env)
     env = dict(env, TCPCOURSE_LEAK_BASELINE=str(baseline))
     privileged = os.geteuid() == 0 and caps_live(prefix)
-    stage(f"{label}/unit", pytest + ["tests", "--ignore=tests/leaks"] + extra, env, results)
+    stage(f"{label}/unit", pytest + ["tests", "--ignore=tests/leaks", "--ignore=tests/browser"] + extra,
+          env, results)
     if privileged:
         stage(f"{label}/notebooks-live", nbval + notebooks, dict(env, TCPCOURSE_MODE="live"), results)
         # Replay the way a Binder user runs: capabilities really dropped, mode left on auto.
@@ -329,40 +577,66 @@ def suite(label: str, prefix: list[str], env: dict, extra: list[str], results: l
             "notebooks run in replay mode as this user")
         stage(f"{label}/notebooks-replay", nbval + ["tests/test_replay_env.py"] + notebooks,
               dict(env, TCPCOURSE_EXPECT_REPLAY="1"), results)
+    if browser:   # live panels in a real browser; its tests skip themselves (with the reason) without root
+        browser_stage(label, pytest, env, results)
     stage(f"{label}/leaks", pytest + ["tests/leaks"], env, results)
 
 
+def summary(results: list[StageResult], secs: float, interrupted: str = "") -> int:
+    """Print one line per stage and the totals; 0 only when every stage ran all it
+    collected and nothing failed."""
+    total = {k: sum(getattr(r, k) for r in results) for k in ("passed", "failed", "skipped", "not_run")}
+    say("summary")
+    for r in results:
+        print(f"  {r.name:28s} {r.passed:4d} passed {r.failed:3d} failed {r.skipped:3d} skipped"
+              + (f" {r.not_run:4d} NOT RUN" if r.not_run else "")
+              + f"  {r.secs:7.1f} s  {r.status}", flush=True)
+    for r in results:
+        if r.note:
+            print(f"  {r.name}: {r.note}", flush=True)
+    if interrupted:
+        print(f"  {interrupted}", flush=True)
+    print(f"  whole suite: {secs:.1f} s", flush=True)
+    stopped = [r for r in results if r.stopped]
+    line = f"{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped"
+    if total["not_run"] or stopped:
+        line += f", {total['not_run']} not run ({len(stopped)} stage(s) stopped early)"
+    print(line, flush=True)
+    return 0 if results and not interrupted and all(r.ok for r in results) else 1
+
+
 def test(extra: list[str]) -> int:
-    setup()
-    import signal
+    setup(dict(TOOLS, **TEST_TOOLS))
     for sig in (signal.SIGTERM, signal.SIGHUP):   # unwind (namespaces, host sysctls) when stopped
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     STATE.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg")
-    for k in ("TCPCOURSE_MODE", "TCPCOURSE_PROFILE", "TCPCOURSE_PROFILE_SYSCTLS"):
+    for k in ("TCPCOURSE_MODE", "TCPCOURSE_PROFILE", "TCPCOURSE_PROFILE_SYSCTLS", PROGRESS_ENV):
         env.pop(k, None)
     env["TCPCOURSE_RUN_ID"] = f"{os.getpid()}-{time.time_ns()}"   # the leak check knows what is ours
     profiles, extra = choose_profiles(extra)
-    results: list = []
+    results: list[StageResult] = []
     t0 = time.monotonic()
-    for name, sysctls in profiles:
-        if sysctls is None:
-            flush_loopback_metrics()
-            suite(name, [], env, extra, results)
-            continue
-        if os.geteuid() != 0 or not which("ip"):
-            say(f"profile {name} skipped: kernel profiles run in a network namespace, which needs root")
-            continue
-        with Profile(name, sysctls) as prof:
-            suite(name, prof.prefix, dict(env, **prof.env()), extra, results)
-    total = {k: sum(r[1][k] for r in results) for k in ("passed", "failed", "skipped")}
-    say("summary")
-    for name, counts, secs, code in results:
-        print(f"  {name:32s} {counts['passed']:4d} passed {counts['failed']:3d} failed "
-              f"{counts['skipped']:3d} skipped  {secs:7.1f} s", flush=True)
-    print(f"  whole suite: {time.monotonic() - t0:.1f} s", flush=True)
-    print(f"{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped", flush=True)
-    return 1 if total["failed"] or any(r[3] not in (0, 5) for r in results) else 0
+    interrupted = ""
+    try:
+        for name, sysctls in profiles:
+            if sysctls is None:
+                flush_loopback_metrics()
+                suite(name, [], env, extra, results, browser=True)
+                continue
+            if os.geteuid() != 0 or not which("ip"):
+                say(f"profile {name} skipped: kernel profiles run in a network namespace, which needs root")
+                continue
+            with Profile(name, sysctls) as prof:
+                suite(name, prof.prefix, dict(env, **prof.env()), extra, results)
+    except KeyboardInterrupt:
+        interrupted = "interrupted (Ctrl-C): the stages after the last one listed did not run"
+    except SystemExit as exc:     # SIGTERM/SIGHUP: the stage and the profile have unwound
+        summary(results, time.monotonic() - t0, f"stopped by signal {int(exc.code or 0) - 128}: "
+                "the stages after the last one listed did not run")
+        raise
+    code = summary(results, time.monotonic() - t0, interrupted)
+    return 130 if interrupted else code
 
 
 def main(argv: list[str]) -> int:
