@@ -635,6 +635,7 @@ class WiresharkView:
     """Wireshark's expert labels (through pyshark) for the probes, the zero windows and the
     window update, beside what the writer's socket had set."""
     rows: Any                    # probes and window rows with their labels
+    probe_index: Any             # index of the probe rows in rows
     probes_keep_alive: bool      # every probe labelled keep_alive, none zero_window_probe
     zeros_labelled: bool
     update_labelled: bool
@@ -647,7 +648,9 @@ class WiresharkView:
                 f"`net.ipv4.tcp_keepalive_time` is {self.keepalive_time_s} s.")
 
     def check(self) -> None:
-        assert self.probes_keep_alive, "Wireshark calls Linux's zero-window probes keep-alives"
+        from ..wireshark import assert_labels   # says which tshark labelled, and what differs by version
+        assert_labels(self.rows, self.probe_index, "keep_alive", absent=("zero_window_probe",),
+                      claim="Wireshark calls Linux's zero-window probes keep-alives")
         assert self.zeros_labelled and self.update_labelled, "zero windows and the window update are labelled"
         assert self.so_keepalive == 0, "the writer never enabled SO_KEEPALIVE"
 
@@ -664,7 +667,7 @@ def wireshark_view(result: Result, a: dict | None = None) -> WiresharkView:
         ["t", "sport", "seq", "ack", "len", "win", "labels", "expert_info"]]
     upd = a["update"]
     return WiresharkView(
-        rows=rows,
+        rows=rows, probe_index=probe_rows.index,
         probes_keep_alive=bool(len(probe_rows)) and bool(probe_rows["labels"].map(
             lambda l: "keep_alive" in l and "zero_window_probe" not in l).all()),
         zeros_labelled=bool(labelled.loc[a["zeros"].index, "labels"].map(lambda l: "zero_window" in l).all()),

@@ -350,10 +350,21 @@ def kernel(page, code: str):
     return json.loads(text.strip().splitlines()[-1])
 
 
-def open_notebook(page, lab, name: str) -> None:
+def open_notebook(page, lab, name: str) -> int:
+    """Open notebooks/NAME.ipynb in the lab; returns its kernel's PID."""
     page.evaluate(JS_OPEN, f"notebooks/{name}.ipynb")
     pid = kernel(page, "import os\n_RESULT = os.getpid()")
     lab.kernel_pids.add(pid)
+    return pid
+
+
+def open_panel(page, lab, name: str, title: str):
+    """Open a chapter and run only its imports and its panel's cell, as a learner who jumps
+    to "Your turn" does. Returns (kernel PID, the panel)."""
+    pid = open_notebook(page, lab, name)
+    for i in (cell_index(page, "from helpers.widgets import Panel"), cell_index(page, "panel = Panel(")):
+        page.evaluate(JS_RUN_CELL, i)
+    return pid, panel(page, title)
 
 
 def cells(page) -> dict:
@@ -492,10 +503,7 @@ def test_01_02_runs_clean_and_its_panel_sends_the_new_mss(lab, page):
 
 
 def test_02_03_nodelay_brings_the_median_under_1_ms(lab, page):
-    open_notebook(page, lab, "02_03-nagle-and-delayed-ack")
-    for i in (cell_index(page, "from helpers.widgets import Panel"), cell_index(page, "panel = Panel(")):
-        page.evaluate(JS_RUN_CELL, i)
-    p = panel(page, "Nagle and delayed ACK")
+    _, p = open_panel(page, lab, "02_03-nagle-and-delayed-ack", "Nagle and delayed ACK")
     box = p.locator(".widget-checkbox", has_text="TCP_NODELAY").locator("input[type=checkbox]")
     assert not box.is_checked()
     press_run_and_wait(page, p)
@@ -515,11 +523,7 @@ def test_02_03_nodelay_brings_the_median_under_1_ms(lab, page):
 
 
 def test_01_03_an_interrupted_panel_leaves_nothing_and_runs_again(lab, page):
-    open_notebook(page, lab, "01_03-syn-queue-and-accept-queue")
-    for i in (cell_index(page, "from helpers.widgets import Panel"), cell_index(page, "panel = Panel(")):
-        page.evaluate(JS_RUN_CELL, i)
-    kpid = kernel(page, "import os\n_RESULT = os.getpid()")
-    p = panel(page, "SYN queue and accept queue")
+    kpid, p = open_panel(page, lab, "01_03-syn-queue-and-accept-queue", "SYN queue and accept queue")
     el = click_run(p)
     page.wait_for_function(JS_RUNNING, arg=el, timeout=PANEL_TIMEOUT)
     # running, with its capture (tcpdump, a child of the kernel) and its namespace started
