@@ -412,7 +412,27 @@ def status(p) -> str:
 
 
 def status_el(p):
-    return p.locator(".widget-hbox .widget-html").last
+    """The status line: the HTML beside the Run button."""
+    return p.locator(".widget-hbox", has=p.page.get_by_role("button", name="Run")).last.locator(".widget-html").last
+
+
+def set_number(p, label: str, value: int) -> None:
+    """Set the control described *label* to *value* as a learner does: pick it in a
+    dropdown, or (a slider with an exact-value box) untick "kernel default" and type it."""
+    choice = p.locator(".widget-dropdown", has_text=label).locator("select")
+    if choice.count():
+        options = choice.locator("option").all_inner_texts()
+        wanted = [o for o in options if re.match(rf"{value}\b", o.strip())]
+        assert wanted, f"{label}: {value} is not offered: {options}"
+        choice.select_option(label=wanted[0])
+        return
+    row = p.locator(".widget-hbox", has_text=label).last
+    default = row.locator(".widget-checkbox", has_text="kernel default").locator("input[type=checkbox]")
+    if default.count() and default.is_checked():
+        default.uncheck()
+    box = row.locator(".widget-text input").first
+    box.fill(str(value))
+    box.press("Enter")
 
 
 # Watch a panel's status line from before a click: this run has started when it said
@@ -489,7 +509,7 @@ def test_01_02_runs_clean_and_its_panel_sends_the_new_mss(lab, page):
     p = panel(page, "SYN options")
     before = kernel(page, "_RESULT = panel.ran_with")
     assert before["mss"] != 1400, before
-    p.locator(".widget-dropdown", has_text="TCP_MAXSEG").locator("select").select_option(label="1400 bytes")
+    set_number(p, "TCP_MAXSEG", 1400)
     press_run_and_wait(page, p)
     # page text: the SYN options table of the new capture: every client SYN announces MSS 1400
     syn = [r for r in output_table(p) if r.get("segment") == "SYN"]
