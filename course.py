@@ -57,27 +57,40 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
 
 
 # -- system packages ------------------------------------------------------------
-def ensure_system(tools: dict[str, str] = TOOLS) -> None:
-    missing = sorted({pkg for tool, pkg in tools.items() if not which(tool)})
+def ensure_system(optional: dict[str, str] | None = None) -> None:
+    """Install the missing Debian packages as root (say which, without root). *optional*
+    packages (Chromium for the browser stage) may fail to install: their stage is then
+    skipped, and says so."""
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if not which(tool)})
+    extra = sorted({pkg for tool, pkg in (optional or {}).items() if not which(tool)} - set(missing))
     venv_ok = run([sys.executable, "-c", "import ensurepip, venv"], capture_output=True).returncode == 0
     if not venv_ok:
         missing.append(f"python3.{sys.version_info.minor}-venv")
-    if not missing:
+    if not missing and not extra:
         return
     if os.geteuid() != 0 or not which("apt-get"):
-        say("missing system packages: " + " ".join(missing))
-        say("install them with:  sudo apt-get install -y " + " ".join(missing))
+        if missing:
+            say("missing system packages: " + " ".join(missing))
+            say("install them with:  sudo apt-get install -y " + " ".join(missing))
+        if extra:
+            say(f"the browser stage needs {' '.join(extra)} (sudo apt-get install -y {' '.join(extra)}); "
+                "without it that stage is skipped")
         if not venv_ok:
             sys.exit("[course] cannot create a virtual environment without the venv module; install it first.")
-        say("continuing: without tcpdump/root the notebooks replay the recorded corpus.")
+        if missing:
+            say("continuing: without tcpdump/root the notebooks replay the recorded corpus.")
         return
-    say("installing system packages: " + " ".join(missing))
+    say("installing system packages: " + " ".join(missing + extra))
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     # tshark asks whether non-root users may capture; answer "no" without a prompt.
     run(["debconf-set-selections"], input="wireshark-common wireshark-common/install-setuid boolean false\n",
         text=True, env=env, capture_output=True)
     run(["apt-get", "update", "-qq"], env=env, check=True)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + missing, env=env, check=True)
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends"]
+    if missing:
+        run(install + missing, env=env, check=True)
+    if extra and run(install + extra, env=env).returncode != 0:
+        say(f"could not install {' '.join(extra)}: the browser stage will be skipped")
 
 
 # -- python environment --------------------------------------------------------------
@@ -117,8 +130,8 @@ def ensure_venv() -> None:
     stamp.write_text(want + "\n")
 
 
-def setup(tools: dict[str, str] = TOOLS) -> None:
-    ensure_system(tools)
+def setup(optional: dict[str, str] | None = None) -> None:
+    ensure_system(optional)
     ensure_venv()
 
 
@@ -606,7 +619,7 @@ def summary(results: list[StageResult], secs: float, interrupted: str = "") -> i
 
 
 def test(extra: list[str]) -> int:
-    setup(dict(TOOLS, **TEST_TOOLS))
+    setup(TEST_TOOLS)
     for sig in (signal.SIGTERM, signal.SIGHUP):   # unwind (namespaces, host sysctls) when stopped
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     STATE.mkdir(exist_ok=True)

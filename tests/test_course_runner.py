@@ -202,3 +202,28 @@ def test_trust_marks_every_notebook_trusted_for_this_user(course, tmp_path, caps
     assert all(notary.check_signature(nb) for nb in nbs.values())
     course.trust_notebooks(ROOT, env=env)           # again: nothing to sign, nothing said
     assert capsys.readouterr().out == ""
+
+
+def test_chromium_is_installed_as_root_and_a_failed_install_only_skips_the_browser_stage(course, monkeypatch, capsys):
+    calls = []
+
+    def fake_run(argv, **kw):
+        calls.append(list(argv))
+        failed = argv[:2] == ["apt-get", "install"] and "chromium" in argv
+        return subprocess.CompletedProcess(argv, 100 if failed else 0, "", "")
+
+    monkeypatch.setattr(course, "run", fake_run)
+    monkeypatch.setattr(course, "which", lambda tool: None if tool == "chromium" else f"/usr/bin/{tool}")
+    monkeypatch.setattr(course.os, "geteuid", lambda: 0)
+    course.ensure_system(course.TEST_TOOLS)
+    installs = [c for c in calls if c[:2] == ["apt-get", "install"]]
+    assert installs == [["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]], calls
+    assert "could not install chromium: the browser stage will be skipped" in capsys.readouterr().out
+    calls.clear()
+    course.ensure_system()                              # study: no Chromium wanted
+    assert calls == [[sys.executable, "-c", "import ensurepip, venv"]], calls
+    monkeypatch.setattr(course.os, "geteuid", lambda: 1000)
+    course.ensure_system(course.TEST_TOOLS)
+    out = capsys.readouterr().out
+    assert "the browser stage needs chromium (sudo apt-get install -y chromium)" in out, out
+    assert not [c for c in calls if c[0] == "apt-get"], calls
