@@ -1,4 +1,12 @@
-"""Small things every notebook does: the run-mode banner and the closing leak check."""
+"""Small things every notebook does: the run-mode banner, whole tables, the closing leak
+check, and a one-line report when the learner interrupts a cell.
+
+Importing this module inside an IPython kernel registers :func:`interrupt_handler` for
+KeyboardInterrupt (the stop button): instead of a ten-frame traceback into socket code,
+the cell's output is one line saying that the course's captures and servers were stopped
+and nothing of them is left (or what is). The experiment's own ``finally``/``with`` clean-up
+has run by then; the handler stops stragglers and checks. Any other exception keeps its
+full traceback, so nbval and the learner still see real failures."""
 from __future__ import annotations
 
 import base64
@@ -74,6 +82,81 @@ def nothing_left_behind() -> list[str]:
     return left
 
 
+class WholeTable:
+    """A DataFrame shown whole: no cell cut to pandas' ``display.max_colwidth`` (50
+    characters, then "..."), long text left-aligned and wrapped. ``whole(df)`` in a cell."""
+
+    def __init__(self, df):
+        self.df = df
+
+    def _repr_html_(self) -> str:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", None, "display.max_rows", None):
+            body = self.df.to_html(border=1, justify="left")
+        return body.replace("<td>", '<td style="text-align:left">')
+
+    def __repr__(self) -> str:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", None, "display.max_rows", None,
+                               "display.width", 10_000):
+            return self.df.to_string()
+
+
+def whole(df) -> WholeTable:
+    """Display *df* with every cell in full (pandas cuts cells at 50 characters)."""
+    return WholeTable(df)
+
+
+INTERRUPTED = "interrupted: the capture and servers were stopped, nothing left behind"
+
+
+def interrupt_handler(shell, etype, value, tb, tb_offset=None) -> list[str]:
+    """IPython custom exception handler for KeyboardInterrupt: stop what the course still
+    runs, check, and show one line as the cell's error output (red in Jupyter).
+
+    IPython ignores the structured traceback a handler returns (up to 9.x at least), so
+    the handler shows it itself, the way the kernel shows any traceback; the execute reply
+    stays an error, so Run All stops at the interrupted cell."""
+    try:
+        left = nothing_left_behind()
+    except Exception as exc:    # the report must not fail; say the check did
+        line = f"interrupted: could not check what is left behind ({type(exc).__name__}: {exc})"
+    else:
+        line = (INTERRUPTED if not left else
+                "interrupted: stopped the course's captures and servers, but still left: " + ", ".join(left))
+    stb = [line]
+    show = getattr(shell, "_showtraceback", None)
+    if callable(show):
+        show(etype, value, stb)
+    else:
+        import sys
+        print(line, file=sys.stderr)
+    return stb
+
+
+def install_interrupt_handler(shell=None) -> bool:
+    """Register :func:`interrupt_handler` for KeyboardInterrupt in *shell* (default: the
+    running IPython, if any). Leaves a shell that already has custom handlers alone.
+    Returns True when the handler is in place."""
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+    if shell is None or not hasattr(shell, "set_custom_exc"):
+        return False
+    current = tuple(getattr(shell, "custom_exceptions", ()))
+    if current == (KeyboardInterrupt,):
+        return True
+    if current:
+        return False
+    shell.set_custom_exc((KeyboardInterrupt,), interrupt_handler)
+    return True
+
+
 _MIME_METHODS = (
     ("text/html", "_repr_html_"),
     ("text/markdown", "_repr_markdown_"),
@@ -133,3 +216,6 @@ def to_output(item: Any) -> dict:
             data[mime] = val
         data.setdefault("text/plain", repr(item))
     return {"output_type": "display_data", "data": data, "metadata": {}}
+
+
+install_interrupt_handler()

@@ -12,6 +12,12 @@ The style lives in one dict, :data:`STYLE`, applied by :func:`use_style` (on imp
 this module and again by each plot function; it is idempotent). No named third-party
 style sheet is used, so no library upgrade can remove it.
 
+Logarithmic axes label their ticks with plain numbers (1, 10, 100, 1,000, 0.05), never
+10^x: :func:`use_style` registers :class:`PlainLogScale` and :class:`PlainSymlogScale`
+under matplotlib's names ``"log"`` and ``"symlog"``, so every ``ax.set_xscale("log")``
+in the course (and in a learner's cell after importing this module) gets
+:class:`PlainLogFormatter`. A plot that sets its own formatter keeps it.
+
 Segment tables are the dissection module's DataFrame: one row per TCP segment with
 ``t, src, dst, sport, dport, flags, seq, ack, len, win`` (and optionally ``stream``,
 ``mss, wscale, sack_perm, tsval`` and ``labels``, a tuple of Wireshark expert labels
@@ -37,7 +43,8 @@ from cycler import cycler
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
-from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator
+from matplotlib.scale import LogScale, SymmetricalLogScale, register_scale
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogFormatter, MaxNLocator
 
 from .errors import CourseError
 
@@ -52,6 +59,8 @@ __all__ = [
     "queue_depth",
     "bars",
     "segment_label",
+    "plain_number",
+    "PlainLogFormatter",
 ]
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
@@ -129,9 +138,61 @@ STYLE: dict[str, Any] = {
 }
 
 
+def plain_number(v: float) -> str:
+    """A tick value as people write it: ``1,000``, ``65,536``, ``0.05``, ``2.5``, never
+    ``10^3`` or ``1e+03``; up to three significant digits below 1."""
+    v = float(v)
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    if abs(v - round(v)) <= 1e-9 * max(1.0, abs(v)):
+        return f"{int(round(v)):,}"
+    decimals = max(0, 2 - math.floor(math.log10(abs(v))))
+    return f"{v:,.{decimals}f}".rstrip("0").rstrip(".")
+
+
+class PlainLogFormatter(LogFormatter):
+    """matplotlib's log-axis labelling (which ticks get a label: decades, and a few minor
+    ticks when an axis spans less than a decade), written as plain numbers."""
+
+    def __call__(self, x, pos=None):
+        return plain_number(x) if super().__call__(x, pos) else ""
+
+
+class _PlainLabels:
+    """Mixin for a matplotlib log-type scale: its default formatters write plain numbers."""
+
+    def __init__(self, *args, **kwargs):
+        # no named *axis* parameter: matplotlib >= 3.11 then constructs the scale without
+        # one (older versions pass the axis positionally, which *args takes)
+        super().__init__(*args, **kwargs)
+
+    def set_default_locators_and_formatters(self, axis):
+        super().set_default_locators_and_formatters(axis)
+        axis.set_major_formatter(PlainLogFormatter(self.base))
+        if isinstance(self, LogScale):       # symlog leaves its minor ticks unlabelled
+            axis.set_minor_formatter(PlainLogFormatter(self.base, labelOnlyBase=self.subs is not None))
+
+
+class PlainLogScale(_PlainLabels, LogScale):
+    """The ``"log"`` scale, labelled with :class:`PlainLogFormatter`."""
+
+    name = "log"
+
+
+class PlainSymlogScale(_PlainLabels, SymmetricalLogScale):
+    """The ``"symlog"`` scale, labelled with :class:`PlainLogFormatter`."""
+
+    name = "symlog"
+
+
 def use_style() -> None:
-    """Apply :data:`STYLE` to matplotlib's rcParams (idempotent, cheap)."""
+    """Apply :data:`STYLE` to matplotlib's rcParams and the plain-number log scales
+    (idempotent, cheap)."""
     mpl.rcParams.update(STYLE)
+    register_scale(PlainLogScale)
+    register_scale(PlainSymlogScale)
 
 
 use_style()
@@ -798,8 +859,7 @@ def latency_hist(
                 fontsize=8.5, color=c, gid="median", zorder=5,
                 bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=c, lw=0.6, alpha=0.95))
     if log:
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xscale("log")     # plain-number labels: PlainLogScale
     ax.set_xlabel(xlabel or f"latency ({unit}{', log scale' if log else ''})")
     ax.set_ylabel("count")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))

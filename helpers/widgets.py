@@ -133,7 +133,21 @@ class Control:
             )
             start = p.default if p.default is not None else (numeric[0] if numeric else p.minimum)
             start = min(max(start, p.minimum), p.maximum)
-            if as_int:
+            self.slider = None
+            self.note = None
+            if as_int and _wants_exact(p):
+                # A byte size or a wide range: a slider to sweep, a text box for the exact
+                # value (1460, 65536). The box is not clamped, so a value out of range
+                # reaches validation and gets its clear error, here as you type and on Run.
+                self.slider = W.IntSlider(value=int(start), min=int(p.minimum), max=int(p.maximum), step=1,
+                                          description=p.label, tooltip=tip, continuous_update=False,
+                                          readout=False, style=style, layout=W.Layout(width="24em"))
+                self.input = W.IntText(value=int(start), tooltip=tip, continuous_update=False,
+                                       layout=W.Layout(width="9em"))
+                self.note = W.HTML()
+                self.slider.observe(self._slider_moved, "value")
+                self.input.observe(self._text_typed, "value")
+            elif as_int:
                 self.input = W.IntSlider(value=int(start), min=int(p.minimum), max=int(p.maximum), step=1,
                                          description=p.label, tooltip=tip, continuous_update=False, style=style,
                                          layout=W.Layout(width="32em"))
@@ -142,7 +156,7 @@ class Control:
                                            step=_nice_step(float(p.minimum), float(p.maximum)),
                                            description=p.label, tooltip=tip, continuous_update=False,
                                            style=style, layout=W.Layout(width="32em"))
-            parts: list[W.Widget] = [self.input]
+            parts: list[W.Widget] = [self.input] if self.slider is None else [self.slider, self.input]
             if p.unit:
                 parts.append(W.Label(p.unit))
             self.default_box = None
@@ -150,13 +164,15 @@ class Control:
                 self.kind = "slider+default"
                 self.default_box = W.Checkbox(value=p.default is None, description=KERNEL_DEFAULT, indent=False,
                                               layout=W.Layout(width="auto"))
-                self.input.disabled = self.default_box.value
-                self.default_box.observe(lambda ch: setattr(self.input, "disabled", bool(ch["new"])), "value")
+                self._disable(self.default_box.value)
+                self.default_box.observe(lambda ch: self._disable(bool(ch["new"])), "value")
                 parts.append(self.default_box)
             else:
                 self.kind = "slider"
+            if self.note is not None:
+                parts.append(self.note)
             self.watch = [w for w in (self.input, self.default_box) if w is not None]
-            self.widget = W.HBox(parts) if len(parts) > 1 else self.input
+            self.widget = W.HBox(parts, layout=W.Layout(align_items="center")) if len(parts) > 1 else self.input
         else:
             self.kind = "text"
             d = p.default
@@ -174,6 +190,35 @@ class Control:
                                     continuous_update=False, style=style)
             self.watch = [self.input]
             self.widget = self.input
+
+    # -- slider + exact text box
+    def _disable(self, off: bool) -> None:
+        for w in (self.input, self.slider):
+            if w is not None:
+                w.disabled = off
+
+    def _slider_moved(self, change: dict) -> None:
+        if self.input.value != change["new"]:
+            self.input.value = change["new"]
+
+    def _text_typed(self, change: dict) -> None:
+        """Move the slider to a typed value in range; say at once what is wrong otherwise."""
+        value = change["new"]
+        try:
+            self.param.check(value)
+        except ParameterError as e:
+            self.note.value = f"<span style='color:{_RED}'>{html.escape(str(e))}</span>"
+            return
+        self.note.value = ""
+        if self.slider is not None and self.slider.min <= value <= self.slider.max and self.slider.value != value:
+            self.slider.value = value
+
+    @property
+    def note_text(self) -> str:
+        """The message beside an exact-value box ("" when the value is allowed)."""
+        import re
+
+        return html.unescape(re.sub(r"<[^>]+>", "", self.note.value)) if self.note is not None else ""
 
     def get(self) -> Any:
         if self.kind == "dropdown":
@@ -201,6 +246,12 @@ class Control:
     def observe(self, callback: Callable) -> None:
         for w in self.watch:
             w.observe(callback, "value")
+
+
+def _wants_exact(p: Param) -> bool:
+    """Integer parameters a slider cannot set exactly: byte sizes, and ranges wider than
+    a slider's few hundred pixels (one pixel would be more than one value)."""
+    return p.unit.lower() in ("bytes", "byte", "b") or (p.maximum - p.minimum) > 500
 
 
 def make_control(param: Param, *, replay: bool = False) -> Control:
@@ -243,8 +294,9 @@ class Panel:
 
     run      the experiment: a plain function called as ``run(**values)``
     params   its parameters; each becomes a control (Dropdown for choices, with None
-             shown as "kernel default"; IntSlider/FloatSlider for minimum..maximum;
-             Checkbox for True/False)
+             shown as "kernel default"; IntSlider/FloatSlider for minimum..maximum,
+             with a text box for the exact value where the unit is bytes or the
+             range is wide; Checkbox for True/False)
     render   ``render(result) -> list`` of Figures, DataFrames, strings (Markdown) or
              anything displayable; default: the result itself
     title    shown above the controls

@@ -444,3 +444,44 @@ def test_every_plot_returns_a_figure_without_showing(monkeypatch):
         plots.bars({"a": 1}, ylabel="n"),
     ):
         assert isinstance(fig, Figure)
+
+
+# --------------------------------------------------------------------------- log axes
+
+def _labels(axis, minor=False):
+    axis.figure.canvas.draw()
+    return [t.get_text() for t in axis.get_ticklabels(minor=minor) if t.get_text()]
+
+
+def test_plain_number():
+    assert [plots.plain_number(v) for v in (0, 1, 1000, 65536, 1e6, 0.05, 0.001, 2.5, -100, 1e-5)] == [
+        "0", "1", "1,000", "65,536", "1,000,000", "0.05", "0.001", "2.5", "-100", "0.00001"]
+
+
+def test_log_axes_label_plain_numbers():
+    fig, ax = plt.subplots()
+    ax.plot([1, 1e6], [0.01, 100])
+    ax.set_xscale("log")                    # any log axis in the course, not only ours
+    ax.set_yscale("log")
+    xs, ys = _labels(ax.xaxis), _labels(ax.yaxis)
+    assert {"1", "10", "1,000", "100,000", "1,000,000"} <= set(xs), xs
+    assert {"0.01", "0.1", "1", "100"} <= set(ys), ys
+    for text in xs + ys:
+        assert "^" not in text and "e+" not in text and "e-" not in text and "mathdefault" not in text, text
+    fig2, ax2 = plt.subplots()
+    ax2.plot([20, 60], [1, 2])
+    ax2.set_xscale("log")                   # less than a decade: minor ticks labelled, plainly
+    assert set(_labels(ax2.xaxis, minor=True)) >= {"20", "30", "40"}
+    fig3, ax3 = plt.subplots()
+    ax3.plot([0, 5000], [0, 1])
+    ax3.set_xscale("symlog", linthresh=10)
+    assert _labels(ax3.xaxis) == ["0", "10", "100", "1,000"]
+    for f in (fig, fig2, fig3):
+        plt.close(f)
+
+
+def test_latency_hist_log_axis_is_plain():
+    fig = plots.latency_hist({"nodelay": [0.03, 0.04, 0.05] * 5, "nagle": [44.0, 45.0, 43.5] * 5})
+    labels = _labels(fig.axes[0].xaxis)
+    assert "0.1" in labels and "10" in labels and all("^" not in t and "e" not in t for t in labels), labels
+    plt.close(fig)

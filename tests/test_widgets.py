@@ -56,7 +56,9 @@ def test_control_types_match_params():
     assert isinstance(c["backlog"].input, W.IntSlider) and c["backlog"].kind == "slider"
     assert (c["backlog"].input.min, c["backlog"].input.max, c["backlog"].input.value) == (0, 128, 4)
     assert c["backlog"].input.continuous_update is False
-    assert isinstance(c["rcvbuf"].input, W.IntSlider) and c["rcvbuf"].kind == "slider+default"
+    # a byte size: a slider to sweep and a text box for the exact value
+    assert isinstance(c["rcvbuf"].slider, W.IntSlider) and c["rcvbuf"].kind == "slider+default"
+    assert isinstance(c["rcvbuf"].input, W.IntText) and c["backlog"].slider is None
     assert c["rcvbuf"].default_box.description == KERNEL_DEFAULT and c["rcvbuf"].default_box.value is True
     assert isinstance(c["pause"].input, W.FloatSlider)
     assert isinstance(c["nodelay"].input, W.Checkbox)
@@ -88,8 +90,9 @@ def test_kernel_default_checkbox_toggles_slider():
     assert c.get() is None and c.input.disabled
     c.default_box.value = False
     assert not c.input.disabled
+    assert not c.slider.disabled
     c.input.value = 8192
-    assert c.get() == 8192
+    assert c.get() == 8192 and c.slider.value == 8192
     c.set(None)
     assert c.get() is None
 
@@ -364,3 +367,47 @@ def test_panel_show_displays_strings_as_markdown_and_figures_as_images(monkeypat
     panel.show()
     assert [sorted(d) for d, _ in shown] == [["text/markdown", "text/plain"], ["image/png", "text/plain"]]
     assert all(raw for _, raw in shown)
+
+
+# --------------------------------------------------------------------------- exact byte sizes
+
+BODY = Param("body", "body size", 100, choices=(100, 1000, 2000), minimum=1, maximum=65536, unit="bytes")
+
+
+def test_byte_control_accepts_an_exact_value_without_dragging():
+    c = make_control(BODY)
+    assert isinstance(c.input, W.IntText) and isinstance(c.slider, W.IntSlider)
+    assert (c.slider.min, c.slider.max) == (1, 65536)
+    assert c.slider.readout is False        # the box shows the number, once
+    c.input.value = 1460                    # typed, as a learner would an Ethernet MSS
+    assert c.get() == 1460 and c.slider.value == 1460 and c.note_text == ""
+    c.slider.value = 3000                   # dragging still works, and fills the box
+    assert c.input.value == 3000 and c.get() == 3000
+    panel = Panel(experiment, [BODY])
+    panel.controls["body"].input.value = 1460
+    panel._on_click()                       # what the Run button does
+    assert experiment.calls[-1] == {"body": 1460}
+    assert status(panel).startswith("✓")
+
+
+def test_byte_control_out_of_range_gives_the_clear_error():
+    c = make_control(BODY)
+    c.input.value = 70000                   # the box is not clamped: the range check speaks
+    assert c.get() == 70000 and c.slider.value == 100
+    assert "body=70000 is out of range" in c.note_text and "1 to 65536" in c.note_text
+    c.input.value = 1460
+    assert c.note_text == ""
+    panel = Panel(experiment, [BODY])
+    panel.controls["body"].input.value = 0
+    panel._on_click()
+    assert experiment.calls == []
+    assert status(panel).startswith("✗ body=0 is out of range") and "1 to 65536 or one of" in status(panel)
+    with pytest.raises(ParameterError, match="out of range"):
+        panel.update(body=65537)
+
+
+def test_narrow_integer_ranges_keep_a_plain_slider():
+    c = make_control(Param("backlog", "backlog", 4, minimum=0, maximum=16))
+    assert isinstance(c.input, W.IntSlider) and c.slider is None and c.note is None
+    c = make_control(Param("messages", "messages", 200, minimum=1, maximum=5000))
+    assert isinstance(c.input, W.IntText) and c.slider is not None   # a wide range: exact box too

@@ -6,6 +6,14 @@ The run is deterministic: replay mode (the recorded corpus), fixed figure settin
 volatile metadata (execution times, widget state) stripped. tests/test_notebook_files.py
 checks that every .ipynb matches its source, so the two never drift.
 
+The file is written exactly as JupyterLab saves it, so that opening a notebook (which
+fills in ``kernelspec`` and ``language_info`` from the kernel it starts, and autosaves)
+leaves a clone clean: nbformat's writer (JSON, indent 1, sorted keys, trailing newline,
+the notebook's cell ids), ``kernelspec`` from the installed python3 kernel spec and
+``language_info`` as that kernel reports it in its kernel_info reply. The Python version
+in ``language_info`` is the build machine's; a learner whose kernel runs another Python
+sees that one line change when JupyterLab saves (tests/test_notebook_files.py).
+
     .venv/bin/python tools/build_notebooks.py [NAME ...]     # default: all
     .venv/bin/python tools/build_notebooks.py --no-execute   # sources only, no outputs
 """
@@ -22,11 +30,34 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT / "notebooks"
-KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+KERNEL = "python3"
 
 
-def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    nb.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
+def kernelspec(name: str = KERNEL) -> dict:
+    """The ``kernelspec`` metadata JupyterLab writes for the kernel *name*."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(name)
+    return {"display_name": spec.display_name, "language": spec.language, "name": name}
+
+
+def kernel_language_info(name: str = KERNEL) -> dict:
+    """``language_info`` from a kernel_info reply of a freshly started kernel *name*:
+    what JupyterLab copies into the notebook when it connects to the kernel."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name=name)
+    try:
+        reply = kc.kernel_info(reply=True, timeout=60)
+        return reply["content"]["language_info"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def clean(nb: nbformat.NotebookNode, language_info: dict) -> nbformat.NotebookNode:
+    nb.metadata = {"kernelspec": kernelspec(), "language_info": language_info}
+    nb.nbformat, nb.nbformat_minor = 4, nbformat.v4.nbformat_minor
     for i, cell in enumerate(nb.cells):
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in ("tags",)}
         cell.id = f"c{i:03d}"
@@ -42,21 +73,24 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def build(src: Path, execute: bool) -> Path:
     nb = jupytext.read(src)
-    nb = clean(nb)
+    nb = clean(nb, {"name": "python"})
     target = NB / (src.stem + ".ipynb")
     if execute:
         env_mode = os.environ.get("TCPCOURSE_MODE")
         os.environ["TCPCOURSE_MODE"] = "replay"
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         try:
-            NotebookClient(nb, timeout=600, kernel_name="python3",
+            NotebookClient(nb, timeout=600, kernel_name=KERNEL,
                            resources={"metadata": {"path": str(NB)}}).execute()
         finally:
             if env_mode is None:
                 os.environ.pop("TCPCOURSE_MODE", None)
             else:
                 os.environ["TCPCOURSE_MODE"] = env_mode
-        nb = clean(nb)
+        # nbclient copied the kernel's kernel_info reply into the metadata
+        nb = clean(nb, dict(nb.metadata["language_info"]))
+    else:
+        nb = clean(nb, kernel_language_info())
     nbformat.write(nb, target)
     return target
 

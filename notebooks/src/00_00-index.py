@@ -20,7 +20,7 @@
 # %%
 import pandas as pd
 from helpers import caps, corpus
-from helpers.notebook import mode_banner
+from helpers.notebook import mode_banner, whole
 from helpers.checks import check_value
 
 mode_banner()
@@ -67,7 +67,7 @@ mode_banner()
 
 # %%
 table = caps.table()
-table
+whole(table)     # every cell in full (pandas would cut them at 50 characters)
 
 # %% [markdown]
 # **Observe.** The last column says what each capability's absence would mean. The course
@@ -102,7 +102,7 @@ from helpers import rules
 here = rules.machine()
 print(here.describe())
 overview = pd.DataFrame(rules.overview(here, corpus.reference_machine()))
-overview
+whole(overview)
 
 # %% [markdown]
 # **Observe.** Where a row says *differs*, a chapter run live here shows this machine's

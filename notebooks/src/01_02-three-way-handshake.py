@@ -251,12 +251,13 @@ show([f"Window scale in the client's SYN: {scales}. `SO_RCVBUF` read back: 4096 
       "the kernel sizes it for that buffer, not for what autotuning could reach."])
 
 # %% [markdown]
-# A value the panel does not offer gets a clear message instead of a crash:
+# A value the panel does not offer gets a clear message instead of a crash. The cell asks
+# a panel of its own, so the one above keeps its result and shows no error you did not cause:
 
 # %%
 from helpers.errors import ParameterError
 try:
-    panel.update(mss=12)
+    Panel(handshake, handshake.params).update(mss=12)
 except ParameterError as err:
     print(err)
 else:

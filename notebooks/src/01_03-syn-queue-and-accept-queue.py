@@ -332,12 +332,13 @@ show([f"`listen(4)` holds {room}: the queue reached {deepest}, three clients plu
       "acknowledged the late requests anyway.)"])
 
 # %% [markdown]
-# A value outside the range gets a clear message:
+# A value outside the range gets a clear message (asked of a panel of its own, so the one
+# above shows no error you did not cause):
 
 # %%
 from helpers.errors import ParameterError
 try:
-    panel.update(backlog=-1)
+    Panel(accept_queue, accept_queue.params).update(backlog=-1)
 except ParameterError as err:
     print(err)
 else:

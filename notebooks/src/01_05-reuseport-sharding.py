@@ -442,12 +442,13 @@ for r in (eight, two):
 # miss of a run with N = 2 can now and then exceed that of a run with N = 8. What the asserts
 # check on the measurements is that every listener stayed within its own 5σ band.
 #
-# A value outside 1..16 gets a clear message instead of a crash:
+# A value outside 1..16 gets a clear message instead of a crash (asked of a panel of its
+# own, so the one above shows no error you did not cause):
 
 # %%
 from helpers.errors import ParameterError
 try:
-    panel.update(n=17)
+    Panel(reuseport_spread, reuseport_spread.params).update(n=17)
 except ParameterError as err:
     print(err)
 else:
