@@ -546,21 +546,21 @@ def find_chromium() -> str | None:
     return which("chromium")
 
 
-def browser_stage(label: str, pytest: list[str], env: dict, results: list, **kw) -> StageResult:
+def browser_stage(label: str, pytest: list[str], env: dict, results: list, privileged: bool = True,
+                  **kw) -> StageResult:
     """Headless Chromium drives JupyterLab: the notebooks and panels as a learner uses them.
-    Without Chromium the stage's tests are skipped, each with the reason, and so counted."""
+    Without Chromium (or without root: the panels run live) the stage's tests are skipped,
+    each with the reason, and so counted; the summary says why."""
     name = f"{label}/browser"
     chromium = find_chromium()
-    env = dict(env, TCPCOURSE_MODE="live")
-    if chromium:
-        env["TCPCOURSE_CHROMIUM"] = chromium
-    else:
-        env["TCPCOURSE_CHROMIUM"] = ""
-        say(f"stage {name}: SKIPPED: no Chromium ({os.environ.get('TCPCOURSE_CHROMIUM') or 'chromium'} "
-            f"not found); as root the test command installs it (apt-get install chromium)")
+    env = dict(env, TCPCOURSE_MODE="live", TCPCOURSE_CHROMIUM=chromium or "")
+    why = ("Chromium is not installed (apt-get install chromium)" if not chromium else
+           "not root: the panels it presses run live (capture, namespaces)" if not privileged else "")
+    if why:
+        say(f"stage {name}: SKIPPED: {why}")
     r = stage(name, pytest + [BROWSER_TESTS], env, results, **kw)
-    if not chromium:
-        r.note = "skipped: Chromium is not installed (apt-get install chromium)"
+    if why:
+        r.note = f"skipped: {why}"
     return r
 
 
@@ -591,7 +591,7 @@ def suite(label: str, prefix: list[str], env: dict, extra: list[str], results: l
         stage(f"{label}/notebooks-replay", nbval + ["tests/test_replay_env.py"] + notebooks,
               dict(env, TCPCOURSE_EXPECT_REPLAY="1"), results)
     if browser:   # live panels in a real browser; its tests skip themselves (with the reason) without root
-        browser_stage(label, pytest, env, results)
+        browser_stage(label, pytest, env, results, privileged)
     stage(f"{label}/leaks", pytest + ["tests/leaks"], env, results)
 
 

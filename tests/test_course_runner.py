@@ -122,7 +122,7 @@ def test_browser_stage_without_chromium_is_skipped_visibly_and_counted(course, t
     r = course.browser_stage("demo", [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra"],
                              child_env(), results, state=tmp_path)
     out = capfd.readouterr().out
-    assert "stage demo/browser: SKIPPED: no Chromium" in out, out[-2000:]
+    assert "stage demo/browser: SKIPPED: Chromium is not installed (apt-get install chromium)" in out, out[-2000:]
     assert "browser stage skipped: no Chromium" in out       # pytest's -ra line, per test
     assert r.failed == 0 and not r.stopped and r.skipped >= 5 and r.passed == 0, r
     assert r.status == "skipped" and "Chromium is not installed" in r.note
