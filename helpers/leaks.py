@@ -84,8 +84,8 @@ def capture_processes(parent: int | None = None, run_id: str | None = None) -> l
                 continue
         except (OSError, ValueError, IndexError):
             continue
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        try:   # empty for a process that is exiting (a zombie): then its name
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip() or comm
         except OSError:
             args = comm
         out.append(f"{pid} {args}")
