@@ -500,8 +500,8 @@ def run_isolated(argv: list[str], env: dict, cwd: Path) -> int:
     proc = subprocess.Popen(argv, env=env, cwd=cwd, **kw)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        stop_group(proc, signal.SIGINT)
+    except KeyboardInterrupt as exc:
+        exc.stage_exit = stop_group(proc, signal.SIGINT)
         raise
     except BaseException:        # SystemExit from SIGTERM/SIGHUP: unwind the stage too
         stop_group(proc, signal.SIGTERM, grace=30.0)
@@ -522,7 +522,7 @@ def stage(name: str, argv: list[str], env: dict, results: list, *, state: Path =
         code = run_isolated(argv + ["-p", "course", f"--junitxml={xml}"], env, cwd)
     except KeyboardInterrupt as exc:
         interrupted = exc
-        code = 2
+        code = getattr(exc, "stage_exit", 2)
     r = stage_result(name, code, time.monotonic() - t0, _read_json(progress), xml)
     if interrupted is not None:
         r.note = (r.note or f"stage {name} stopped early") + " (Ctrl-C)"

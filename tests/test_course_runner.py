@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -227,3 +228,36 @@ def test_chromium_is_installed_as_root_and_a_failed_install_only_skips_the_brows
     out = capsys.readouterr().out
     assert "the browser stage needs chromium (sudo apt-get install -y chromium)" in out, out
     assert not [c for c in calls if c[0] == "apt-get"], calls
+
+
+def test_ctrl_c_at_the_runner_reaches_the_stage_which_unwinds_and_is_reported(tmp_path):
+    """The stage has its own process group, so the terminal's Ctrl-C reaches only the
+    runner: it passes the SIGINT on, waits for pytest to unwind, and reports the stage."""
+    f = write_tests(tmp_path, 3, {2: "import time; open(os.environ['READY'], 'w').close(); time.sleep(60)"})
+    ready = tmp_path / "ready"
+    runner = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("c", {str(ROOT / 'course.py')!r})
+        c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c)
+        results = []
+        try:
+            c.stage("demo/ctrl-c", {pytest_argv(f)!r}, c.os.environ.copy(), results, state=c.Path({str(tmp_path)!r}))
+        except KeyboardInterrupt:
+            print("RUNNER GOT CTRL-C", results[0].passed, results[0].not_run, results[0].code)
+    """)
+    env = dict(child_env(), READY=str(ready))
+    proc = subprocess.Popen([sys.executable, "-c", runner], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the stage never reached its second test"
+        proc.send_signal(signal.SIGINT)          # only the runner, as a terminal's Ctrl-C would
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "RUNNER GOT CTRL-C 1 2 2" in out, out[-3000:]
+    assert "stage demo/ctrl-c stopped early" in out and "2 of 3 collected tests did not run (Ctrl-C)" in out, out[-3000:]
