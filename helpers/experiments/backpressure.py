@@ -37,6 +37,7 @@ from .base import Result, experiment
 
 CHUNK = 65536
 KERNEL_BUF = 65536        # SO_SNDBUF / SO_RCVBUF asked for in producer_memory (doubled by the kernel)
+CHILD_START_S = 60        # s to wait for the producer child to connect (Python starts slowly in a VM)
 PRODUCERS = ("asyncio + drain", "asyncio, no drain", "blocking sendall")
 MB = 1 << 20
 SAMPLE_S = 0.004
@@ -516,15 +517,22 @@ def producer_memory(run, producer: str = "asyncio + drain", total_mb: int = 8, r
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, KERNEL_BUF)   # before listen: inherited
         lst.bind(("127.0.0.1", 0))
         lst.listen(1)
-        lst.settimeout(10)
+        lst.settimeout(0.5)
         argv = [sys.executable, "-m", "helpers.experiments.backpressure", "--child", producer,
                 str(lst.getsockname()[1]), str(total), str(CHUNK), str(KERNEL_BUF)]
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            conn, _ = lst.accept()
-        except socket.timeout as exc:
-            raise CourseError("the producer child never connected.",
-                              f"run `{' '.join(argv[:4])} ...` by hand to see why.") from exc
+        conn, waited_until = None, time.monotonic() + CHILD_START_S
+        while conn is None:      # a slow machine (a VM, a loaded laptop) takes seconds to start Python
+            try:
+                conn, _ = lst.accept()
+            except socket.timeout:
+                if child.poll() is not None:
+                    raise CourseError(f"the producer child exited ({child.returncode}) before it connected: "
+                                      f"{(child.stderr.read() or '').strip()[-300:]}",
+                                      f"run `{' '.join(argv[:4])} ...` by hand to see why.") from None
+                if time.monotonic() > waited_until:
+                    raise CourseError(f"the producer child did not connect within {CHILD_START_S} s.",
+                                      f"run `{' '.join(argv[:4])} ...` by hand to see why.") from None
         rcvbuf_got = conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         buf = bytearray(CHUNK)
         got = 0
