@@ -157,6 +157,37 @@ def install_interrupt_handler(shell=None) -> bool:
     return True
 
 
+def keep_language_version(model=None, path="", contents_manager=None, **_kw) -> None:
+    """Jupyter Server ``pre_save_hook``: when a notebook is saved whose ``language_info``
+    differs from the file on disk only in ``version`` (JupyterLab copies the kernel's
+    Python version into every notebook it opens, and autosaves), keep the file's version,
+    so that opening a committed notebook with another Python leaves the clone clean.
+
+    Start JupyterLab with ``--ContentsManager.pre_save_hook=helpers.notebook.keep_language_version``.
+    Anything else the learner changes is saved as usual."""
+    if not model or model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+        return
+    import json
+    import os
+
+    # read the file itself: the manager's get() is a coroutine in async contents managers
+    root = os.path.realpath(getattr(contents_manager, "root_dir", None) or ".")
+    os_path = os.path.realpath(os.path.join(root, path.strip("/")))
+    if not os_path.startswith(root + os.sep):
+        return
+    try:
+        with open(os_path, encoding="utf-8") as f:
+            on_disk = json.load(f).get("metadata", {}).get("language_info")
+    except (OSError, ValueError, AttributeError):   # a new file, or not a notebook yet
+        return
+    meta = model["content"].setdefault("metadata", {})
+    new = meta.get("language_info")
+    if not isinstance(on_disk, dict) or not isinstance(new, dict) or "version" not in on_disk:
+        return
+    if {k: v for k, v in new.items() if k != "version"} == {k: v for k, v in on_disk.items() if k != "version"}:
+        meta["language_info"] = {**new, "version": on_disk["version"]}
+
+
 _MIME_METHODS = (
     ("text/html", "_repr_html_"),
     ("text/markdown", "_repr_markdown_"),

@@ -116,13 +116,13 @@ def _jupyter_env(base: Path) -> dict:
 
 
 @contextmanager
-def _jupyter(app: str, root: Path, base: Path):
+def _jupyter(app: str, root: Path, base: Path, *extra: str):
     """``jupyter server|lab`` on 127.0.0.1, a random port and token, serving *root*; stopped after."""
     port, token = _free_port(), os.urandom(16).hex()
     log = open(base / f"{app}.log", "w")
     proc = subprocess.Popen(
         [str(JUPYTER), app, "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", *extra],
         env=_jupyter_env(base), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -214,6 +214,29 @@ def test_open_and_save_through_the_server_leaves_the_files_unchanged(tmp_path):
             if (root / "notebooks" / p.name).read_bytes() != p.read_bytes():
                 changed.append(p.name)
     assert not changed, f"opening and saving changed {changed}: rebuild with tools/build_notebooks.py"
+
+
+def _open_with_another_python(url: str, token: str, name: str) -> None:
+    model = _api(url, token, "GET", f"/api/contents/notebooks/{name}?type=notebook&content=1")
+    model["content"]["metadata"]["language_info"]["version"] = "3.99.0"
+    _api(url, token, "PUT", f"/api/contents/notebooks/{name}",
+         {"type": "notebook", "format": "json", "content": model["content"]})
+
+
+def test_keep_language_version_hook_keeps_a_clone_clean_under_another_python(tmp_path):
+    """With helpers.notebook.keep_language_version as the server's pre_save_hook, a
+    kernel of another Python (3.99.0 here) changes nothing on save; without it, it does."""
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    name = NOTEBOOKS[0].name
+    shutil.copy2(NOTEBOOKS[0], root / "notebooks" / name)
+    hook = "--ContentsManager.pre_save_hook=helpers.notebook.keep_language_version"
+    with _jupyter("server", root, tmp_path, hook) as (url, token):
+        _open_with_another_python(url, token, name)
+    assert (root / "notebooks" / name).read_bytes() == NOTEBOOKS[0].read_bytes()
+    with _jupyter("server", root, tmp_path) as (url, token):
+        _open_with_another_python(url, token, name)
+    assert b'"version": "3.99.0"' in (root / "notebooks" / name).read_bytes()
 
 
 def _chromium() -> str | None:
