@@ -194,11 +194,12 @@ class Experiment:
 
     def __call__(self, _outdir: str | os.PathLike | None = None, **values) -> Result:
         mode = _caps.mode()
+        # bad parameters get their own error first, whoever asks (before any privilege check)
+        params = validate(self.params, values)
         # an experiment that needs nothing privileged always runs live, whatever the mode
         reason = self.replay_reason(mode) if self.needs else None
-        params = validate(self.params, values, replay=reason is not None)
-        if reason is not None:
-            return self.replay(params, reason)
+        if reason is not None:    # replay also needs the values the corpus recorded
+            return self.replay(validate(self.params, values, replay=True), reason)
         run = LiveRun(self, params, _outdir)
         from ..rules import machine
         snapshot = machine().as_dict()   # before the run: the state the kernel starts from
