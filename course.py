@@ -172,7 +172,9 @@ def lab_argv(root: Path = ROOT, extra: list[str] | tuple = ()) -> list[str]:
     pcaps/), opening the index: the printed URL is http://127.0.0.1:PORT/lab/tree/notebooks/
     00_00-index.ipynb?token=..."""
     argv = [vpy(), "-m", "jupyter", "lab", f"--ServerApp.root_dir={root}", "--ServerApp.ip=127.0.0.1",
-            f"--LabApp.default_url={INDEX_URL}"]
+            f"--LabApp.default_url={INDEX_URL}",
+            # a save that differs only in language_info.version (another Python) keeps the file's
+            "--ContentsManager.pre_save_hook=helpers.notebook.keep_language_version"]
     if os.geteuid() == 0:
         argv.append("--allow-root")
     if not os.environ.get("DISPLAY"):

@@ -199,8 +199,7 @@ def _probe_namespaces() -> Capability:
             f"{failure} (named network namespaces cannot be made here, as in a chroot whose / "
             f"is not a mount point or in a container, although CAP_SYS_ADMIN and CAP_NET_ADMIN "
             f"are present)", if_missing)
-    return Capability(name, True, f"created, entered and deleted a named network namespace "
-                      f"({ns.name})", if_missing)
+    return Capability(name, True, "created, entered and deleted a named network namespace", if_missing)
 
 
 def _first_words(exc: BaseException, limit: int = 200) -> str:

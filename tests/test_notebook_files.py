@@ -409,3 +409,45 @@ def test_interrupting_a_plain_cell_prints_one_line_and_cleans_up():
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def _banner_needs(text: str) -> set[str] | None:
+    import ast
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "mode_banner":
+            for kw in node.keywords:
+                if kw.arg == "needs":
+                    return set(ast.literal_eval(kw.value))
+            return {"live_capture"}                   # mode_banner's default
+    return None
+
+
+def _experiments_used(text: str) -> dict[str, set[str]]:
+    """The course experiments a notebook source imports by name, with what each needs."""
+    import ast
+    import importlib
+    from helpers.experiments.base import Experiment
+    used = {}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers.experiments"):
+            mod = importlib.import_module(node.module)
+            for alias in node.names:
+                obj = getattr(mod, alias.name, None)
+                if isinstance(obj, Experiment):
+                    used[alias.name] = set(obj.needs)
+    return used
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_banner_names_every_need_of_the_chapters_experiments(src):
+    """A chapter whose banner says LIVE must not replay experiments for a reason it did not
+    check: in a container where capture works but named namespaces do not, 02_02's banner
+    said LIVE while its zero-window experiment replayed."""
+    text = src.read_text()
+    banner = _banner_needs(text)
+    used = _experiments_used(text)
+    if banner is None:
+        assert not any(used.values()), f"{src.name} runs privileged experiments but shows no banner"
+        return
+    missing = {name: sorted(needs - banner) for name, needs in used.items() if needs - banner}
+    assert not missing, f"{src.name}: mode_banner(needs={sorted(banner)}) misses {missing}"

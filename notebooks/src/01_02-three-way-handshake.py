@@ -27,7 +27,7 @@ from helpers.notebook import show
 from helpers.checks import check_value
 from helpers.widgets import Panel
 
-mode_banner()
+mode_banner(needs=("live_capture", "namespaces"))
 
 # %% [markdown]
 # ## 1 · Capture two short connections

@@ -23,7 +23,7 @@ from helpers import dissect
 from helpers.checks import check_value, Exercise
 from helpers.widgets import Panel
 
-mode_banner()
+mode_banner(needs=("live_capture", "namespaces"))
 
 # %% [markdown]
 # ## 1 · A reader that pauses

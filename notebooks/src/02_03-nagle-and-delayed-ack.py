@@ -24,7 +24,7 @@ from helpers import plots
 from helpers.checks import check, check_value
 from helpers.widgets import Panel
 
-mode_banner()
+mode_banner(needs=("live_capture", "namespaces"))
 
 # %% [markdown]
 # ## 1 · A request in two writes

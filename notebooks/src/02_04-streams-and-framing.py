@@ -26,7 +26,7 @@ from helpers.framing import (FrameParser, OversizeFrame, BadMagic, TruncatedFram
 from helpers.checks import check_value
 from helpers.widgets import Panel
 
-mode_banner()
+mode_banner(needs=("live_capture", "namespaces"))
 
 # %% [markdown]
 # ## 1 · Ten sends, one recv
