@@ -14,6 +14,7 @@ apt-get; without root the script says what to install and carries on in replay m
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -499,6 +500,11 @@ def run_isolated(argv: list[str], env: dict, cwd: Path) -> int:
     SIGINT to a group) reaches the stage, never this runner. Ctrl-C at the terminal reaches
     the runner, which passes it on to the stage and waits for the stage to clean up."""
     kw = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # started in the background (nohup, `cmd &` in a script): SIGINT is ignored, and the
+        # stage would inherit that, so the tests of a real interrupt could not interrupt
+        with contextlib.suppress(ValueError):          # only the main thread may set it
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen(argv, env=env, cwd=cwd, **kw)
     try:
         return proc.wait()

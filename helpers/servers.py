@@ -174,6 +174,14 @@ class Server:
         self._stop.set()
         if self.sock is not None:
             self.sock.close()
+        deadline = time.monotonic() + timeout
+        # the accept loop may be handing over a connection it has just accepted: let it finish
+        # first, so that connection and its thread are in the lists closed and joined below
+        with self._lock:
+            accepting = [t for t in self._threads if t.name.endswith("-accept")]
+        for t in accepting:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             conns, self.connections = self.connections, []
             threads = list(self._threads)
@@ -181,7 +189,6 @@ class Server:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
-        deadline = time.monotonic() + timeout
         for t in threads:
             if t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))

@@ -358,7 +358,9 @@ def run_interrupted(body: str, timeout: float = 120) -> tuple[dict, list[str]]:
     "pid": a real SIGINT, timed by a thread, lands in that child only, never in pytest (a
     stray one, late under load, once ended the unit stage after 281 of 502 tests).
     Returns the child's JSON and the course namespaces named after it that are left."""
-    child = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], capture_output=True, text=True,
+    # a suite started in the background inherits SIGINT ignored: the child takes it back
+    body = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n" + textwrap.dedent(body)
+    child = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True,
                            timeout=timeout, start_new_session=True)
     assert child.returncode == 0, child.stderr[-3000:]
     out = json.loads(child.stdout.strip().splitlines()[-1])
