@@ -468,8 +468,11 @@ answer_3 = ...  # a string
 # %%
 big = producer_memory(producer="asyncio, no drain", total_mb=32, rate_mb_s=64)
 producer_memory.check(big)     # includes: peak send queue <= send buffer + one packet buffer
-print(f"peak send queue: {big.data['peak_outq'] / 1024:.0f} KB for 32 MB, {nd['peak_outq'] / 1024:.0f} KB for 16 MB")
-assert big.data["peak_outq"] <= rules.sk_stream_memory_free(m, big.data["sndbuf_got"]).high < 2 * nd["peak_outq"]
+cap_q = rules.sk_stream_memory_free(m, big.data["sndbuf_got"]).high
+print(f"peak send queue: {big.data['peak_outq'] / 1024:.0f} KB for 32 MB, {nd['peak_outq'] / 1024:.0f} KB for 16 MB; "
+      f"the send buffer's limit (sk_stream_memory_free): {cap_q / 1024:.0f} KB, whatever the program writes")
+# the rule is the cap; how close each run came to it depends on how fast the reader kept up
+assert max(big.data["peak_outq"], nd["peak_outq"]) <= cap_q
 check_value(answer_3, "about the same", name="peak kernel send queue for 32 MB",
             hint="which limit applies to the kernel's send queue, and does it depend on how much the program writes?");
 
