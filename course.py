@@ -511,8 +511,9 @@ def run_isolated(argv: list[str], env: dict, cwd: Path) -> int:
     except KeyboardInterrupt as exc:
         exc.stage_exit = stop_group(proc, signal.SIGINT)
         raise
-    except BaseException:        # SystemExit from SIGTERM/SIGHUP: unwind the stage too
-        stop_group(proc, signal.SIGTERM, grace=30.0)
+    except BaseException as exc:  # SystemExit from SIGTERM/SIGHUP: pytest unwinds (and nbval
+        # shuts its kernels down, namespaces and captures included) only on SIGINT
+        exc.stage_exit = stop_group(proc, signal.SIGINT, grace=30.0)
         raise
 
 
@@ -528,12 +529,13 @@ def stage(name: str, argv: list[str], env: dict, results: list, *, state: Path =
     code, interrupted = None, None
     try:
         code = run_isolated(argv + ["-p", "course", f"--junitxml={xml}"], env, cwd)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, SystemExit) as exc:
         interrupted = exc
         code = getattr(exc, "stage_exit", 2)
     r = stage_result(name, code, time.monotonic() - t0, _read_json(progress), xml)
     if interrupted is not None:
-        r.note = (r.note or f"stage {name} stopped early") + " (Ctrl-C)"
+        r.note = (r.note or f"stage {name} stopped early") + (
+            " (Ctrl-C)" if isinstance(interrupted, KeyboardInterrupt) else " (a signal stopped the run)")
     results.append(r)
     if r.stopped:
         say(r.note)
@@ -563,11 +565,12 @@ def browser_stage(label: str, pytest: list[str], env: dict, results: list, privi
     chromium = find_chromium()
     env = dict(env, TCPCOURSE_MODE="live", TCPCOURSE_CHROMIUM=chromium or "")
     why = ("Chromium is not installed (apt-get install chromium)" if not chromium else
-           "not root: the panels it presses run live (capture, namespaces)" if not privileged else "")
+           "no live capture and namespaces here (not root, or a container): the panels it presses "
+           "run live" if not privileged else "")
     if why:
         say(f"stage {name}: SKIPPED: {why}")
     r = stage(name, pytest + [BROWSER_TESTS], env, results, **kw)
-    if why:
+    if why and not r.stopped and not r.failed:
         r.note = f"skipped: {why}"
     return r
 
@@ -622,6 +625,8 @@ def summary(results: list[StageResult], secs: float, interrupted: str = "") -> i
     line = f"{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped"
     if total["not_run"] or stopped:
         line += f", {total['not_run']} not run ({len(stopped)} stage(s) stopped early)"
+    if interrupted:
+        line += "; INTERRUPTED: later stages did not run"
     print(line, flush=True)
     return 0 if results and not interrupted and all(r.ok for r in results) else 1
 

@@ -121,7 +121,8 @@ def interrupt_handler(shell, etype, value, tb, tb_offset=None) -> list[str]:
     stays an error, so Run All stops at the interrupted cell."""
     try:
         left = nothing_left_behind()
-    except Exception as exc:    # the report must not fail; say the check did
+    except (Exception, KeyboardInterrupt) as exc:   # the report must not fail (a second Ctrl-C
+        # here would make IPython unregister the handler for the kernel's life); say so
         line = f"interrupted: could not check what is left behind ({type(exc).__name__}: {exc})"
     else:
         line = (INTERRUPTED if not left else

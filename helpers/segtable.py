@@ -647,8 +647,8 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
     if parts:
         cols = list(zip(*parts))
         pk = np.concatenate(cols[0])
-        # each part is in file order already; merging them keeps each family's order
-        order = np.argsort(pk, kind="stable") if len(parts) > 1 else slice(None)
+        # a tunnel round appends its inner packets after the outer ones: sort into file order
+        order = np.argsort(pk, kind="stable")
         seg.pkt = pk[order]
         seg.tcp = np.concatenate(cols[1])[order]
         seg.tcp_total = np.concatenate(cols[2])[order]
@@ -657,10 +657,7 @@ def segments(path: str | os.PathLike, *, allow_truncated: bool = False) -> pd.Da
         seg.tunnel = np.concatenate(cols[7])[order].astype(np.int64)
         for fam, (sa, da) in ((4, ("s4", "d4")), (6, ("s6", "d6"))):
             fp = [p for p in parts if p[3][0] == fam]
-            if len(fp) == 1:
-                setattr(seg, sa, fp[0][4])
-                setattr(seg, da, fp[0][5])
-            elif fp:                     # several parts (tunnels): file order, as seg.pkt
+            if fp:                       # file order, as seg.pkt (tunnels mix the order)
                 o = np.argsort(np.concatenate([p[0] for p in fp]), kind="stable")
                 setattr(seg, sa, np.concatenate([p[4] for p in fp])[o])
                 setattr(seg, da, np.concatenate([p[5] for p in fp])[o])

@@ -227,3 +227,19 @@ def test_pcapng_time_stamps_cannot_overflow():
     df = segments(DATA / "ip4_len_exceeds.pcapng")
     assert "ts_fraction" not in df.attrs["anomalies"]
     assert pd.Series(df["time"]).is_monotonic_increasing
+
+
+def test_rows_stay_in_file_order_across_tunnel_kinds(tmp_path):
+    """An IPv4-in-IPv6 packet before an IPv4-in-IPv4 one of the same flow: the tunnel rounds
+    open them in another order, the rows must still come in file order (t never runs back)."""
+    from scapy.all import IP, IPv6, TCP, Ether, wrpcap
+    p1 = Ether() / IPv6(src="::1", dst="::1", nh=4) / IP(src="127.0.0.1", dst="127.0.0.2") / TCP(
+        sport=1, dport=2, flags="S", seq=1000)
+    p2 = Ether() / IP(src="127.0.0.1", dst="127.0.0.1", proto=4) / IP(src="127.0.0.1", dst="127.0.0.2") / TCP(
+        sport=1, dport=2, flags="A", seq=1001)
+    p1.time, p2.time = 1.0, 1.0004
+    f = tmp_path / "mixed-tunnels.pcap"
+    wrpcap(str(f), [p1, p2])
+    df = dissect.segments(str(f))
+    assert list(df["frame"]) == [1, 2] and df["t"].is_monotonic_increasing, df
+    assert list(df["seq_raw"]) == [1000, 1001] and set(df["src"]) == {"127.0.0.1"}, df

@@ -343,16 +343,24 @@ JS_SHUTDOWN = """async () => {
 }"""
 
 
+def evaluate(page, js: str, arg=None, timeout_ms: int = PANEL_TIMEOUT):
+    """page.evaluate(js, arg), bounded: playwright's evaluate has no timeout of its own, so a
+    hung cell or a kernel that never gets ready would block the stage for ever."""
+    return page.evaluate(
+        "async ([a, ms]) => Promise.race([(" + js + ")(a), new Promise((_, rej) => "
+        "setTimeout(() => rej(new Error(`timed out after ${ms} ms`)), ms))])", [arg, timeout_ms])
+
+
 def kernel(page, code: str):
     """Evaluate *code* in the notebook's kernel; its last line's value, via json."""
-    text = page.evaluate(JS_KERNEL, "import json as _j\n" + code + "\nprint(_j.dumps(_RESULT))")
+    text = evaluate(page, JS_KERNEL, "import json as _j\n" + code + "\nprint(_j.dumps(_RESULT))")
     assert "KERNEL-ERROR" not in text, text
     return json.loads(text.strip().splitlines()[-1])
 
 
 def open_notebook(page, lab, name: str) -> int:
     """Open notebooks/NAME.ipynb in the lab; returns its kernel's PID."""
-    page.evaluate(JS_OPEN, f"notebooks/{name}.ipynb")
+    evaluate(page, JS_OPEN, f"notebooks/{name}.ipynb")
     pid = kernel(page, "import os\n_RESULT = os.getpid()")
     lab.kernel_pids.add(pid)
     return pid
@@ -363,12 +371,12 @@ def open_panel(page, lab, name: str, title: str):
     to "Your turn" does. Returns (kernel PID, the panel)."""
     pid = open_notebook(page, lab, name)
     for i in (cell_index(page, "from helpers.widgets import Panel"), cell_index(page, "panel = Panel(")):
-        page.evaluate(JS_RUN_CELL, i)
+        evaluate(page, JS_RUN_CELL, i)
     return pid, panel(page, title)
 
 
 def cells(page) -> dict:
-    return page.evaluate(JS_CELLS)
+    return evaluate(page, JS_CELLS)
 
 
 def cell_index(page, needle: str) -> int:
@@ -379,7 +387,7 @@ def cell_index(page, needle: str) -> int:
 
 def shutdown_notebook(page, lab) -> None:
     pid = kernel(page, "import os\n_RESULT = os.getpid()")
-    page.evaluate(JS_SHUTDOWN)
+    evaluate(page, JS_SHUTDOWN)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -497,14 +505,14 @@ def test_study_url_opens_the_index_in_a_trusted_lab_at_the_repository_root(lab, 
 
 def test_00_00_runs_every_cell_without_errors(lab, page):
     open_notebook(page, lab, "00_00-index")
-    page.evaluate(JS_RUN_ALL)
+    evaluate(page, JS_RUN_ALL, timeout_ms=RUN_ALL_TIMEOUT)
     assert_ran_clean(page)
     shutdown_notebook(page, lab)
 
 
 def test_01_02_runs_clean_and_its_panel_sends_the_new_mss(lab, page):
     open_notebook(page, lab, "01_02-three-way-handshake")
-    page.evaluate(JS_RUN_ALL)
+    evaluate(page, JS_RUN_ALL, timeout_ms=RUN_ALL_TIMEOUT)
     assert_ran_clean(page)
     p = panel(page, "SYN options")
     before = kernel(page, "_RESULT = panel.ran_with")
@@ -551,6 +559,7 @@ def test_01_03_an_interrupted_panel_leaves_nothing_and_runs_again(lab, page):
     while not (capture_children(kpid) and course_namespaces_of([kpid])) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert capture_children(kpid), f"no capture started; the panel says: {status(p)}"
+    assert course_namespaces_of([kpid]), f"no namespace started; the panel says: {status(p)}"
     assert "running" in status(p), status(p)
     # the learner presses the toolbar's stop button (Kernel > Interrupt)
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) jp-button[data-command='notebook:interrupt-kernel'], "
