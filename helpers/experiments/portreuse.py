@@ -527,7 +527,7 @@ def attempts_table(result: Result):
     import pandas as pd
     rows = [{"destination": a["dest"], "attempt": a["i"] + 1,
              "outcome": "connected" if a["ok"] else f"{a['call']}() failed: {a['errno']}",
-             "local port": a["port"] if a["ok"] else None,
+             "local port": str(a["port"]) if a["ok"] else "",
              "parity": ("even" if a["port"] % 2 == 0 else "odd") if a["ok"] else ""}
             for a in result.data["attempts"]]
     return pd.DataFrame(rows)
@@ -704,7 +704,7 @@ def exhaustion_plot(result: Result):
     d = result.data
     m = result.machine_snapshot()
     low, high = ip_local_port_range(m)
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True, height_ratios=[2, 1])
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, height_ratios=[2, 1])
     in_use = 0
     xs, used = [], []
     for k, a in enumerate(d["attempts"]):
@@ -712,21 +712,21 @@ def exhaustion_plot(result: Result):
             in_use += 1
             ax.plot(k, a["port"], "o", color="tab:blue" if a["port"] % 2 == 0 else "tab:orange")
         else:
-            ax.plot(k, low - 0.8, "x", color="tab:red", markersize=10)
-            ax.annotate(f"{a['call']}(): {a['errno']}", (k, low - 0.8), textcoords="offset points",
-                        xytext=(4, -12), fontsize=8, color="tab:red")
+            ax.plot(k, low - 1, "x", color="tab:red", markersize=10)
         xs.append(k)
         used.append(in_use)
-    for dest in DESTINATIONS[:d["destinations"]]:
+    for j, dest in enumerate(DESTINATIONS[:d["destinations"]]):
         ks = [k for k, a in enumerate(d["attempts"]) if a["dest"] == dest]
-        ax.axvspan(min(ks) - 0.5, max(ks) + 0.5, alpha=0.06, color="grey")
-        ax.text((min(ks) + max(ks)) / 2, high + 0.6, f"to {dest}", ha="center", fontsize=8)
+        ax.axvspan(min(ks) - 0.5, max(ks) + 0.5, alpha=0.05 if j % 2 == 0 else 0.15, color="grey")
+        label = f"to {dest}" if len(ks) >= 3 else f".{dest.rsplit('.', 1)[1]}"
+        ax.text(min(ks) - 0.4, high + 0.6, label, ha="left", fontsize=8)
     ax.set_ylim(low - 2, high + 1.5)
     ax.set_ylabel("local port")
     ax.plot([], [], "o", color="tab:blue", label="even port")
     ax.plot([], [], "o", color="tab:orange", label="odd port")
-    ax.plot([], [], "x", color="tab:red", label="refused")
-    ax.legend(loc="lower right", fontsize=8)
+    why = sorted({f"{a['call']}(): {a['errno']}" for a in d["attempts"] if not a["ok"]})
+    ax.plot([], [], "x", color="tab:red", label="refused: " + ", ".join(why))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     ax.set_title(f"ip_local_port_range {d['range']}, mode {d['mode']}: the outcome of each attempt")
     ax2.step(xs, used, where="post")
     ax2.set_ylabel("connections open")
@@ -744,7 +744,7 @@ def tw_plot(result: Result):
     m = result.machine_snapshot()
     band = tw_reuse_delay(m, d["sysctls"].get("net.ipv4.tcp_tw_reuse_delay"))
     first = min(d["closed_at"].values())
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     t = [s[0] - first for s in d["samples"]]
     ax.step(t, [s[2] for s in d["samples"]], where="post", label="client ports in TIME_WAIT")
     ax.step(t, [s[1] for s in d["samples"]], where="post", label="client connections ESTABLISHED")
@@ -760,7 +760,7 @@ def tw_plot(result: Result):
     ax.set_ylabel("sockets")
     ax.set_ylim(-0.3, d["ports"] + 1)
     ax.set_title(f"tcp_tw_reuse={d['tw_reuse']}, {d['addr']}, timestamps {'on' if d['timestamps'] else 'off'}")
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
 
