@@ -789,15 +789,16 @@ def swimlanes(result: Result, ax=None):
     use_style()
     spans = state_spans(result)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(9, 2.8))
+        fig, ax = plt.subplots(figsize=(9, 3.2))
     else:
         fig = ax.figure
     lanes = {"client": 1, "server": 0}
+    total = max(float(spans["to"].max() - spans["from"].min()), 0.01) if len(spans) else 1.0
     for _, r in spans.iterrows():
         width = max(float(r["to"]) - float(r["from"]), 0.003)
         ax.barh(lanes[r["side"]], width, left=float(r["from"]), height=0.5,
                 color=STATE_COLOURS.get(r["state"], "#eeeeee"), edgecolor="white")
-        if width > 0.04:
+        if width > 0.09 * total:
             ax.text(float(r["from"]) + width / 2, lanes[r["side"]], r["state"], ha="center", va="center",
                     fontsize=8, color="white" if r["state"] in ("LAST-ACK", "TIME-WAIT", "FIN-WAIT-2") else "black")
     for f in fin_segments(result):
@@ -806,9 +807,85 @@ def swimlanes(result: Result, ax=None):
                     arrowprops={"arrowstyle": "->", "color": "#e65100"})
     for e in result.data["events"]:
         ax.axvline(e["t"], color="#bdbdbd", lw=0.8, ls=":")
+    from matplotlib.patches import Patch
+    seen = [st for st in STATE_COLOURS if st in set(spans["state"])]
+    ax.legend(handles=[Patch(color=STATE_COLOURS[st], label=st) for st in seen], loc="upper center",
+              bbox_to_anchor=(0.5, -0.28), ncol=len(seen), fontsize=8, frameon=False)
     ax.set_yticks([0, 1], ["server", "client"])
     ax.set_xlabel("time since the first packet (s)")
     d = result.data
     ax.set_title(f"states per side, first={d['first']}, lose_last_ack={d['lose_last_ack']} "
                  "(orange arrows: FINs)")
     return fig
+
+
+# ======================================================================================
+# for the notebook and the panel: sentences and tables from a result (live or replayed)
+# ======================================================================================
+def fin_ack_delay(result: Result) -> float | None:
+    """How long the passive side took to acknowledge the first FIN (s): the FIN_WAIT_1 time.
+    tcp_fin() puts the receiver in pingpong mode, so a FIN's ACK waits for the delayed-ACK
+    timer unless the application's own FIN (or data) carries it first."""
+    d = result.data
+    df = result.segments()
+    fins = [f for f in fin_segments(result) if f["first"]]
+    if not fins:
+        return None
+    f = fins[0]
+    src = d["port"] if f["from"] == "server" else d["client_port"]
+    back = df[(df["dport"] == src) & (df["t"] > f["t"])]
+    return round(float(back["t"].iloc[0]) - f["t"], 4) if len(back) else None
+
+
+def teardown_sentence(result: Result) -> str:
+    """What one teardown run showed, in one paragraph of Markdown."""
+    d = result.data
+    tl = timeline(result)
+    parts = [f"**client**: {' → '.join(tl['client'])}; **server**: {' → '.join(tl['server'])}."]
+    delay = fin_ack_delay(result)
+    if delay is not None and d["first"] != "simultaneous":
+        parts.append(f"The first FIN was acknowledged after {delay * 1e3:.0f} ms (the {d['active']} sat in "
+                     "FIN_WAIT_1 that long).")
+    for tw in d["tw_timers"]:
+        parts.append(f"The {tw['side']}'s TIME_WAIT timer read **{tw['proc_s']:.2f} s** {tw['elapsed_s'] * 1e3:.0f} ms "
+                     f"after the segment that started it (`ss -o`: `timer:(timewait,{tw['ss_text']},0)`).")
+    if d["lose_last_ack"]:
+        n = sum(1 for f in fin_segments(result) if f["from"] == d["passive"])
+        parts.append(f"With its last ACK dropped, the {d['passive']} sent its FIN {n} times; the {d['active']}'s "
+                     f"TIME_WAIT entry answered each copy ({acks_from_time_wait(result)} ACKs).")
+    return " ".join(parts)
+
+
+def render(result: Result) -> list:
+    """What the 03_01 panel shows: the banner, the swimlanes, the ladder, one sentence."""
+    from .. import plots
+    return [result, swimlanes(result), plots.ladder(result.segments(), max_segments=20,
+                                                      title=f"{result.data['first']} closes first"),
+            teardown_sentence(result)]
+
+
+def fin_wait2_table(result: Result):
+    """One row per connection of :func:`fin_wait2`: what the client did, what it became."""
+    import pandas as pd
+    d = result.data
+    o, h, f = d["orphan"], d["half"], d["full"]
+    return pd.DataFrame([
+        {"connection": "orphan", "client did": "close(); the server application never closes",
+         "client socket at the end": "gone" if o["gone_after_s"] is not None else o["state_after_ack"],
+         "server socket at the end": o["server_state_end"],
+         "timer": f"FIN-WAIT-2 (timewait entry) ended after {o['gone_after_s']:.2f} s"},
+        {"connection": "half", "client did": "shutdown(SHUT_WR), kept the fd, read the reply",
+         "client socket at the end": h["state_end"], "server socket at the end": "CLOSE-WAIT (then closes)",
+         "timer": "none"},
+        {"connection": "full", "client did": "close(); the server closes at EOF",
+         "client socket at the end": f["state"], "server socket at the end": "gone",
+         "timer": f"timewait {f['proc_s']:.2f} s left"},
+    ])
+
+
+def rebind_table(result: Result):
+    """The four SO_REUSEADDR combinations of :func:`rebind` and what bind() returned."""
+    import pandas as pd
+    return pd.DataFrame([{"old listener SO_REUSEADDR": c["old_reuseaddr"], "new socket SO_REUSEADDR": c["new_reuseaddr"],
+                          "TIME_WAIT entries on the port": c["time_wait_on_port"], "bind()": c["outcome"]}
+                         for c in result.data["cases"]])
