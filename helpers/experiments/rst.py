@@ -784,11 +784,20 @@ def plot_bytes(results: list[Result]):
 
 
 def plot_ladder(result: Result):
-    """The run's ladder diagram (RST in red), client on the left."""
+    """The ladder diagram of an :func:`abortive_close` or :func:`dead_peer` run (RST in red),
+    client on the left."""
     from ..plots import ladder, use_style
     use_style()
     d = result.data
-    return ladder(result.segments(), title=f"{d['scenario']}: the packets", max_segments=30)
+    what = d.get("scenario") or f"dead peer, {d.get('mechanism')}"
+    return ladder(result.segments(), title=f"{what}: the packets", max_segments=30)
+
+
+def checked(result: Result) -> list:
+    """Assert the run's claims (each failure names its claim), then return what a notebook
+    cell shows for it: the table row and the ladder."""
+    abortive_close.check(result)
+    return [abort_view(result).table(), plot_ladder(result)]
 
 
 def render(result: Result) -> list:

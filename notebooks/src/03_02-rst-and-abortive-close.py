@@ -18,8 +18,8 @@
 from IPython.display import Markdown
 from helpers import rules
 from helpers.notebook import mode_banner, nothing_left_behind, show
-from helpers.experiments.rst import (abortive_close, abort_view, bytes_table, plot_bytes, plot_ladder, render,
-                                     sigpipe, linger_timeout, dead_peer, dead_peer_view, tcp_close,
+from helpers.experiments.rst import (abortive_close, abort_view, bytes_table, checked, plot_bytes, plot_ladder,
+                                     render, sigpipe, linger_timeout, dead_peer, dead_peer_view, tcp_close,
                                      tcp_disconnect_loss, sk_stream_wait_close, tcp_keepalive_timer,
                                      tcp_write_timeout_user)
 from helpers.checks import check_value, Exercise
@@ -42,12 +42,11 @@ linger0 = abortive_close(scenario="linger0")
 linger0
 
 # %%
-abortive_close.check(linger0)        # the chapter's claims on this run
 d = linger0.data
 tcp_close(d["closer_unread"], tuple(d["linger"])).check(abort_view(linger0).close_sent,
                                                         "what the client's close() sent")
 tcp_disconnect_loss(d["sent"], d["closer_outq"]).check(d["delivered"], "bytes the server's application read")
-show([abort_view(linger0).table(), plot_ladder(linger0)])
+show(checked(linger0))   # asserts this run's claims, then shows its table and ladder
 
 # %% [markdown]
 # **Explain.** `tcp_close()` (net/ipv4/tcp.c) checks, in this order: was data left unread
@@ -68,8 +67,7 @@ show([abort_view(linger0).table(), plot_ladder(linger0)])
 
 # %%
 unread = abortive_close(scenario="unread")
-abortive_close.check(unread)
-show([abort_view(unread).table(), plot_ladder(unread)])
+show(checked(unread))   # asserts this run's claims, then shows its table and ladder
 
 # %% [markdown]
 # RFC 2525 §2.17 asks for an RST here, because data was lost; `tcp_close()` does it and counts
@@ -82,8 +80,7 @@ show([abort_view(unread).table(), plot_ladder(unread)])
 
 # %%
 timeout = abortive_close(scenario="read_timeout")
-abortive_close.check(timeout)
-show([abort_view(timeout).table(), plot_ladder(timeout)])
+show(checked(timeout))   # asserts this run's claims, then shows its table and ladder
 
 # %% [markdown]
 # A FIN, no RST: nothing was unread, so `tcp_close()` had no reason to abort. The client reads
@@ -98,8 +95,7 @@ show([abort_view(timeout).table(), plot_ladder(timeout)])
 
 # %%
 refused = abortive_close(scenario="refused")
-abortive_close.check(refused)
-show([abort_view(refused).table(), plot_ladder(refused)])
+show(checked(refused))   # asserts this run's claims, then shows its table and ladder
 
 # %% [markdown]
 # Now the server closes first (nothing unread: FIN). The client, in CLOSE_WAIT, sends
@@ -109,8 +105,7 @@ show([abort_view(refused).table(), plot_ladder(refused)])
 
 # %%
 wac = abortive_close(scenario="write_after_close")
-abortive_close.check(wac)
-show([abort_view(wac).table(), plot_ladder(wac)])
+show(checked(wac))   # asserts this run's claims, then shows its table and ladder
 print({k: wac.data[k] for k in ("first_send", "second_send_error", "third_send_error")})
 
 # %% [markdown]
@@ -167,6 +162,7 @@ tcp_keepalive_timer(ka.machine_snapshot(), kd["idle"], kd["intvl"], kd["count"])
 kv = dead_peer_view(ka)
 print(f"SYN-ACK at {kv.synack_t:.3f} s; keepalive probes at {', '.join(f'{t:.3f}' for t in kv.probes)} s; "
       f"ETIMEDOUT {kd['since_connect_s']:.3f} s after connect(); RST from the client: {kv.rst_from_client}")
+show([plot_ladder(ka)])
 
 # %% [markdown]
 # The client sent `TCP_KEEPCNT` probes (empty segments at the last acknowledged byte − 1),
@@ -184,8 +180,10 @@ dead_peer.check(ut)
 uv = dead_peer_view(ut)
 tcp_write_timeout_user(ut.machine_snapshot(), ut.data["user_timeout_ms"]).check(
     uv.abort_after_first_rto, "from the first RTO retransmission to ETIMEDOUT")
-print(f"the data left at {uv.retrans[0]:.3f} s and again at {', '.join(f'{t:.3f}' for t in uv.retrans[1:])} s "
-      f"({uv.loss_probes} tail loss probe(s) first); ETIMEDOUT at {uv.retrans[0] + ut.data['since_send_s']:.3f} s")
+Markdown(f"The data left at {uv.retrans[0]:.3f} s and again at {', '.join(f'{t:.3f}' for t in uv.retrans[1:])} s "
+         f"({uv.loss_probes} tail loss probe(s) first, then the timeouts); `ETIMEDOUT` came "
+         f"{ut.data['since_send_s']:.3f} s after `send()`: {uv.abort_after_first_rto:.3f} s after the first "
+         f"timeout's retransmission, plus the {uv.first_rto - uv.retrans[0]:.3f} s before it.")
 
 # %% [markdown]
 # **Explain.** The first copy after the original is a *tail loss probe* (02_02), not a
@@ -195,7 +193,7 @@ print(f"the data left at {uv.retrans[0]:.3f} s and again at {', '.join(f'{t:.3f}
 # last timer is clamped to end when `TCP_USER_TIMEOUT` has passed
 # (`tcp_clamp_rto_to_user_timeout()` in net/ipv4/tcp_timer.c), and the connection is dropped
 # with `ETIMEDOUT`, without an RST (counted as `TcpExtTCPAbortOnTimeout`). So "send() to error"
-# is the user timeout plus the wait for the first timeout: here about 0.4 s more.
+# is the user timeout plus the wait for the first timeout (the sentence above).
 #
 # ## 6 · What each ending delivers
 
