@@ -156,3 +156,22 @@ def test_loss_and_timer_rules():
     assert w.agrees(2.0) and not w.agrees(1.5) and not w.agrees(3.0)
     u = tcp_write_timeout_user(m, 1500)   # from the first RTO retransmission
     assert u.agrees(1.52) and not u.agrees(1.2) and not u.agrees(2.5)
+
+
+def test_pictures_and_tables(replay_mode):
+    from helpers.experiments.rst import (bytes_table, checked, linger_table, plot_bytes, plot_ladder, render,
+                                         render_linger)
+    runs = [abortive_close(scenario=s) for s in SCENARIOS]
+    t = bytes_table(runs)
+    assert list(t.index) == list(SCENARIOS)
+    assert t.loc["linger0", "lost"] == runs[0].data["closer_outq"] > 0 and t.loc["read_timeout", "lost"] == 0
+    assert t.loc["read_timeout", "TIME_WAIT after"] == 1 and t.loc["linger0", "TIME_WAIT after"] == 0
+    fig = plot_bytes(runs)
+    assert len(fig.axes[0].patches) == 2 * (len(SCENARIOS) - 1), "two bars per scenario that carries data"
+    items = render(runs[1])
+    assert items[0] is runs[1] and len(items) == 3 and checked(runs[1])[0].equals(items[1])
+    assert "keepalive" in plot_ladder(dead_peer(mechanism="keepalive")).axes[0].get_title(loc="left")
+    lt = linger_timeout(linger_s=1)
+    lt_items = render_linger(lt)
+    assert lt_items[0] is lt and list(linger_table(lt).index) == ["reader reads", "zero window"]
+    assert "FIN-WAIT-1" in lt_items[-1]

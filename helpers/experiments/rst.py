@@ -266,12 +266,13 @@ def _linger0(cli: socket.socket, srv: socket.socket, out: dict) -> None:
             sent += cli.send(b"x" * (LINGER0_BYTES - sent))
         except BlockingIOError:
             break
-    # wait until the reader's window is full and every byte it holds is acknowledged: the
-    # closer's send queue unchanged for STABLE s (longer than a delayed ACK)
+    # wait until the reader's window is full and every byte it holds is acknowledged: each
+    # byte sent is either in the reader's queue or unacknowledged in the closer's (SIOCINQ +
+    # SIOCOUTQ = sent), and the closer's queue has not moved for STABLE s
     prev, end = -1, time.monotonic() + WAIT
     while time.monotonic() < end:
         now = outq(cli)
-        if now == prev:
+        if now == prev and now + inq(srv) == sent:
             break
         prev = now
         time.sleep(STABLE)
@@ -439,6 +440,8 @@ class AbortView:
             tcp_disconnect_loss(d["sent"], d["closer_outq"]).check(d["delivered"], "bytes the reader read",
                                                                    quiet=quiet)
             assert d["delivered"] == d["peer_inq"], "the reader reads exactly what its queue held"
+            assert d["peer_inq"] + d["closer_outq"] == d["sent"], \
+                "at the close every byte sent sat in one of the two queues (reader's SIOCINQ, closer's SIOCOUTQ)"
 
 
 def abort_view(result: Result) -> AbortView:
@@ -595,6 +598,31 @@ def check_linger(result: Result, quiet: bool = True) -> None:
 
 
 linger_timeout.invariant = check_linger
+
+
+def linger_table(result: Result):
+    """One row per writer of :func:`linger_timeout`: bytes queued at close(), how long close()
+    blocked, the rule's band, and the writer's state afterwards."""
+    import pandas as pd
+    d = result.data
+    pred = sk_stream_wait_close(result.machine_snapshot(), d["linger_s"])
+    rows = []
+    for case in ("reader_reads", "zero_window"):
+        c = d[case]
+        rows.append({"peer": case.replace("_", " "), "bytes queued at close()": c["queued_at_close"],
+                     "close() blocked (s)": c["close_blocked_s"],
+                     "rule (zero window)": pred.expected_text() if case == "zero_window" else "until the FIN's ACK",
+                     "writer's state after": ", ".join(c["closer_state_after"]) or "gone"})
+    return pd.DataFrame(rows).set_index("peer")
+
+
+def render_linger(result: Result) -> list:
+    """What the SO_LINGER panel shows: banner, the table, one sentence."""
+    z = result.data["zero_window"]
+    return [result, linger_table(result),
+            f"With `SO_LINGER(on, {result.data['linger_s']})` and a peer that does not read, `close()` blocked "
+            f"{z['close_blocked_s']:.3f} s and returned without an error; the writer's orphan stays in "
+            f"{', '.join(z['closer_state_after'])} with its data."]
 
 
 # ===================================================================== dead_peer

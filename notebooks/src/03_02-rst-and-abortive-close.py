@@ -19,7 +19,7 @@ from IPython.display import Markdown
 from helpers import rules
 from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.experiments.rst import (abortive_close, abort_view, bytes_table, checked, plot_bytes, plot_ladder,
-                                     render, sigpipe, linger_timeout, dead_peer, dead_peer_view, tcp_close,
+                                     render, render_linger, linger_table, sigpipe, linger_timeout, dead_peer, dead_peer_view, tcp_close,
                                      tcp_disconnect_loss, sk_stream_wait_close, tcp_keepalive_timer,
                                      tcp_write_timeout_user)
 from helpers.checks import check_value, Exercise
@@ -136,7 +136,7 @@ lt = linger_timeout(linger_s=1)
 linger_timeout.check(lt)
 sk_stream_wait_close(lt.machine_snapshot(), lt.data["linger_s"]).check(lt.data["zero_window"]["close_blocked_s"],
                                                                        "close() with a zero window")
-{case: lt.data[case] for case in ("reader_reads", "zero_window")}
+linger_table(lt)
 
 # %% [markdown]
 # **Explain.** With a non-zero linger, `tcp_close()` sends the FIN (queued behind the data)
@@ -146,6 +146,19 @@ sk_stream_wait_close(lt.machine_snapshot(), lt.data["linger_s"]).check(lt.data["
 # FIN-WAIT-1 and goes on probing (no RST: other systems differ). With a reader that reads,
 # `close()` waits only for the FIN's ACK, which the peer may delay (02_03's delayed-ACK timer).
 #
+# Try other linger times (plain loopback sockets: this panel always runs live, in about
+# N + 0.2 s).
+
+# %%
+linger_panel = Panel(linger_timeout, linger_timeout.params, render=render_linger, title="SO_LINGER(on, N)")
+linger_panel
+
+# %%
+two = linger_panel.update(linger_s=2)     # what pressing Run with N = 2 does
+linger_panel.show()
+linger_timeout.check(two)
+
+# %% [markdown]
 # ## 5 · A peer that vanished: keepalive and TCP_USER_TIMEOUT
 #
 # In a namespace the server vanishes: an iptables rule drops every packet to its port. The
