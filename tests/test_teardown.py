@@ -69,6 +69,18 @@ def test_rules():
 def test_simultaneous_has_no_last_ack(live_mode):
     with pytest.raises(ParameterError, match="no LAST_ACK"):
         teardown.func(None, first="simultaneous", lose_last_ack=1)
+    with pytest.raises(ParameterError, match="half-close"):
+        teardown.func(None, first="simultaneous", how="shutdown")
+
+
+def test_replay_half_close(replay_mode):
+    r = teardown(first="client", how="shutdown")
+    d = r.data
+    assert d["after_eof"] == d["after_eof_len"] > 0, "the server sent after reading EOF; the client read it all"
+    fw2 = {row[3] for row in d["samples"] if row[1] == "client" and row[2] == "FIN-WAIT-2"}
+    assert fw2 == {None}, "the half-closed client's FIN_WAIT_2 is a full socket without a timer"
+    closed = teardown(first="client", how="close")
+    assert "timewait" in {row[3] for row in closed.data["samples"] if row[1] == "client" and row[2] == "FIN-WAIT-2"}
 
 
 def test_parameters_are_checked(replay_mode):
@@ -83,9 +95,10 @@ def test_parameters_are_checked(replay_mode):
 # ----------------------------------------------------------------------------- live
 @needs_live
 @needs_netns
-@pytest.mark.parametrize("first,lose", [("client", 0), ("server", 1), ("simultaneous", 0)])
-def test_live_teardown(live_mode, first, lose):
-    r = teardown(first=first, lose_last_ack=lose)
+@pytest.mark.parametrize("first,how,lose", [("client", "close", 0), ("server", "close", 1),
+                                            ("server", "shutdown", 0), ("simultaneous", "close", 0)])
+def test_live_teardown(live_mode, first, how, lose):
+    r = teardown(first=first, how=how, lose_last_ack=lose)
     assert r.mode == "live"
     teardown.check(r)
     assert r.seconds < 5
@@ -113,7 +126,7 @@ def test_live_rebind_and_overflow(live_mode):
 
 # ----------------------------------------------------------------------------- replay
 def test_replay_every_grid_point(replay_each):
-    for params, r in replay_each(teardown, points=5):
+    for params, r in replay_each(teardown, points=7):
         tl = timeline(r)
         assert set(tl) == {"client", "server"}
         spans = state_spans(r)

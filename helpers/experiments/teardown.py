@@ -50,6 +50,7 @@ SIM_GAP = 0.10           # s between the client's and the server's close() (simu
 LOSE_FOR = 0.10          # s the active closer's last ACK is dropped (below the 200 ms RTO floor)
 DEADLINE = 4.0           # s: a teardown run ends by then, whatever happens
 REQUEST, REPLY = b"GET /\n", b"200 OK\n"
+AFTER_EOF = b"sent after EOF " * 100      # what the passive side sends after a half-close
 
 #: /proc/net/tcp state numbers (include/net/tcp_states.h) as ss prints them
 PROC_STATES = {1: "ESTAB", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2",
@@ -296,6 +297,15 @@ def check_teardown(result: Result, quiet: bool = True) -> None:
         assert d["passive_gone"], f"the {passive}'s socket is gone after its FIN was acknowledged"
         order = [f["from"] for f in fins if f["first"]]
         assert order == [active, passive], f"the {active}'s FIN comes first: {order}"
+        fw2_timers = {r[3] for r in d["samples"] if r[1] == active and r[2] == "FIN-WAIT-2"}
+        if d.get("how", "close") == "shutdown":
+            assert d["after_eof"] == d["after_eof_len"], \
+                f"after shutdown(SHUT_WR) the {passive} read EOF and could still send: {d['after_eof']} bytes arrived"
+            assert None in fw2_timers and "timewait" not in fw2_timers, \
+                f"a half-closed FIN_WAIT_2 (fd still open) has no timer: {fw2_timers}"
+        else:
+            assert "timewait" in fw2_timers, \
+                f"an orphaned FIN_WAIT_2 is a timewait entry (tcp_time_wait(sk, TCP_FIN_WAIT2, tmo)): {fw2_timers}"
         if d["lose_last_ack"]:
             assert "LAST-ACK" in tl[passive], f"with the last ACK held back the {passive} sits in LAST_ACK"
             n = sum(1 for f in fins if f["from"] == passive)
@@ -322,18 +332,22 @@ def check_teardown(result: Result, quiet: bool = True) -> None:
         Param("first", "who closes first", "client", choices=("client", "server", "simultaneous"),
               doc="the side whose application calls close() first (the active closer); simultaneous: both "
                   "call close() before either has received the other's FIN"),
+        Param("how", "how the active side closes", "close", choices=("close", "shutdown"),
+              doc="close(): the socket is orphaned at once; shutdown(SHUT_WR): only the sending direction "
+                  "ends, the peer can still send, and the socket is closed after the peer's FIN"),
         Param("lose_last_ack", "drop the last ACK once", 0, choices=(0, 1),
               doc="1: a firewall rule drops the active closer's final ACK for 0.1 s, so the passive side "
                   "stays in LAST_ACK and retransmits its FIN (not for a simultaneous close)"),
     ],
-    grid=[{"first": f, "lose_last_ack": l} for f in ("client", "server") for l in (0, 1)]
-         + [{"first": "simultaneous", "lose_last_ack": 0}],
+    grid=[{"first": f, "how": "close", "lose_last_ack": l} for f in ("client", "server") for l in (0, 1)]
+         + [{"first": f, "how": "shutdown", "lose_last_ack": 0} for f in ("client", "server")]
+         + [{"first": "simultaneous", "how": "close", "lose_last_ack": 0}],
     invariant=check_teardown,
     claim="the active closer goes FIN_WAIT_1, FIN_WAIT_2, TIME_WAIT and holds TIME_WAIT for TCP_TIMEWAIT_LEN "
           "(60 s); the passive closer goes CLOSE_WAIT, LAST_ACK and closes; a simultaneous close leaves both "
           "sides in TIME_WAIT",
 )
-def teardown(run, first: str = "client", lose_last_ack: int = 0) -> dict:
+def teardown(run, first: str = "client", how: str = "close", lose_last_ack: int = 0) -> dict:
     """One connection (a request and a reply), then closed by *first*; both sides' states
     are sampled from the namespace's socket table throughout; the TIME_WAIT timers are read
     at the end (/proc/net/tcp and ``ss -o``)."""
@@ -341,6 +355,9 @@ def teardown(run, first: str = "client", lose_last_ack: int = 0) -> dict:
     from ..netns import Namespace
     from .queues import _iptables
 
+    if first == "simultaneous" and how != "close":
+        raise ParameterError("how='shutdown' with first='simultaneous' is not an experiment of this chapter.",
+                             "use how='close', or first='client' / 'server' for a half-close.")
     if first == "simultaneous" and lose_last_ack:
         raise ParameterError("lose_last_ack=1 with first='simultaneous': a simultaneous close has no LAST_ACK.",
                              "use lose_last_ack=0, or first='client' / 'server'.")
@@ -388,11 +405,27 @@ def teardown(run, first: str = "client", lose_last_ack: int = 0) -> dict:
                     a, p = socks[active], socks[passive]
                     aport = a.getsockname()[1]
                     pport = p.getsockname()[1]
-                    a.close()
-                    mark(f"{active} close()")
+                    after_eof = None
+                    if how == "shutdown":
+                        a.shutdown(socket.SHUT_WR)
+                        mark(f"{active} shutdown(SHUT_WR)")
+                    else:
+                        a.close()
+                        mark(f"{active} close()")
                     eof = p.recv(100)
                     mark(f"{passive} recv() returns {eof!r} (EOF)")
                     time.sleep(HOLD)
+                    if how == "shutdown":          # the passive side can still send
+                        p.sendall(AFTER_EOF)
+                        mark(f"{passive} sends {len(AFTER_EOF)} bytes after EOF")
+                        got = b""
+                        for _ in range(50):
+                            chunk = a.recv(65536)
+                            got += chunk
+                            if not chunk or len(got) >= len(AFTER_EOF):
+                                break
+                        after_eof = len(got)
+                        mark(f"{active} reads them")
                     if lose_last_ack:
                         _iptables(ns, "-A", "INPUT", "-p", "tcp", "--sport", str(aport), "--dport", str(pport),
                                   "--tcp-flags", "ALL", "ACK", "-j", "DROP")
@@ -406,6 +439,10 @@ def teardown(run, first: str = "client", lose_last_ack: int = 0) -> dict:
                     passive_gone = _wait(lambda: not any(r["lport"] == pport for r in sampler.snapshot()),
                                          DEADLINE)
                     both_fw1 = None
+                    if how == "shutdown":
+                        a_eof = a.recv(100)
+                        a.close()
+                        mark(f"{active} recv() returns {a_eof!r}, then close()")
                 time.sleep(0.03)
             # the TIME_WAIT timers, read now: /proc/net/tcp (1/USER_HZ) and ss -o (text)
             t_proc = time.time()
@@ -419,7 +456,8 @@ def teardown(run, first: str = "client", lose_last_ack: int = 0) -> dict:
     t0 = float(segs["time"].iloc[0]) if len(segs) else events[0]["t"]
     progress.report(1.0, "done")
     return _finish_teardown({
-        "port": port, "client_port": cport, "first": first, "lose_last_ack": lose_last_ack,
+        "port": port, "client_port": cport, "first": first, "how": how, "lose_last_ack": lose_last_ack,
+        "after_eof": None if first == "simultaneous" else after_eof, "after_eof_len": len(AFTER_EOF),
         "active": active, "passive": passive, "rto_s": round(rto, 4),
         "both_fin_wait_1": both_fw1, "passive_gone": passive_gone,
         "samples": [[round(r[0] - t0, 4), side_of.get(r[1]), *r[3:]] for r in sampler.rows],
@@ -846,6 +884,10 @@ def teardown_sentence(result: Result) -> str:
     if delay is not None and d["first"] != "simultaneous":
         parts.append(f"The first FIN was acknowledged after {delay * 1e3:.0f} ms (the {d['active']} sat in "
                      "FIN_WAIT_1 that long).")
+    if d.get("how") == "shutdown":
+        parts.append(f"The {d['active']} called `shutdown(SHUT_WR)`: the {d['passive']} read EOF and then sent "
+                     f"{d['after_eof']:,} bytes, which the {d['active']} read; its FIN_WAIT_2 had no timer (its fd "
+                     "was still open).")
     for tw in d["tw_timers"]:
         parts.append(f"The {tw['side']}'s TIME_WAIT timer read **{tw['proc_s']:.2f} s** {tw['elapsed_s'] * 1e3:.0f} ms "
                      f"after the segment that started it (`ss -o`: `timer:(timewait,{tw['ss_text']},0)`).")

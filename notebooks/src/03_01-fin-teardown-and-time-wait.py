@@ -41,7 +41,7 @@ mode_banner(needs=("live_capture", "namespaces"))
 # **Predict:** which states does each side pass through? Which side ends in TIME_WAIT?
 
 # %%
-r_client = teardown(first="client", lose_last_ack=0)
+r_client = teardown(first="client", how="close", lose_last_ack=0)
 r_client
 
 # %%
@@ -91,7 +91,7 @@ rules.assert_rule(r_client, rules.tcp_timewait_len, 60.0, what="TCP_TIMEWAIT_LEN
 # **Predict:** how many times does the client send its FIN? Who answers the second one?
 
 # %%
-r_lost = teardown(first="server", lose_last_ack=1)
+r_lost = teardown(first="server", how="close", lose_last_ack=1)
 teardown.check(r_lost)
 fig = swimlanes(r_lost)
 show([teardown_sentence(r_lost)])
@@ -124,7 +124,7 @@ assert "LAST-ACK" in timeline(r_lost)["client"]
 # **Predict:** which side ends in TIME_WAIT now?
 
 # %%
-r_sim = teardown(first="simultaneous", lose_last_ack=0)
+r_sim = teardown(first="simultaneous", how="close", lose_last_ack=0)
 teardown.check(r_sim)
 fig = swimlanes(r_sim)
 show([teardown_sentence(r_sim)])
@@ -177,6 +177,19 @@ rules.assert_rule(r_fw2, inet_twsk_schedule, f["proc_s"], f["elapsed_s"], 0.01, 
 # > **Myth vs measurement.** "Lower `tcp_fin_timeout` to get rid of TIME_WAIT sockets" is
 # > common advice. Measured: it ended the orphaned FIN_WAIT_2 after about 1 s and left
 # > TIME_WAIT at 60 s.
+#
+# The same contrast on one connection, with the default `tcp_fin_timeout`: in section 1 the
+# client called `close()`, and its FIN_WAIT_2 was a `timewait` entry with a timer; here it
+# calls `shutdown(SHUT_WR)` and keeps its socket.
+
+# %%
+r_half = teardown(first="client", how="shutdown", lose_last_ack=0)
+teardown.check(r_half)
+show([teardown_sentence(r_half)])
+timers = {how: sorted({str(row[3]) for row in r.data["samples"] if row[1] == "client" and row[2] == "FIN-WAIT-2"})
+          for how, r in (("close", r_client), ("shutdown", r_half))}
+print("timers the client's FIN_WAIT_2 showed:", timers)
+assert timers == {"close": ["timewait"], "shutdown": ["None"]}
 
 # %%
 ss_view = [row["line"] for row in r_fw2.data["ss_end"]]
@@ -218,9 +231,10 @@ show([f"{do['closes']} active closes, **{do['time_wait']}** TIME_WAIT entries, "
 # %% [markdown]
 # ## 7 · Your turn
 #
-# Choose who closes first and whether the last ACK is lost once, then press **Run** (about
-# half a second live). **Predict** first: which side ends in TIME_WAIT, and does LAST_ACK
-# show up?
+# Choose who closes first, whether it calls `close()` or `shutdown(SHUT_WR)`, and whether
+# the last ACK is lost once, then press **Run** (about half a second live). **Predict**
+# first: which side ends in TIME_WAIT, and does LAST_ACK show up? (`tcp_fin_timeout` has a
+# panel of its own below.)
 
 # %%
 panel = Panel(teardown, teardown.params, render=render, title="who closes first")
@@ -230,13 +244,27 @@ panel
 # nbval cannot press buttons; this cell calls the panel's callback the way the button does.
 
 # %%
-p_run = panel.update(first="client", lose_last_ack=1)
+p_run = panel.update(first="client", how="close", lose_last_ack=1)
 panel.show()   # what the panel shows, also kept in the saved notebook
 
 # %%
 teardown.check(p_run)
 assert "LAST-ACK" in timeline(p_run)["server"] and timeline(p_run)["client"][-1] == "TIME-WAIT"
 assert acks_from_time_wait(p_run) >= 2
+
+# %% [markdown]
+# And `tcp_fin_timeout` (1 or 2 s in the namespace): **predict** how long the orphaned
+# FIN_WAIT_2 lives, and what the TIME_WAIT timer reads at the end.
+
+# %%
+fin_panel = Panel(fin_wait2, fin_wait2.params, render=lambda r: [r, fin_wait2_table(r)], title="tcp_fin_timeout")
+fin_panel
+
+# %%
+f2 = fin_panel.update(fin_timeout=2)
+fin_panel.show()
+fin_wait2.check(f2)
+assert f2.data["orphan"]["gone_after_s"] > r_fw2.data["orphan"]["gone_after_s"] + 0.5, "2 s outlives 1 s"
 
 # %% [markdown]
 # ## Check your understanding
