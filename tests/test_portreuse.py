@@ -89,7 +89,9 @@ PROC_TCP = """\
 
 
 def test_tcp_states_counts_only_the_range():
-    assert _tcp_states(PROC_TCP, 40000, 40003) == {"ESTABLISHED": 1, "TIME_WAIT": 1}
+    assert _tcp_states(PROC_TCP, 40000, 40003) == {"ESTABLISHED": 1, "TIME_WAIT": 1, "server TIME_WAIT": 0}
+    server_tw = PROC_TCP.replace("0100007F:1388 0100007F:9C41 01", "0100007F:1388 0100007F:9C41 06")
+    assert _tcp_states(server_tw, 40000, 40003)["server TIME_WAIT"] == 1
 
 
 # ---------------------------------------------------------------------------- four_tuples (no privileges)
@@ -130,6 +132,8 @@ def test_bad_parameters_are_refused():
         port_exhaustion(mode="sendto")
     with pytest.raises(ParameterError):
         tw_reuse(tw_reuse=3)
+    with pytest.raises(ParameterError):
+        tw_reuse(closer="both")
 
 
 # ---------------------------------------------------------------------------- namespaces (root)
@@ -172,6 +176,15 @@ def test_tw_reuse_live_not_loopback(live_mode):
     assert r.data["samples"][-1][2] == 4, "all four ports are still in TIME_WAIT at the end"
 
 
+@needs_netns
+def test_tw_reuse_live_server_closes_first(live_mode):
+    r = tw_reuse(tw_reuse=0, dest="loopback", timestamps=1, closer="server")
+    tw_reuse.check(r)
+    s = reuse_summary(r)
+    assert s["connections made"] == 4 and s["refused (EADDRNOTAVAIL)"] == 0 and s["TIME_WAIT ports taken over"] == 0
+    assert r.seconds < 3
+
+
 # ---------------------------------------------------------------------------- replay
 def test_replay_exhaustion_grid(replay_each):
     totals = {}
@@ -184,11 +197,14 @@ def test_replay_exhaustion_grid(replay_each):
 
 def test_replay_tw_reuse_grid(replay_each):
     taken = {}
-    for params, r in replay_each(tw_reuse, points=6):
-        taken[(params["tw_reuse"], params["dest"], params["timestamps"])] = \
-            reuse_summary(r)["TIME_WAIT ports taken over"] > 0
-    assert taken == {(2, "loopback", 1): True, (0, "loopback", 1): False, (1, "loopback", 1): True,
-                     (2, "other", 1): False, (1, "other", 1): True, (2, "loopback", 0): False}
+    for params, r in replay_each(tw_reuse, points=7):
+        s = reuse_summary(r)
+        taken[(params["tw_reuse"], params["dest"], params["timestamps"], params["closer"])] = \
+            (s["TIME_WAIT ports taken over"] > 0, s["connections made"] > 0)
+    assert taken == {(2, "loopback", 1, "client"): (True, True), (0, "loopback", 1, "client"): (False, False),
+                     (1, "loopback", 1, "client"): (True, True), (2, "other", 1, "client"): (False, False),
+                     (1, "other", 1, "client"): (True, True), (2, "loopback", 0, "client"): (False, False),
+                     (0, "loopback", 1, "server"): (False, True)}
 
 
 def test_replay_checks_catch_tampering(replay_mode):

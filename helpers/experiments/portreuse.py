@@ -539,7 +539,7 @@ def attempts_table(result: Result):
 def _tcp_states(text: str, low: int, high: int) -> dict[str, int]:
     """Count client-side sockets by state from /proc/net/tcp, for local ports in [low, high]."""
     names = {"01": "ESTABLISHED", "06": "TIME_WAIT"}
-    out = {"ESTABLISHED": 0, "TIME_WAIT": 0}
+    out = {"ESTABLISHED": 0, "TIME_WAIT": 0, "server TIME_WAIT": 0}
     for line in text.splitlines()[1:]:
         f = line.split()
         if len(f) < 4:
@@ -547,6 +547,8 @@ def _tcp_states(text: str, low: int, high: int) -> dict[str, int]:
         lport = int(f[1].rsplit(":", 1)[1], 16)
         if low <= lport <= high and f[3] in names:
             out[names[f[3]]] += 1
+        elif lport == SERVER_PORT and f[3] == "06":
+            out["server TIME_WAIT"] += 1
     return out
 
 
@@ -555,6 +557,16 @@ def check_tw_reuse(result: Result) -> None:
     tcp_twsk_unique() on the namespace's settings; TcpExtTWRecycled counts the reuses."""
     d = result.data
     m = result.machine_snapshot()
+    if d.get("closer", "client") == "server":
+        # (≤ ports on the server: a new SYN whose 4-tuple a server TIME_WAIT holds, with a newer
+        # timestamp, ends that TIME_WAIT and opens the new connection: tcp_timewait_state_process)
+        assert d["tw_before"] == 0 and 1 <= d["server_tw_before"] <= d["ports"], \
+            f"the server closed first: TIME_WAIT is on its side ({d['server_tw_before']}), none on the " \
+            f"client's ports ({d['tw_before']})"
+        assert all(a["ok"] for a in d["attempts"]) and len(d["attempts"]) == d["ports"], \
+            f"the client's ports are free: every connect() succeeds at once: {d['attempts']}"
+        assert d["counters"].get("TcpExtTWRecycled", 0) == 0, "no TIME_WAIT of the client was taken over"
+        return
     assert d["tw_before"] == d["ports"], \
         f"all {d['ports']} client ports sit in TIME_WAIT after the client closed first: {d['tw_before']}"
     assert d["first_attempt"]["ok"] is False and d["first_attempt"]["errno"] == "EADDRNOTAVAIL", \
@@ -588,20 +600,26 @@ def check_tw_reuse(result: Result) -> None:
               doc="TCP timestamps; TIME_WAIT reuse needs them"),
         Param("ports", "ports in ip_local_port_range", 4, choices=(4,), minimum=2, maximum=16,
               doc="size of the namespace's ephemeral port range"),
+        Param("closer", "who closes first", "client", choices=("client", "server"),
+              doc="the side that closes first gets the TIME_WAIT"),
     ],
-    grid=[{"tw_reuse": 2, "dest": "loopback", "timestamps": 1, "ports": 4},
-          {"tw_reuse": 0, "dest": "loopback", "timestamps": 1, "ports": 4},
-          {"tw_reuse": 1, "dest": "loopback", "timestamps": 1, "ports": 4},
-          {"tw_reuse": 2, "dest": "other", "timestamps": 1, "ports": 4},
-          {"tw_reuse": 1, "dest": "other", "timestamps": 1, "ports": 4},
-          {"tw_reuse": 2, "dest": "loopback", "timestamps": 0, "ports": 4}],
+    grid=[{"tw_reuse": 2, "dest": "loopback", "timestamps": 1, "ports": 4, "closer": "client"},
+          {"tw_reuse": 0, "dest": "loopback", "timestamps": 1, "ports": 4, "closer": "client"},
+          {"tw_reuse": 1, "dest": "loopback", "timestamps": 1, "ports": 4, "closer": "client"},
+          {"tw_reuse": 2, "dest": "other", "timestamps": 1, "ports": 4, "closer": "client"},
+          {"tw_reuse": 1, "dest": "other", "timestamps": 1, "ports": 4, "closer": "client"},
+          {"tw_reuse": 2, "dest": "loopback", "timestamps": 0, "ports": 4, "closer": "client"},
+          {"tw_reuse": 0, "dest": "loopback", "timestamps": 1, "ports": 4, "closer": "server"}],
     invariant=check_tw_reuse,
     claim="TIME_WAIT holds the client's ports (EADDRNOTAVAIL); tcp_tw_reuse 1, or 2 on a loopback address, "
-          "with timestamps, lets connect() take one over once it is older than tcp_tw_reuse_delay",
+          "with timestamps, lets connect() take one over once it is older than tcp_tw_reuse_delay; "
+          "when the server closes first, the TIME_WAIT is its own and the client's ports stay free",
 )
-def tw_reuse(run, tw_reuse: int = 2, dest: str = "loopback", timestamps: int = 1, ports: int = 4) -> dict:
-    """Fill a *ports*-port range with connections the client closes first (TIME_WAIT), then
-    try connect() every TW_POLL_S until each port is taken over or the window ends."""
+def tw_reuse(run, tw_reuse: int = 2, dest: str = "loopback", timestamps: int = 1, ports: int = 4,
+             closer: str = "client") -> dict:
+    """Fill a *ports*-port range with connections that *closer* closes first (the client: its
+    ports go to TIME_WAIT), then try connect() every TW_POLL_S until *ports* connections are
+    open again or the window ends."""
     from ..kernel import nstat_delta
     from ..netns import Namespace
     low, high = RANGE_LOW, RANGE_LOW + ports - 1
@@ -631,19 +649,22 @@ def tw_reuse(run, tw_reuse: int = 2, dest: str = "loopback", timestamps: int = 1
                 c.connect((addr, SERVER_PORT))
                 s, _ = lsock.accept()
                 port = c.getsockname()[1]
-                c.close()                          # the client closes first: its end gets TIME_WAIT
-                s.settimeout(2)
-                if s.recv(1) != b"":
-                    raise CourseError("the server expected EOF from the client.", "run again.")
+                first, second = (c, s) if closer == "client" else (s, c)
+                first.close()                      # the first closer's end gets TIME_WAIT
+                second.settimeout(2)
+                if second.recv(1) != b"":
+                    raise CourseError(f"the {'server' if closer == 'client' else 'client'} expected EOF.",
+                                      "run again.")
                 closed_at[port] = time.monotonic() - t0   # just before the FIN that starts TIME_WAIT
-                s.close()
+                second.close()
             for _ in range(50):                    # ≤ 0.5 s for the last FIN to be processed
                 st = _tcp_states(ns.read_proc("net/tcp"), low, high)
-                if st["TIME_WAIT"] >= ports:
+                if closer == "server" or st["TIME_WAIT"] >= ports:   # the server's TIME_WAIT is there at once
                     break
                 time.sleep(0.01)
-            tw_before = st["TIME_WAIT"]
-            samples.append([round(time.monotonic() - t0, 4), st["ESTABLISHED"], st["TIME_WAIT"]])
+            tw_before, server_tw_before = st["TIME_WAIT"], st["server TIME_WAIT"]
+            samples.append([round(time.monotonic() - t0, 4), st["ESTABLISHED"], st["TIME_WAIT"],
+                            st["server TIME_WAIT"]])
             attempts: list[dict] = []
             held: list[socket.socket] = []
             first_close = min(closed_at.values())
@@ -665,9 +686,11 @@ def tw_reuse(run, tw_reuse: int = 2, dest: str = "loopback", timestamps: int = 1
                     p = s.getsockname()[1]
                     held.append(s)
                     attempts.append({"t": round(t, 4), "ok": True, "errno": None, "port": p,
-                                     "age": round(done - closed_at[p], 4) if p in closed_at else None})
+                                     "age": round(done - closed_at[p], 4) if p in closed_at and closer == "client"
+                                     else None})
                 st = _tcp_states(ns.read_proc("net/tcp"), low, high)
-                samples.append([round(time.monotonic() - t0, 4), st["ESTABLISHED"], st["TIME_WAIT"]])
+                samples.append([round(time.monotonic() - t0, 4), st["ESTABLISHED"], st["TIME_WAIT"],
+                                st["server TIME_WAIT"]])
                 progress.report(min(0.99, (time.monotonic() - t0) / end), "waiting for TIME_WAIT reuse")
                 time.sleep(TW_POLL_S)
         delta = counters.delta
@@ -675,6 +698,7 @@ def tw_reuse(run, tw_reuse: int = 2, dest: str = "loopback", timestamps: int = 1
             _abort(s)
     progress.report(1.0, "done")
     return {"tw_reuse": tw_reuse, "dest": dest, "addr": addr, "timestamps": timestamps, "ports": ports,
+            "closer": closer, "server_tw_before": server_tw_before,
             "loopback": dest == "loopback", "window": window,
             "closed_at": {str(p): round(t, 4) for p, t in closed_at.items()},
             "tw_before": tw_before, "first_attempt": attempts[0] if attempts else None,
@@ -687,10 +711,13 @@ def reuse_summary(result: Result) -> dict:
     """Attempts, refusals, reuses and the age of each reused TIME_WAIT socket."""
     d = result.data
     ok = [a for a in d["attempts"] if a["ok"]]
+    client = d.get("closer", "client") == "client"
     return {"tcp_tw_reuse": d["tw_reuse"], "destination": d["addr"], "timestamps": d["timestamps"],
+            "closes first": d.get("closer", "client"),
             "attempts": len(d["attempts"]), "refused (EADDRNOTAVAIL)": sum(1 for a in d["attempts"] if not a["ok"]),
-            "TIME_WAIT ports taken over": len(ok),
-            "first take-over at age (s)": min((a["age"] for a in ok), default=None)}
+            "connections made": len(ok),
+            "TIME_WAIT ports taken over": len(ok) if client else 0,
+            "first take-over at age (s)": min((a["age"] for a in ok if a["age"] is not None), default=None)}
 
 
 # ======================================================================================
@@ -748,18 +775,21 @@ def tw_plot(result: Result):
     t = [s[0] - first for s in d["samples"]]
     ax.step(t, [s[2] for s in d["samples"]], where="post", label="client ports in TIME_WAIT")
     ax.step(t, [s[1] for s in d["samples"]], where="post", label="client connections ESTABLISHED")
+    if d.get("closer", "client") == "server":
+        ax.step(t, [s[3] for s in d["samples"]], where="post", label="server ends in TIME_WAIT")
     for a in d["attempts"]:
         y = d["ports"] + 0.5
         ax.plot(a["t"] - first, y, "o" if a["ok"] else "x", color="tab:green" if a["ok"] else "tab:red",
                 markersize=5)
     ax.plot([], [], "x", color="tab:red", label="connect(): EADDRNOTAVAIL")
     ax.plot([], [], "o", color="tab:green", label="connect() took over a TIME_WAIT port")
-    if tcp_twsk_unique(m, loopback=d["loopback"]).value:
+    if tcp_twsk_unique(m, loopback=d["loopback"]).value and d.get("closer", "client") == "client":
         ax.axvspan(band.low, band.high, color="tab:green", alpha=0.1, label="predicted take-over")
     ax.set_xlabel("s since the first close")
     ax.set_ylabel("sockets")
     ax.set_ylim(-0.3, d["ports"] + 1)
-    ax.set_title(f"tcp_tw_reuse={d['tw_reuse']}, {d['addr']}, timestamps {'on' if d['timestamps'] else 'off'}")
+    ax.set_title(f"tcp_tw_reuse={d['tw_reuse']}, {d['addr']}, timestamps {'on' if d['timestamps'] else 'off'}, "
+                 f"the {d.get('closer', 'client')} closes first")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig

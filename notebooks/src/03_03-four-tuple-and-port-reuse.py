@@ -181,24 +181,26 @@ exhaustion_plot(runs["bind"]);
 #
 # Now the client closes first, so each of its ports sits in TIME_WAIT for 60 s (chapter 03_01).
 # With a 4-port range, four short connections are enough to leave none free. The run then tries
-# `connect()` every 20 ms. Six settings, each in its own namespace:
+# `connect()` every 20 ms. Seven settings, each in its own namespace:
 #
-# | `tcp_tw_reuse` | destination | timestamps |
-# |---|---|---|
-# | 2 (the default) | 127.0.0.1 | on |
-# | 0 | 127.0.0.1 | on |
-# | 1 | 127.0.0.1 | on |
-# | 2 | 192.0.2.1 (an address on the namespace's `lo`, not in 127/8) | on |
-# | 1 | 192.0.2.1 | on |
-# | 2 | 127.0.0.1 | off |
+# | `tcp_tw_reuse` | destination | timestamps | closes first |
+# |---|---|---|---|
+# | 2 (the default) | 127.0.0.1 | on | client |
+# | 0 | 127.0.0.1 | on | client |
+# | 1 | 127.0.0.1 | on | client |
+# | 2 | 192.0.2.1 (an address on the namespace's `lo`, not in 127/8) | on | client |
+# | 1 | 192.0.2.1 | on | client |
+# | 2 | 127.0.0.1 | off | client |
+# | 0 | 127.0.0.1 | on | **server** |
 #
 # **Predict:** in which runs does a `connect()` succeed before the TIME_WAIT entries expire, and
 # how long after the close?
 
 # %%
-grid = [(2, "loopback", 1), (0, "loopback", 1), (1, "loopback", 1), (2, "other", 1), (1, "other", 1),
-        (2, "loopback", 0)]
-tw = {g: tw_reuse(tw_reuse=g[0], dest=g[1], timestamps=g[2]) for g in grid}
+grid = [(2, "loopback", 1, "client"), (0, "loopback", 1, "client"), (1, "loopback", 1, "client"),
+        (2, "other", 1, "client"), (1, "other", 1, "client"), (2, "loopback", 0, "client"),
+        (0, "loopback", 1, "server")]
+tw = {g: tw_reuse(tw_reuse=g[0], dest=g[1], timestamps=g[2], closer=g[3]) for g in grid}
 rows = []
 for g, r in tw.items():
     tw_reuse.check(r)
@@ -208,17 +210,26 @@ table = pd.DataFrame(rows)
 table
 
 # %%
-default = tw[(2, "loopback", 1)]
+default = tw[(2, "loopback", 1, "client")]
 m = default.machine_snapshot()
 delay = default.data["sysctls"].get("net.ipv4.tcp_tw_reuse_delay")
 first_age = reuse_summary(default)["first take-over at age (s)"]
 rules.assert_rule(default, tw_reuse_delay, first_age, delay,
                   what="age of the first TIME_WAIT socket connect() took over (tcp_tw_reuse=2, 127.0.0.1)")
-assert list(table["TIME_WAIT ports taken over"] > 0) == list(table["rule says reuse"])
+client_first = table["closes first"] == "client"
+assert list(table[client_first]["TIME_WAIT ports taken over"] > 0) == list(table[client_first]["rule says reuse"])
 tw_plot(default);
 
 # %%
-tw_plot(tw[(2, "other", 1)]);
+tw_plot(tw[(2, "other", 1, "client")]);
+
+# %%
+server_first = tw[(0, "loopback", 1, "server")]
+assert reuse_summary(server_first)["refused (EADDRNOTAVAIL)"] == 0
+show([f"The server closed first: {server_first.data['server_tw_before']} TIME_WAIT entries on the server's "
+      f"side, {server_first.data['tw_before']} on the client's ports, and all "
+      f"{reuse_summary(server_first)['connections made']} new connect()s succeeded at once with "
+      f"`tcp_tw_reuse = 0`."])
 
 # %% [markdown]
 # **Explain.** `connect()` may take over a 4-tuple that a TIME_WAIT socket holds only when
@@ -231,6 +242,14 @@ tw_plot(tw[(2, "other", 1)]);
 #   the new connection's); with `tcp_timestamps = 0` nothing is reused;
 # - the TIME_WAIT socket is older than `net.ipv4.tcp_tw_reuse_delay` (1000 ms; the sysctl exists
 #   from Linux 6.13; older kernels use a whole-second rule: between 1 and 2 s).
+#
+# When the **server** closes first, the TIME_WAIT is the server's: the client's ports are free at
+# once, whatever `tcp_tw_reuse` says (it is about `connect()` only). There were fewer TIME_WAIT
+# entries than connections on the server: when the client's next connection used a port whose
+# 4-tuple a server TIME_WAIT still held, the server accepted the new SYN (its timestamp is newer)
+# and the TIME_WAIT ended (`tcp_timewait_state_process()`). The side that closes first pays the
+# TIME_WAIT: a busy client that closes first runs out of ports (the first six runs); one that
+# keeps its connections open and reuses them does not spend a port per request.
 #
 # Each take-over counts in `TcpExtTWRecycled` (asserted by the check). Until then, and with
 # `tcp_tw_reuse = 0` for the whole 60 s, the client gets EADDRNOTAVAIL. This is how TIME_WAIT
@@ -331,9 +350,9 @@ check_value(answer_4, False, name="reuse towards 10.0.0.5",
 #   EADDRNOTAVAIL. `bind()` to port 0 prefers the other parity and holds its port for every
 #   destination (EADDRINUSE after one range); `IP_BIND_ADDRESS_NO_PORT` leaves the port to
 #   `connect()`.
-# * TIME_WAIT keeps a closed connection's port for 60 s. `tcp_tw_reuse` lets `connect()` take it
-#   over: 1 always, 2 (default) only for loopback addresses, both only with timestamps and only
-#   after `tcp_tw_reuse_delay`.
+# * TIME_WAIT keeps a closed connection's port for 60 s, on the side that closed first.
+#   `tcp_tw_reuse` lets `connect()` take it over: 1 always, 2 (default) only for loopback
+#   addresses, both only with timestamps and only after `tcp_tw_reuse_delay`.
 # * "2⁴⁸ connections" counts clients; one client to one server port gets one port range.
 #
 # **What's next:** 04_01 I/O models.
