@@ -160,7 +160,7 @@ def test_loss_and_timer_rules():
 
 def test_pictures_and_tables(replay_mode):
     from helpers.experiments.rst import (bytes_table, checked, linger_table, plot_bytes, plot_ladder, render,
-                                         render_linger)
+                                         render_dead_peer, render_linger)
     runs = [abortive_close(scenario=s) for s in SCENARIOS]
     t = bytes_table(runs)
     assert list(t.index) == list(SCENARIOS)
@@ -171,6 +171,10 @@ def test_pictures_and_tables(replay_mode):
     items = render(runs[1])
     assert items[0] is runs[1] and len(items) == 3 and checked(runs[1])[0].equals(items[1])
     assert "keepalive" in plot_ladder(dead_peer(mechanism="keepalive")).axes[0].get_title(loc="left")
+    for mech in ("keepalive", "user_timeout"):
+        r = dead_peer(mechanism=mech)
+        shown = render_dead_peer(r)
+        assert shown[0] is r and "ETIMEDOUT" in shown[1] and "between" in shown[1]
     lt = linger_timeout(linger_s=1)
     lt_items = render_linger(lt)
     assert lt_items[0] is lt and list(linger_table(lt).index) == ["reader reads", "zero window"]

@@ -832,3 +832,22 @@ def render(result: Result) -> list:
     """What the 03_02 panel shows for one scenario: banner, the table row, the ladder."""
     v = abort_view(result)
     return [result, v.table(), plot_ladder(result)]
+
+
+def render_dead_peer(result: Result) -> list:
+    """What the dead-peer panel shows: banner, the rule against the measurement, the ladder."""
+    d = result.data
+    v = dead_peer_view(result)
+    m = result.machine_snapshot()
+    if d["mechanism"] == "keepalive":
+        pred = tcp_keepalive_timer(m, d["idle"], d["intvl"], d["count"])
+        line = (f"Keepalive (idle {d['idle']} s, interval {d['intvl']} s, {d['count']} probes): the rule says "
+                f"{pred.expected_text()}; `{d['error']}` came {d['since_connect_s']:.3f} s after `connect()`, "
+                f"after {len(v.probes)} unanswered probes.")
+    else:
+        pred = tcp_write_timeout_user(m, d["user_timeout_ms"])
+        line = (f"TCP_USER_TIMEOUT {d['user_timeout_ms']} ms: the rule says {pred.expected_text()} after the first "
+                f"timeout's retransmission; `{d['error']}` came {v.abort_after_first_rto:.3f} s after it "
+                f"({d['since_send_s']:.3f} s after `send()`).")
+    return [result, line, plot_ladder(result)]
+

@@ -19,7 +19,7 @@ from IPython.display import Markdown
 from helpers import rules
 from helpers.notebook import mode_banner, nothing_left_behind, show
 from helpers.experiments.rst import (abortive_close, abort_view, bytes_table, checked, plot_bytes, plot_ladder,
-                                     render, render_linger, linger_table, sigpipe, linger_timeout, dead_peer, dead_peer_view, tcp_close,
+                                     render, render_linger, render_dead_peer, linger_table, sigpipe, linger_timeout, dead_peer, dead_peer_view, tcp_close,
                                      tcp_disconnect_loss, sk_stream_wait_close, tcp_keepalive_timer,
                                      tcp_write_timeout_user)
 from helpers.checks import check_value, Exercise
@@ -208,6 +208,19 @@ Markdown(f"The data left at {uv.retrans[0]:.3f} s and again at {', '.join(f'{t:.
 # with `ETIMEDOUT`, without an RST (counted as `TcpExtTCPAbortOnTimeout`). So "send() to error"
 # is the user timeout plus the wait for the first timeout (the sentence above).
 #
+# Change the keepalive settings or the user timeout (live as root; a replay offers the
+# recorded values):
+
+# %%
+dead_panel = Panel(dead_peer, dead_peer.params, render=render_dead_peer, title="a vanished peer")
+dead_panel
+
+# %%
+dead_panel.update(mechanism="keepalive")     # what pressing Run does
+dead_panel.show()
+dead_peer.check(dead_panel.result)
+
+# %% [markdown]
 # ## 6 · What each ending delivers
 
 # %%
