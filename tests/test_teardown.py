@@ -9,7 +9,7 @@ from helpers.errors import CorpusError, ParameterError
 from helpers.experiments.teardown import (
     ACTIVE_PATH, check_teardown, fin_segments, fin_wait2, inet_csk_bind_conflict, inet_twsk_alloc,
     inet_twsk_schedule, is_subsequence, parse_proc_tcp, rebind, ss_timer_seconds, state_spans,
-    tcp_fin_time, teardown, timeline, tw_overflow)
+    tcp_fin_time, tcp_timewait_expiry, teardown, time_wait_expiry, timeline, tw_overflow)
 
 from conftest import needs_live, needs_netns
 
@@ -131,7 +131,7 @@ def test_replay_every_grid_point(replay_each):
         assert set(tl) == {"client", "server"}
         spans = state_spans(r)
         assert {"client", "server"} <= set(spans["side"])
-    for exp in (fin_wait2, rebind, tw_overflow):
+    for exp in (fin_wait2, rebind, tw_overflow, time_wait_expiry):
         for params, r in replay_each(exp):
             pass
 
@@ -173,3 +173,17 @@ def test_invariant_catches_a_wrong_result(replay_mode):
     bad.data["time_wait"] = 10
     with pytest.raises(AssertionError):
         tw_overflow.check(bad)
+
+
+def test_replay_time_wait_expiry(replay_mode):
+    """The whole 60 s is recorded, never waited for in a test (the recorder runs it live)."""
+    r = time_wait_expiry()
+    time_wait_expiry.check(r)
+    m = r.machine_snapshot()
+    p = tcp_timewait_expiry(m)
+    assert p.low < 60 < p.high and p.agrees(r.data["gone_after_s"])
+    assert not p.agrees(59.0) and not p.agrees(66.0), "the band cannot pass a shortened or a lingering entry"
+    bad = copy.deepcopy(r)
+    bad.data["gone_after_s"] = 30.0
+    with pytest.raises(AssertionError):
+        time_wait_expiry.check(bad)

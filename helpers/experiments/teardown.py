@@ -812,6 +812,82 @@ def tw_overflow(run, max_tw_buckets: int = 4, closes: int = 10) -> dict:
 
 
 # ======================================================================================
+# 5. the whole 60 s, once (recorded; a live run takes over a minute)
+# ======================================================================================
+EXPIRY_SAMPLE = 0.05     # s between socket-table samples while waiting for the expiry
+
+
+def tcp_timewait_expiry(m: rules.Machine) -> rules.Prediction:
+    """When a TIME_WAIT entry is removed: TCP_TIMEWAIT_LEN after the segment that started it,
+    late by at most its timer-wheel slot (a 60 s timer sits in a coarse level of the wheel:
+    2.048 s slots at HZ=250) plus scheduling slack; never more than a tick early."""
+    return rules.timer_band(m, rules.TCP_TIMEWAIT_LEN_S, rule="inet_twsk_kill() via tw_timer_handler()",
+                            formula="TCP_TIMEWAIT_LEN (60 s), within [−1 tick − 10 ms, + wheel slot + slack]",
+                            inputs={"TCP_TIMEWAIT_LEN_s": rules.TCP_TIMEWAIT_LEN_S})
+
+
+def check_time_wait_expiry(result: Result, quiet: bool = True) -> None:
+    d = result.data
+    assert d["gone_after_s"] is not None, "the TIME_WAIT entry disappeared"
+    rules.assert_rule(result, tcp_timewait_expiry, d["gone_after_s"], quiet=quiet,
+                      what="from the FIN that started TIME_WAIT until the entry vanished")
+    first = d["timer_first_s"]
+    assert first is not None and abs(first + d["first_read_after_s"] - rules.TCP_TIMEWAIT_LEN_S) < 0.1, \
+        "the first timer reading was 60 s minus the time since the FIN"
+
+
+@experiment(
+    "time_wait_expiry", chapter="03_01", needs={"live_capture", "namespaces"}, seconds=63,
+    invariant=check_time_wait_expiry,
+    claim="a TIME_WAIT entry disappears TCP_TIMEWAIT_LEN (60 s) after the FIN that started it, late by at most "
+          "its timer-wheel slot",
+)
+def time_wait_expiry(run) -> dict:
+    """One connection closed client-first in a namespace; the client's TIME_WAIT entry is
+    watched (every EXPIRY_SAMPLE s) until it disappears, at most 60 s + its wheel slot + 2 s.
+    Over a minute live: the notebook replays it, the recorder runs it."""
+    from ..dissect import segments
+    from ..netns import Namespace
+
+    with Namespace(name="twexpiry") as ns:
+        machine = rules.Machine.read(ns)
+        lst, port = _listener(ns, 1)
+        with run.capture([port], ns=ns):
+            c, s = _pair(ns, port, lst)
+            cport = c.getsockname()[1]
+            c.close()
+            s.recv(10)
+            s.close()
+            time.sleep(0.05)
+        df = segments(run.pcap)
+        fin = df[(df["dport"] == cport) & ((df["tcp_flags"] & 1) == 1)]
+        t_fin = float(fin["time"].iloc[-1])
+        bound = tcp_timewait_expiry(machine).high + 2.0
+        samples, first, first_at, gone = [], None, None, None
+        for _ in range(int(bound / EXPIRY_SAMPLE) + 100):           # bounded
+            now = time.time()
+            rows = [r for r in parse_proc_tcp(ns.read_proc("net/tcp"), {cport}) if r["lport"] == cport]
+            if rows and first is None:
+                first, first_at = rows[0]["timer_s"], now
+            if len(samples) % 20 == 0 or not rows:
+                samples.append([round(now - t_fin, 3), rows[0]["state"] if rows else None,
+                                rows[0]["timer_s"] if rows else None])
+            if not rows:
+                gone = now
+                break
+            if now - t_fin > bound:
+                break
+            progress.report(min(0.99, (now - t_fin) / 61), "waiting for TIME_WAIT to end")
+            time.sleep(EXPIRY_SAMPLE)
+        lst.close()
+    progress.report(1.0, "done")
+    return {"port": port, "client_port": cport, "timer_first_s": first,
+            "first_read_after_s": None if first_at is None else round(first_at - t_fin, 4),
+            "gone_after_s": None if gone is None else round(gone - t_fin, 4),
+            "samples": samples, "machine": machine.as_dict()}
+
+
+# ======================================================================================
 # plot: each side's states over time, with the FINs and the held-back ACKs marked
 # ======================================================================================
 STATE_COLOURS = {"ESTAB": "#9e9e9e", "FIN-WAIT-1": "#ffb74d", "FIN-WAIT-2": "#f57c00", "CLOSE-WAIT": "#64b5f6",
