@@ -143,7 +143,7 @@ linger_table(lt)
 # and `sk_stream_wait_close()` waits until the FIN is acknowledged, or `N` seconds. The zero
 # window keeps both the data and the FIN from leaving, so `close()` takes `N` s; then it
 # returns without an error and Linux *keeps* the data: the orphaned socket stays in
-# FIN-WAIT-1 and goes on probing (no RST: other systems differ). With a reader that reads,
+# FIN-WAIT-1 and goes on probing (no RST). With a reader that reads,
 # `close()` waits only for the FIN's ACK, which the peer may delay (02_03's delayed-ACK timer).
 #
 # Try other linger times (plain loopback sockets: this panel always runs live, in about
@@ -181,11 +181,16 @@ show([plot_ladder(ka)])
 # The client sent `TCP_KEEPCNT` probes (empty segments at the last acknowledged byte − 1),
 # the first `TCP_KEEPIDLE` after the last segment it received, then one per
 # `TCP_KEEPINTVL`; when the last went unanswered for another interval, `tcp_keepalive_timer()`
-# sent an RST and reported `ETIMEDOUT`. With the defaults (`net.ipv4.tcp_keepalive_time`
-# 7200 s, 9 probes 75 s apart) the same rule gives over two hours.
-#
+# sent an RST and reported `ETIMEDOUT`. Without the socket options, the namespace's sysctls
+# (`net.ipv4.tcp_keepalive_time`, `_probes`, `_intvl`) feed the same rule:
+
+# %%
+print(rules.keepalive_deadline(ka.machine_snapshot()).report())
+
+# %% [markdown]
 # Keepalive only runs on an idle connection. A client with data in flight to a vanished peer
-# retransmits instead; `TCP_USER_TIMEOUT` (here 1500 ms) bounds how long:
+# retransmits instead; `TCP_USER_TIMEOUT` (the experiment's default, 1500 ms) bounds
+# how long:
 
 # %%
 ut = dead_peer(mechanism="user_timeout")
