@@ -20,6 +20,12 @@ vanish with it: nothing is left in the host's TCP tables.
   fails with EADDRINUSE, with it succeeds.
 - :func:`tw_overflow` -- more active closes than ``tcp_max_tw_buckets``: the kernel keeps
   that many TIME_WAIT entries and counts the rest in TcpExtTCPTimeWaitOverflow.
+- :func:`time_wait_expiry` -- the whole minute once: a TIME_WAIT entry watched until it
+  vanishes (over 60 s live, so the recorder runs it and the notebook replays it).
+
+:func:`teardown` also takes ``how``: ``close()`` orphans the active side at once (its
+FIN_WAIT_2 becomes a timewait entry with a timer), ``shutdown(SHUT_WR)`` ends only its
+sending direction (the peer reads EOF and still sends; FIN_WAIT_2 has no timer).
 
 Why the states come from /proc/net/tcp and not only from ``ss``: a transition such as
 FIN_WAIT_1 -> FIN_WAIT_2 takes a delayed ACK (tens of ms) on loopback; one ``ss`` run
