@@ -159,12 +159,12 @@ def _number(text: str) -> int | float | str:
 
 
 def _duration_ms(text: str) -> float | None:
-    """ss timer durations: '200ms', '59sec', '119min', '1min2sec', '1.5sec'."""
-    total, found = 0.0, False
-    for num, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|sec|min|h)", text):
-        found = True
-        total += float(num) * {"ms": 1, "sec": 1000, "min": 60000, "h": 3600000}[unit]
-    return total if found else None
+    """ss timer durations, as iproute2's print_ms_timer() writes them: '200ms', '59sec',
+    '1.900ms' (1 s 900 ms: the dot stands for "sec"), '2min', '1min2sec', '1min2.500ms'."""
+    m = re.fullmatch(r"(?:(\d+)min)?(?:(\d+)(sec|\.))?(?:(\d+)ms)?", text.strip())
+    if not m or not any(m.groups()):
+        return None
+    return float((int(m[1] or 0) * 60 + int(m[2] or 0)) * 1000 + int(m[4] or 0))
 
 
 def _split_endpoint(text: str) -> tuple[str, int | None]:

@@ -50,7 +50,9 @@ mode_banner()
 # | [02_04 Streams and framing](02_04-streams-and-framing.ipynb) | sends coalesce and split (and wait for a delayed ACK), partial writes, the queues at EAGAIN, a length-prefixed protocol and its incremental parser | live (segments replayed) |
 # | [02_05 Backpressure](02_05-backpressure.ipynb) | blocking send, EAGAIN, the send buffer set at connect and what `ip tcp_metrics` remembers, asyncio drain, memory with and without backpressure | live (metrics cache replayed) |
 # | [02_06 Zero-copy sendfile](02_06-zero-copy-sendfile.ipynb) | read/write vs sendfile vs splice: throughput, CPU time, system calls | live |
-# | 03_01 … 03_03 Ending connections | FIN, TIME_WAIT, RST, port reuse | coming next |
+# | [03_01 FIN teardown and TIME_WAIT](03_01-fin-teardown-and-time-wait.ipynb) | client-first, server-first and simultaneous close as state swimlanes, TIME_WAIT's timer against TCP_TIMEWAIT_LEN, `tcp_fin_timeout` and FIN_WAIT_2, half-close, CLOSE_WAIT, rebinding over TIME_WAIT, `tcp_max_tw_buckets` overflow | replayed (namespaces) |
+# | [03_02 RST and the abortive close](03_02-rst-and-abortive-close.ipynb) | RST from SO_LINGER(on, 0), from close() with unread data and from a closed port, the bytes each destroys, FIN after a read timeout, EPIPE and SIGPIPE, SO_LINGER(on, N), keepalive and TCP_USER_TIMEOUT finding a vanished peer | replayed (SIGPIPE and SO_LINGER N live) |
+# | [03_03 The 4-tuple and port reuse](03_03-four-tuple-and-port-reuse.ipynb) | fd ↔ inode ↔ 4-tuple, delivery by 4-tuple, ephemeral port exhaustion and port parity, more destinations, IP_BIND_ADDRESS_NO_PORT, TIME_WAIT and `tcp_tw_reuse` 0/1/2, 2^48 against the port range | live (namespace parts replayed) |
 # | 04_01 … 05_01 Servers under load | I/O models, limits, the observability toolkit, a capstone | coming next |
 
 # %% [markdown]

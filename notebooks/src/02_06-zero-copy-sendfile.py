@@ -259,7 +259,7 @@ check_value(answer_3, rw4k >= 16 * rw64k, name="CPU in proportion to system call
 # * Count system calls with the program itself or with `strace -f`; measure CPU in a child
 #   process with `getrusage`.
 #
-# **What's next:** Part 3, 03_01 FIN, teardown and TIME_WAIT (coming next; see the [index](00_00-index.ipynb)).
+# **What's next:** Part 3, [03_01 FIN teardown and TIME_WAIT](03_01-fin-teardown-and-time-wait.ipynb): how a connection ends.
 
 # %%
 assert nothing_left_behind() == []

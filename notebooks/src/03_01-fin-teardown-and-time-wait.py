@@ -328,7 +328,7 @@ check_value(answer_3, "this side", name="who must fix CLOSE_WAIT",
 # * `tcp_max_tw_buckets` caps TIME_WAIT per namespace; beyond it a close skips TIME_WAIT
 #   and `TcpExtTCPTimeWaitOverflow` counts it.
 #
-# **What's next:** 03_02 RST and abortive close: ending a connection without the FIN dance.
+# **What's next:** [03_02 RST and the abortive close](03_02-rst-and-abortive-close.ipynb): ending a connection without the FIN dance.
 
 # %%
 assert nothing_left_behind() == []

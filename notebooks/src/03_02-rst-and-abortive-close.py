@@ -289,7 +289,7 @@ check_value(answer_2, rules.keepalive_deadline(ka.machine_snapshot(), 5, 2, 3).v
 # * A vanished peer is found by keepalive after idle + count × interval, or with data in
 #   flight by `TCP_USER_TIMEOUT`; both report `ETIMEDOUT`.
 #
-# **What's next:** 03_03 The 4-tuple and port reuse.
+# **What's next:** [03_03 The 4-tuple and port reuse](03_03-four-tuple-and-port-reuse.ipynb).
 
 # %%
 assert nothing_left_behind() == []

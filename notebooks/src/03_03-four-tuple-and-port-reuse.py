@@ -14,7 +14,7 @@
 #    over (loopback only, timestamps needed, after `tcp_tw_reuse_delay`).
 #
 # **Prerequisites:** [01_01 Sockets are file descriptors](01_01-sockets-are-file-descriptors.ipynb),
-# 03_01 FIN teardown and TIME_WAIT.
+# [03_01 FIN teardown and TIME_WAIT](03_01-fin-teardown-and-time-wait.ipynb).
 # **Time:** 30 minutes.
 #
 # Section 1 uses plain sockets on `127.0.0.1` and always runs live; its connections end with an
