@@ -15,6 +15,17 @@ def _netns():
     return bool(caps.capabilities().namespaces)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Every figure a test draws is closed after it (matplotlib keeps pyplot figures until
+    closed: the unit stage warned of more than 20 open figures)."""
+    yield
+    import sys
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")
+
+
 needs_live = pytest.mark.skipif(not _live(), reason="live capture needs CAP_NET_RAW and tcpdump")
 needs_netns = pytest.mark.skipif(not _netns(), reason="namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN")
 
