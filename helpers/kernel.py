@@ -158,7 +158,7 @@ def _number(text: str) -> int | float | str:
         return text
 
 
-def _duration_ms(text: str) -> float | None:
+def ss_timer_ms(text: str) -> float | None:
     """ss timer durations, as iproute2's print_ms_timer() writes them: '200ms', '59sec',
     '1.900ms' (1 s 900 ms: the dot stands for "sec"), '2min', '1min2sec', '1min2.500ms'."""
     m = re.fullmatch(r"(?:(\d+)min)?(?:(\d+)(sec|\.))?(?:(\d+)ms)?", text.strip())
@@ -215,7 +215,7 @@ def _parse_info(tokens: list[str]) -> dict[str, Any]:
                 parts = inner.split(",")
                 out["timer"] = parts[0]
                 if len(parts) > 1:
-                    out["timer_ms"] = _duration_ms(parts[1])
+                    out["timer_ms"] = ss_timer_ms(parts[1])
                 if len(parts) > 2 and parts[2].isdigit():
                     out["timer_retrans"] = int(parts[2])
             else:  # bbr:(bw:..,mrtt:..), dctcp:(...), ...
@@ -852,6 +852,37 @@ def sysctl(name: str, ns: Any = None) -> int | str:
     which write inside a course namespace only.
     """
     return _netns.read_sysctl(name, _netns.resolve(ns))
+
+
+#: /proc/net/tcp state numbers (include/net/tcp_states.h) as ss prints them
+PROC_STATES = {1: "ESTAB", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2",
+               6: "TIME-WAIT", 7: "CLOSED", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN",
+               11: "CLOSING", 12: "SYN-RECV"}
+#: /proc/net/tcp timer codes (the "tr" field)
+PROC_TIMERS = {0: None, 1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}
+
+
+def parse_proc_tcp(text: str, ports: set[int] | None = None, clk_tck: int | None = None) -> list[dict]:
+    """Rows of /proc/net/tcp (IPv4): local and remote port, state (ss's names; a TIME_WAIT
+    entry shows its substate, FIN-WAIT-2 for an orphan handed over by tcp_time_wait()),
+    the timer and its remaining seconds (the kernel prints clock ticks, USER_HZ).
+    *ports*: keep rows whose local or remote port is one of these; LISTEN rows are left out."""
+    tck = clk_tck or os.sysconf("SC_CLK_TCK")
+    out = []
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 6:
+            continue
+        lport = int(f[1].rsplit(":", 1)[1], 16)
+        rport = int(f[2].rsplit(":", 1)[1], 16)
+        st = int(f[3], 16)
+        if st == 10 or (ports is not None and lport not in ports and rport not in ports):
+            continue
+        tr, _, when = f[5].partition(":")
+        timer = PROC_TIMERS.get(int(tr, 16), tr)
+        out.append({"lport": lport, "rport": rport, "state": PROC_STATES.get(st, str(st)),
+                    "timer": timer, "timer_s": round(int(when, 16) / tck, 3) if timer else None})
+    return out
 
 
 def count_syn_recv(text: str, port: int) -> int:

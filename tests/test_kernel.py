@@ -413,5 +413,5 @@ def test_kernel_ns_argument_errors():
                                      ("1min2sec", 62_000), ("1min2.500ms", 62_500), ("", None), ("on", None)])
 def test_ss_timer_durations_as_iproute2_prints_them(text, ms):
     """iproute2's print_ms_timer() writes 1 s 900 ms as '1.900ms': read as 1.9 ms before."""
-    from helpers.kernel import _duration_ms
+    from helpers.kernel import ss_timer_ms as _duration_ms
     assert _duration_ms(text) == ms

@@ -47,6 +47,7 @@ from typing import Any
 
 from .. import progress, rules
 from ..errors import CourseError, ParameterError
+from ..kernel import parse_proc_tcp, ss_timer_ms   # the one socket-table and ss-timer readers
 from ..params import Param
 from .base import Result, experiment
 
@@ -57,13 +58,6 @@ LOSE_FOR = 0.10          # s the active closer's last ACK is dropped (below the 
 DEADLINE = 4.0           # s: a teardown run ends by then, whatever happens
 REQUEST, REPLY = b"GET /\n", b"200 OK\n"
 AFTER_EOF = b"sent after EOF " * 100      # what the passive side sends after a half-close
-
-#: /proc/net/tcp state numbers (include/net/tcp_states.h) as ss prints them
-PROC_STATES = {1: "ESTAB", 2: "SYN-SENT", 3: "SYN-RECV", 4: "FIN-WAIT-1", 5: "FIN-WAIT-2",
-               6: "TIME-WAIT", 7: "CLOSED", 8: "CLOSE-WAIT", 9: "LAST-ACK", 10: "LISTEN",
-               11: "CLOSING", 12: "SYN-RECV"}
-#: /proc/net/tcp timer codes (the "tr" field)
-PROC_TIMERS = {0: None, 1: "on", 2: "keepalive", 3: "timewait", 4: "persist"}
 
 ACTIVE_PATH = ["ESTAB", "FIN-WAIT-1", "FIN-WAIT-2", "TIME-WAIT"]
 PASSIVE_PATH = ["ESTAB", "CLOSE-WAIT", "LAST-ACK"]
@@ -131,40 +125,14 @@ def inet_csk_bind_conflict(m: rules.Machine, old_reuseaddr: int, new_reuseaddr: 
 # ======================================================================================
 # the kernel's socket table, sampled
 # ======================================================================================
-def parse_proc_tcp(text: str, ports: set[int] | None = None, clk_tck: int | None = None) -> list[dict]:
-    """Rows of /proc/net/tcp (IPv4): local and remote port, state (ss's names; a TIME_WAIT
-    entry shows its substate, FIN-WAIT-2 for an orphan handed over by tcp_time_wait()),
-    the timer and its remaining seconds (the kernel prints clock ticks, USER_HZ).
-    *ports*: keep rows whose local or remote port is one of these; LISTEN rows are left out."""
-    tck = clk_tck or os.sysconf("SC_CLK_TCK")
-    out = []
-    for line in text.splitlines()[1:]:
-        f = line.split()
-        if len(f) < 6:
-            continue
-        lport = int(f[1].rsplit(":", 1)[1], 16)
-        rport = int(f[2].rsplit(":", 1)[1], 16)
-        st = int(f[3], 16)
-        if st == 10 or (ports is not None and lport not in ports and rport not in ports):
-            continue
-        tr, _, when = f[5].partition(":")
-        timer = PROC_TIMERS.get(int(tr, 16), tr)
-        out.append({"lport": lport, "rport": rport, "state": PROC_STATES.get(st, str(st)),
-                    "timer": timer, "timer_s": round(int(when, 16) / tck, 3) if timer else None})
-    return out
-
-
 _SS_TIMER = re.compile(r"timer:\((\w+),([^,)]*)")
 
 
 def ss_timer_seconds(text: str) -> float | None:
     """Seconds in ss's timer text. ss (print_ms_timer()) writes 59.5 s as ``59sec``, 1.9 s as
     ``1.900ms`` (seconds, a dot, then milliseconds), 0.9 s as ``900ms``, 61 s as ``1min1sec``."""
-    m = re.fullmatch(r"(?:(\d+)min)?(?:(\d+)(sec|\.))?(?:(\d+)ms)?", text.strip())
-    if not m or not any(m.groups()):
-        return None
-    mins, secs, sep, ms = m.groups()
-    return int(mins or 0) * 60 + int(secs or 0) + int(ms or 0) / 1000.0
+    ms = ss_timer_ms(text)
+    return None if ms is None else ms / 1000.0
 
 
 def ss_rows(ns, port: int) -> list[dict]:
